@@ -1,0 +1,30 @@
+"""attn_transition: Attention Transition as a runtime patch for Hugging Face transformers.
+
+    import attn_transition as at
+    at.enable(model, at.ClassicConfig())      # or at.SRAConfig()
+    model.generate(**inputs, attn_transition=False)   # per-call switch
+    at.disable(model)                         # back to the exact stock model
+"""
+
+from .config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
+from .errors import AttnTransitionError, ConfigError, NotACausalLMError, UnsupportedModelError, UsageError
+from .schedules import layer_plan, reweight
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # The integration layer imports transformers; load it only when asked for.
+    if name in ("enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES", "patches"):
+        import importlib
+
+        patches = importlib.import_module("attn_transition.patches")
+        return patches if name == "patches" else getattr(patches, name)
+    raise AttributeError(f"module 'attn_transition' has no attribute {name!r}")
+
+
+__all__ = [
+    "ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "reweight", "layer_plan",
+    "enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES",
+    "AttnTransitionError", "ConfigError", "UnsupportedModelError", "NotACausalLMError", "UsageError",
+]

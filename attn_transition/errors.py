@@ -1,0 +1,27 @@
+"""Exception types raised by attn_transition.
+
+Every error the library raises on purpose derives from :class:`AttnTransitionError`,
+so callers can catch the library's own failures without swallowing unrelated ones.
+The subclasses also derive from the matching built-in type (``ValueError``,
+``TypeError``) so code written against plain Python exceptions keeps working.
+"""
+
+
+class AttnTransitionError(Exception):
+    """Base class of every error raised on purpose by attn_transition."""
+
+
+class ConfigError(AttnTransitionError, ValueError):
+    """A configuration field has a wrong type or a value outside its range."""
+
+
+class UnsupportedModelError(AttnTransitionError, ValueError):
+    """The model's architecture (``config.model_type``) is not supported by the patch."""
+
+
+class NotACausalLMError(AttnTransitionError, TypeError):
+    """The object given is not a transformers causal language model."""
+
+
+class UsageError(AttnTransitionError, ValueError):
+    """Bad input at the command line or in a data file; the CLI turns it into exit code 2."""

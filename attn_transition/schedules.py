@@ -1,0 +1,257 @@
+"""The pure math of attention transition: which rows each layer edits, and how.
+
+Nothing here knows about transformers. A *plan* is the list of edits one layer makes
+on one sequence of ``n`` real tokens; every edit covers a span of query rows, the
+spans of one plan never overlap, and rows outside them are never touched. Positions
+are counted from the sequence's first real token.
+
+The formulas follow the project's specification of the two reference schedules
+(``classic``, 2023; ``sra``, 2025); the README lists where we deliberately differ.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .config import ClassicConfig, SRAConfig, TransitionConfig
+
+__all__ = [
+    "ClassicBlock", "SpanRedistribution", "Edit", "layer_plan", "plan_rows", "apply_plan",
+    "classic_block_", "redistribute_", "real_spans", "reweight",
+]
+
+
+@dataclass(frozen=True)
+class ClassicBlock:
+    """Classic edit of query rows ``[start, end)`` over columns ``[0, end)``."""
+
+    start: int
+    end: int
+    threshold: float  # alpha / end
+    beta: float
+    strategy: str
+
+
+@dataclass(frozen=True)
+class SpanRedistribution:
+    """SRA edit: rows ``[start, end)`` move removed mass onto columns ``[target_start, target_end)``."""
+
+    start: int
+    end: int
+    target_start: int
+    target_end: int
+    threshold: float
+    strength: float
+
+
+Edit = Union[ClassicBlock, SpanRedistribution]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _classic_plan(cfg: ClassicConfig, layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    if n < cfg.min_length or not 1 <= layer <= num_layers - 3:
+        return ()
+    k = cfg.intervals_per_layer
+    interval = n // (num_layers - 1 + k)
+    interval -= interval % 5
+    if interval == 0:
+        return ()
+    blocks = []
+    for j in range(k):
+        s = (layer + 1 + j) * interval
+        e = s + interval
+        blocks.append(ClassicBlock(s, e, cfg.alpha / e, cfg.beta, cfg.strategy))
+    return tuple(blocks)
+
+
+def _sra_plan(cfg: SRAConfig, layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    if not 0 <= layer <= num_layers - 2:
+        return ()
+    thr = cfg.threshold_for(n)
+    begin = cfg.begin_length
+    edits: list[Edit] = []
+    if cfg.inter and n > begin + thr + 3:
+        c = _ceil_div(n - begin - thr - 3, num_layers + 3)
+        s = (layer + 3) * c + begin + 3
+        e = min(s + c, n - thr)
+        width = e - s
+        if width > 0:
+            edits.append(SpanRedistribution(s, e, s - 3 * width, s - 2 * width,
+                                            cfg.elimi_factor_inter / (s - begin), cfg.strengthen_factor_inter))
+    if cfg.outer and layer >= 1 and n > thr + 3:
+        cur = n - thr
+        c = _ceil_div(n - thr - 3, num_layers + 3)
+        s = (layer + 2) * c + 3
+        e = min(s + c, n - thr)
+        if e > s and cur < n:
+            edits.append(SpanRedistribution(cur, n, s, e, cfg.elimi_factor_outer / cur, cfg.strengthen_factor_outer))
+    return tuple(edits)
+
+
+@functools.lru_cache(maxsize=4096)
+def layer_plan(config: TransitionConfig, layer_idx: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    """The edits layer ``layer_idx`` of ``num_layers`` makes on a prompt of ``n`` real tokens.
+
+    An empty tuple means the layer is left exactly as it is (short prompt, layer outside
+    the schedule, or a block that rounds to zero width).
+    """
+    if isinstance(config, ClassicConfig):
+        return _classic_plan(config, layer_idx, num_layers, n)
+    if isinstance(config, SRAConfig):
+        return _sra_plan(config, layer_idx, num_layers, n)
+    raise TypeError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
+
+
+def plan_rows(plan: Sequence[Edit]) -> list[int]:
+    """Query rows a plan touches, in plan order (the order ``apply_plan`` expects)."""
+    rows: list[int] = []
+    for edit in plan:
+        rows.extend(range(edit.start, edit.end))
+    return rows
+
+
+def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, beta: float,
+                   strategy: str = "adding") -> torch.Tensor:
+    """Edit, in place, the rows of one classic block.
+
+    ``rows`` holds query rows ``[start, end)`` only: shape ``(..., end - start, C)`` with
+    ``C >= end`` columns, float32. Columns ``>= end`` are not touched.
+    """
+    width = end - start
+    assert rows.shape[-2] == width and rows.shape[-1] >= end, (rows.shape, start, end)
+    assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
+    block = rows[..., :end]                                   # (..., I, e) view
+    block.mul_(block >= threshold)                            # 1. elimination
+    block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
+    removed = 1.0 - block.sum(-1, keepdim=True)               # 3. (..., I, 1)
+    if strategy == "adding":
+        if start != width:
+            region = block[..., start - 2 * width:end - width]                     # (..., I, 2I)
+            m = torch.where(region >= threshold, 1.0, 0.01)
+            a = beta * removed / m.sum(-1, keepdim=True)
+            block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 0.7
+            block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 0.3
+        else:
+            region = block[..., 0:end - width]                                     # (..., I, I)
+            m = torch.where(region >= threshold, 1.0, 0.001)
+            a = beta * removed / m.sum(-1, keepdim=True)
+            block[..., start - width:end - width] += 10 * a * m[..., -width:]
+    elif strategy == "multi":
+        kept = block.sum(-1, keepdim=True)
+        # A row whose every weight was eliminated stays zero instead of becoming NaN.
+        block.mul_(torch.where(kept > 0, removed / kept.clamp_min(1e-30), 0.0))
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; use 'adding' or 'multi'")
+    return rows
+
+
+def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, threshold: float,
+                  strength: float) -> torch.Tensor:
+    """SRA's ``redistribute``, in place, on rows of shape ``(..., r, C)`` (float32).
+
+    Only (head, row) pairs with some weight in the target strictly above ``threshold``
+    are edited: entries below the threshold are zeroed and the removed mass, times
+    ``strength``, is added onto the target with weight 100 on strong entries and 5 on
+    the others.
+    """
+    target = slice(target_start, target_end)
+    selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
+    edited = rows * (rows >= threshold)
+    removed = 1.0 - edited.sum(-1, keepdim=True)
+    m = torch.where(edited[..., target] >= threshold, 100.0, 5.0)
+    edited[..., target] += strength * removed / m.sum(-1, keepdim=True) * m
+    rows.copy_(torch.where(selected, edited, rows))
+    return rows
+
+
+def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:
+    """Apply a layer plan in place to the gathered rows ``plan_rows(plan)``.
+
+    ``rows``: ``(..., len(plan_rows(plan)), n)`` float32, columns counted from the first
+    real token.
+    """
+    offset = 0
+    for edit in plan:
+        width = edit.end - edit.start
+        view = rows[..., offset:offset + width, :]                    # (..., width, n)
+        if isinstance(edit, ClassicBlock):
+            classic_block_(view, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy)
+        else:
+            redistribute_(view, edit.target_start, edit.target_end, edit.threshold, edit.strength)
+        offset += width
+    assert offset == rows.shape[-2], f"plan covers {offset} rows but {rows.shape[-2]} were given"
+    return rows
+
+
+def real_spans(real: torch.Tensor) -> list[Optional[tuple[int, int]]]:
+    """For each batch row of a boolean ``(batch, n)`` real-token mask, ``(first, count)``.
+
+    ``None`` marks a row whose real tokens are not one contiguous run (packed or
+    interleaved padding); such rows are left unedited.
+    """
+    real = real.to(torch.bool)
+    counts = real.sum(-1).tolist()
+    firsts = torch.where(real.any(-1), real.int().argmax(-1), 0).tolist()
+    spans: list[Optional[tuple[int, int]]] = []
+    for b, (p, c) in enumerate(zip(firsts, counts)):
+        if c == 0:
+            spans.append((0, 0))
+        elif bool(real[b, p:p + c].all()):
+            spans.append((p, c))
+        else:
+            spans.append(None)
+    return spans
+
+
+def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: TransitionConfig,
+             *, padding_mask: Optional[torch.Tensor] = None,
+             allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Edited copy of one layer's post-softmax prefill attention.
+
+    Args:
+        weights: ``(batch, heads, n, n)`` causal attention probabilities.
+        layer_idx: The layer, ``0 .. num_layers - 1``.
+        num_layers: Number of decoder layers of the model.
+        config: A :class:`ClassicConfig` or :class:`SRAConfig`.
+        padding_mask: Optional ``(batch, n)``, 1/True on real tokens. Each row then uses
+            its own length, counted from its first real token.
+        allowed: Optional boolean mask broadcastable to ``weights`` (e.g. a sliding
+            window); edited rows are multiplied by it so no weight lands where the layer
+            may not look.
+
+    Returns:
+        A new tensor of the same shape and dtype; edits are computed in float32.
+    """
+    assert weights.dim() == 4 and weights.shape[-1] == weights.shape[-2], \
+        f"weights must be (batch, heads, n, n), got {tuple(weights.shape)}"
+    batch, _, n, _ = weights.shape
+    out = weights.detach().to(torch.float32, copy=True)                # (batch, heads, n, n)
+    if padding_mask is None:
+        spans: list[Optional[tuple[int, int]]] = [(0, n)] * batch
+    else:
+        assert padding_mask.shape == (batch, n), f"padding_mask {tuple(padding_mask.shape)} != {(batch, n)}"
+        spans = real_spans(padding_mask)
+    if allowed is not None:
+        allowed = allowed.to(torch.bool).expand_as(out)
+    for b, span in enumerate(spans):
+        if span is None:
+            continue
+        first, count = span
+        plan = layer_plan(config, layer_idx, num_layers, count)
+        if not plan:
+            continue
+        rows = torch.tensor(plan_rows(plan), device=out.device) + first
+        cols = slice(first, first + count)
+        sub = out[b][:, rows, cols]                                   # (heads, r, count) copy
+        apply_plan(sub, plan)
+        if allowed is not None:
+            sub.mul_(allowed[b][:, rows, cols])
+        out[b][:, rows, cols] = sub
+    return out.to(weights.dtype)
