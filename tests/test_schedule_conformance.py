@@ -1,0 +1,188 @@
+"""The schedules against an independent loop-by-loop reading of the specification."""
+
+import math
+
+import pytest
+import torch
+
+import attn_transition as at
+from attn_transition.schedules import ClassicBlock, SpanRedistribution, classic_block_, layer_plan
+from spec_oracle import (classic_block_row, classic_blocks, oracle_reweight, random_causal_attention,
+                         sra_steps)
+
+ATOL = 2e-6
+
+
+def _check(cfg, n, L, layers=None, *, batch=1, heads=2, seed=0, peaky=3.0):
+    w = random_causal_attention(batch, heads, n, seed=seed, peaky=peaky)
+    edited_any = False
+    for layer in (range(L) if layers is None else layers):
+        got = at.reweight(w, layer, L, cfg)
+        want = oracle_reweight(w, layer, L, cfg).float()
+        assert got.dtype == w.dtype and got.shape == w.shape
+        err = (got - want).abs().max().item()
+        assert err < ATOL, f"{cfg} n={n} L={L} layer={layer}: max error {err}"
+        edited_any |= not torch.equal(got, w)
+    return edited_any
+
+
+CLASSIC_CASES = [
+    # (config kwargs, n, L)
+    (dict(min_length=0), 200, 8),
+    (dict(min_length=0, alpha=1.0, beta=0.5, intervals_per_layer=1), 173, 6),
+    (dict(min_length=0, alpha=1.5, beta=1.2, intervals_per_layer=3), 256, 7),
+    (dict(min_length=0, alpha=0.5, beta=0.8, intervals_per_layer=4), 311, 9),
+    (dict(min_length=0, strategy="multi"), 200, 8),
+    (dict(min_length=0, strategy="multi", alpha=1.5, intervals_per_layer=1), 150, 5),
+    (dict(), 400, 6),                         # exactly the default min_length: edited
+    (dict(alpha=1.0, beta=1.5, intervals_per_layer=2), 405, 6),
+]
+
+
+@pytest.mark.parametrize("kwargs,n,L", CLASSIC_CASES)
+def test_classic_matches_spec(kwargs, n, L):
+    assert _check(at.ClassicConfig(**kwargs), n, L), "the case should edit at least one layer"
+
+
+SRA_CASES = [
+    (dict(begin_length=5, threshold_len=20), 120, 6),
+    (dict(begin_length=5, threshold_len=50, elimi_factor_outer=0.5, strengthen_factor_inter=5.0,
+          strengthen_factor_outer=5.0), 260, 8),                    # the reference demo's settings
+    (dict(begin_length=10, threshold_len=30, inter=False), 150, 5),
+    (dict(begin_length=10, threshold_len=30, outer=False), 150, 5),
+    (dict(begin_length=3, dynamic_threshold=True, dyna_div=7), 140, 6),
+    (dict(begin_length=0, threshold_len=10, elimi_factor_inter=0.0, elimi_factor_outer=0.1), 90, 4),
+    (dict(), 340, 6),                          # reference defaults on a prompt long enough for both steps
+]
+
+
+@pytest.mark.parametrize("kwargs,n,L", SRA_CASES)
+def test_sra_matches_spec(kwargs, n, L):
+    assert _check(at.SRAConfig(**kwargs), n, L, peaky=2.0), "the case should edit at least one layer"
+
+
+@pytest.mark.parametrize("alpha,beta,strategy", [(0.5, 0.1, "adding"), (1.0, 0.8, "adding"), (1.5, 0.3, "multi")])
+def test_block_with_start_equal_to_width(alpha, beta, strategy):
+    """The ``s == I`` branch (never reached by the schedule itself) against the spec."""
+    w = random_causal_attention(1, 3, 60, seed=4)
+    s, e = 20, 40
+    got = w[0, :, s:e, :].clone()
+    classic_block_(got, s, e, alpha / e, beta, strategy)
+    want = w[0, :, s:e, :].double().numpy().copy()
+    for h in range(3):
+        for i in range(e - s):
+            classic_block_row(want[h, i], s, e, alpha, beta, strategy)
+    assert (got - torch.from_numpy(want).float()).abs().max() < ATOL
+
+
+def test_classic_blocks_reduce_to_the_32_layer_reference():
+    """For L = 32: 31 + k intervals, layers 1..29 edited, interval a multiple of 5."""
+    cfg = at.ClassicConfig()                     # k = 2
+    n = 1200
+    interval = (n // 33) - (n // 33) % 5         # 36 -> 35
+    assert interval == 35
+    edited = [layer for layer in range(32) if layer_plan(cfg, layer, 32, n)]
+    assert edited == list(range(1, 30))
+    plan = layer_plan(cfg, 29, 32, n)
+    assert [(b.start, b.end) for b in plan] == [(30 * 35, 31 * 35), (31 * 35, 32 * 35)]
+    assert all(isinstance(b, ClassicBlock) and b.threshold == pytest.approx(0.5 / b.end) for b in plan)
+    for layer in range(32):
+        assert [(b.start, b.end) for b in layer_plan(cfg, layer, 32, n)] == classic_blocks(n, layer, 32, 0.5, 0.1, 2, 400)
+
+
+@pytest.mark.parametrize("n,expect_edit", [(399, False), (400, True)])
+def test_classic_min_length_boundary(n, expect_edit):
+    cfg = at.ClassicConfig()
+    w = random_causal_attention(1, 1, n, seed=1)
+    assert bool(layer_plan(cfg, 3, 12, n)) is expect_edit
+    got = at.reweight(w, 3, 12, cfg)
+    assert torch.equal(got, w) is (not expect_edit)
+
+
+def test_classic_interval_rounding_to_zero_leaves_layer_alone():
+    cfg = at.ClassicConfig(min_length=0)
+    # n // (L - 1 + k) = 4 -> rounds down to 0
+    L, k = 8, 2
+    n = 4 * (L - 1 + k) + 3
+    assert layer_plan(cfg, 2, L, n) == ()
+    assert layer_plan(cfg, 2, L, 5 * (L - 1 + k)) != ()
+
+
+def test_sra_inter_boundary():
+    cfg = at.SRAConfig(begin_length=10, threshold_len=20, outer=False)
+    limit = 10 + 20 + 3
+    L = 6
+    assert all(layer_plan(cfg, layer, L, limit) == () for layer in range(L))
+    # one token more: c = 1, the inter span has width 1 for the layers whose span still fits
+    plans = [layer_plan(cfg, layer, L, limit + 1) for layer in range(L)]
+    spans = [(p[0].start, p[0].end) for p in plans if p]
+    assert spans == [((layer + 3) + 13, (layer + 3) + 14) for layer in range(L - 1) if (layer + 3) + 14 <= limit + 1 - 20]
+    # and those are exactly the spec's spans
+    for layer in range(L):
+        assert [(s.start, s.end) for s in layer_plan(cfg, layer, L, limit + 1)] == \
+            [(r0, r1) for r0, r1, *_ in sra_steps(limit + 1, layer, L, cfg)]
+
+
+def test_sra_outer_boundary_and_layers():
+    cfg = at.SRAConfig(begin_length=0, threshold_len=20, inter=False)
+    L = 6
+    assert all(layer_plan(cfg, layer, L, 23) == () for layer in range(L))      # n <= thr + 3
+    edited = [layer for layer in range(L) if layer_plan(cfg, layer, L, 200)]
+    assert edited == [1, 2, 3, 4]                 # never layer 0 (outer) nor the last layer
+    step = layer_plan(cfg, 2, L, 200)[0]
+    assert isinstance(step, SpanRedistribution) and (step.start, step.end) == (180, 200)
+    c = math.ceil((200 - 20 - 3) / (L + 3))
+    assert (step.target_start, step.target_end) == (4 * c + 3, min(5 * c + 3, 180))
+    assert step.threshold == pytest.approx(0.3 / 180)
+
+
+def test_dynamic_threshold_uses_current_input():
+    cfg = at.SRAConfig(begin_length=0, dynamic_threshold=True, dyna_div=10, inter=False)
+    for n in (100, 300):
+        step = layer_plan(cfg, 1, 6, n)[0]
+        assert step.start == n - n // 10
+
+
+def test_padding_mask_rows_match_unpadded():
+    cfg = at.ClassicConfig(min_length=0)
+    n, pad = 180, 37
+    w = random_causal_attention(1, 2, n, seed=9)
+    padded = torch.zeros(1, 2, n + pad, n + pad)
+    padded[..., pad:, pad:] = w
+    mask = torch.zeros(1, n + pad, dtype=torch.long)
+    mask[:, pad:] = 1
+    batch_w = torch.cat([padded, random_causal_attention(1, 2, n + pad, seed=3)])
+    batch_mask = torch.cat([mask, torch.ones_like(mask)])
+    got = at.reweight(batch_w, 2, 6, cfg, padding_mask=batch_mask)
+    alone = at.reweight(w, 2, 6, cfg)
+    assert torch.equal(got[0, :, pad:, pad:], alone[0])
+    assert torch.equal(got[0, :, :pad], batch_w[0, :, :pad])                # padding rows untouched
+    want_full = oracle_reweight(batch_w, 2, 6, cfg, lengths=[n, n + pad]).float()
+    assert (got - want_full).abs().max() < ATOL
+
+
+def test_allowed_mask_keeps_weights_inside_window():
+    cfg = at.ClassicConfig(min_length=0, beta=1.0)
+    n, window = 240, 30
+    w = random_causal_attention(1, 2, n, seed=5)
+    i = torch.arange(n)
+    allowed = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+    w = w * allowed
+    w = w / w.sum(-1, keepdim=True)
+    got = at.reweight(w, 2, 6, cfg, allowed=allowed)
+    assert not torch.equal(got, w)
+    assert got[..., ~allowed].abs().max() == 0
+
+
+def test_reweight_rejects_non_square():
+    with pytest.raises(AssertionError, match="batch, heads, n, n"):
+        at.reweight(torch.rand(1, 1, 4, 5), 1, 6, at.ClassicConfig())
+
+
+def test_reweight_bfloat16_is_edited_in_float32():
+    cfg = at.ClassicConfig(min_length=0)
+    w = random_causal_attention(1, 2, 160, seed=2)
+    got = at.reweight(w.bfloat16(), 2, 6, cfg)
+    assert got.dtype == torch.bfloat16
+    want = at.reweight(w.bfloat16().float(), 2, 6, cfg).bfloat16()
+    assert torch.equal(got, want)
