@@ -10,12 +10,14 @@ than the keys) go to the base implementation untouched.
 
 from __future__ import annotations
 
+import functools
 import sys
 import warnings
 import weakref
 from typing import Any, Callable, Optional
 
 import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from attn_transition.schedules import apply_plan, layer_plan, plan_rows, real_spans
 
@@ -34,12 +36,15 @@ def implementation_name(base: str) -> str:
 
 
 def _base_function(base: str, module: torch.nn.Module) -> Callable:
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
     if base == "sdpa":
         return ALL_ATTENTION_FUNCTIONS["sdpa"]
+    return _eager_for(type(module))
+
+
+@functools.lru_cache(maxsize=None)
+def _eager_for(module_type: type) -> Callable:
     # "eager" lives in each model's own modeling file (it knows that family's quirks).
-    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    eager = getattr(sys.modules.get(module_type.__module__), "eager_attention_forward", None)
     return eager if eager is not None else _explicit_attention
 
 

@@ -331,3 +331,15 @@ def test_other_models_are_unaffected():
         warnings.simplefilter("error")
         assert torch.equal(_logits(b, x), stock_b)
     at.disable(a)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    model = tiny_model("llama")
+    x = ids(2, N)
+    at.enable(model, CLASSIC)
+    cpu = _logits(model, x)
+    gpu = _logits(model.cuda(), x.cuda()).cpu()
+    at.disable(model)
+    assert (cpu - gpu).abs().max() < 1e-3
