@@ -68,19 +68,20 @@ def _row_weights(q_rows: torch.Tensor, k: torch.Tensor, row_pos: torch.Tensor,
     kv_heads, n, _ = k.shape
     groups = heads // kv_heads
     q = q_rows.float().reshape(kv_heads, groups * r, d)                  # (kv_heads, g*r, d)
-    scores = torch.matmul(q, k.float().transpose(-1, -2)) * scaling      # (kv_heads, g*r, n)
+    scores = torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling)  # (kv_heads, g*r, n)
     scores = scores.view(heads, r, n)                                    # (heads, r, n)
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+        scores = scores.div_(softcap).tanh_().mul_(softcap)
     if mask_rows is None:
         allowed = torch.arange(n, device=k.device)[None, :] <= row_pos[:, None]   # (r, n)
-        scores = scores.masked_fill(~allowed, float("-inf"))
+        scores.masked_fill_(~allowed, float("-inf"))
     elif mask_rows.dtype == torch.bool:
-        scores = scores.masked_fill(~mask_rows, float("-inf"))
+        scores.masked_fill_(~mask_rows, float("-inf"))
     else:
-        scores = scores + mask_rows.float()
+        scores.add_(mask_rows.float())
     weights = torch.softmax(scores, dim=-1)
-    return torch.nan_to_num(weights, nan=0.0)                            # fully masked rows -> 0
+    del scores
+    return weights.nan_to_num_(nan=0.0)                                  # fully masked rows -> 0
 
 
 def _weighted_values(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
