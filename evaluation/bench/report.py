@@ -1,0 +1,234 @@
+"""The Markdown summary and the PNG plots of a results dict (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .analysis import STOCK
+
+__all__ = ["markdown", "write_markdown", "write_plots"]
+
+
+def _pct(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _signed(x: Any) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:+.1f}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _pivot(rows: Sequence[Mapping[str, Any]], keys: Sequence[str], configs: Sequence[str]) -> list[list[str]]:
+    """Rows ``keys..., acc(config1), acc(config2), ...`` from an accuracy table."""
+    by_key: dict[tuple, dict[str, Mapping[str, Any]]] = {}
+    for r in rows:
+        by_key.setdefault(tuple(r[k] for k in keys), {})[r["config"]] = r
+    out = []
+    for key, per in by_key.items():
+        n = next(iter(per.values()))["n"]
+        out.append([*(_fmt_key(k, v) for k, v in zip(keys, key)), n,
+                    *(_pct(per[c]["accuracy"]) if c in per else "-" for c in configs)])
+    return out
+
+
+def _fmt_key(name: str, value: Any) -> str:
+    return f"{round(100 * value)}%" if name == "depth" else str(value)
+
+
+def _comparison_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ()) -> list[list[Any]]:
+    out = []
+    for r in rows:
+        if not r.get("n"):
+            continue
+        p = r.get("mcnemar_p")
+        out.append([*(_fmt_key(k, r[k]) for k in keys), r["treatment"], r["n"], _pct(r["mean_baseline"]),
+                    _pct(r["mean_treatment"]), _signed(r["diff"]),
+                    f"[{_signed(r['ci_low'])}, {_signed(r['ci_high'])}]",
+                    f"{r['wins']}/{r['ties']}/{r['losses']}", "-" if p is None else f"{p:.3g}",
+                    r.get("changed", "-")])
+    return out
+
+
+_CMP_HEAD = ["config", "n", "stock %", "config %", "diff (pts)", "95% CI (paired bootstrap)", "win/tie/loss",
+             "McNemar p", "outputs changed"]
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+    meta, summary = results["meta"], results["summary"]
+    configs = summary["configs"]
+    items = results["items"]
+    s = meta["settings"]
+    chance = {}
+    for it in items:
+        chance.setdefault(it["task"], it.get("chance", 0.0))
+    lines = [f"# attn-transition bench: {meta['model']}", ""]
+    lines += [
+        f"- model: `{meta['model']}` ({meta.get('model_type')}, {meta.get('num_layers')} layers, "
+        f"{meta.get('dtype')} on {meta.get('device')}), prompt format: {'chat' if meta['chat'] else 'plain'}",
+        f"- tasks: {', '.join(s['tasks'])} (task data v{meta['task_data_version']}); lengths: "
+        f"{', '.join(map(str, s['lengths']))} tokens; depths: {', '.join(f'{round(100 * d)}%' for d in s['depths'])}; "
+        f"{s['per_cell']} item(s) per cell; seed {meta['seed']}; greedy, {meta['max_new_tokens']} new tokens",
+        f"- scope: {summary['scope']}; {len(items)} items; scoring: normalised exact match on the first "
+        f"generated line; chance level: " + ", ".join(f"{t} {_pct(c)}%" for t, c in chance.items()),
+        f"- time: {meta['seconds_this_run']:.0f} s this run"
+        + (f" (model load {meta['load_seconds']:.1f} s)" if "load_seconds" in meta else "")
+        + "; per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds_per_config"].items()),
+        f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform"),
+    ]
+    if not meta.get("complete", True):
+        lines += ["", "**Incomplete run: some (item, config) pairs are missing; rerun with --resume.**"]
+    lines += ["", "## Accuracy", ""]
+    lines += _table(["config", "n", "accuracy %", "95% CI (Wilson)"],
+                    [[r["config"], r["n"], _pct(r["accuracy"]), f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]"]
+                     for r in summary["accuracy"]])
+    lines += ["", "## Paired difference to the stock model (same prompts)", ""]
+    lines += ["diff = config accuracy - stock accuracy in percentage points; win = the config is right where "
+              "stock is wrong; 'outputs changed' counts items whose generated text differs at all.", ""]
+    lines += _table(_CMP_HEAD, _comparison_rows(summary["comparison"]))
+    lines += ["", "### By task", ""]
+    lines += _table(["task", *_CMP_HEAD], _comparison_rows(summary["comparison_by_task"], ["task"]))
+    lines += ["", "### By length", ""]
+    lines += _table(["length", *_CMP_HEAD], _comparison_rows(summary["comparison_by_length"], ["length"]))
+    lines += ["", "## Accuracy (%) by length", ""]
+    lines += _table(["length", "n", *configs], _pivot(summary["accuracy_by_length"], ["length"], configs))
+    lines += ["", "## Accuracy (%) by task and length", ""]
+    lines += _table(["task", "length", "n", *configs],
+                    _pivot(summary["accuracy_by_task_length"], ["task", "length"], configs))
+    lines += ["", "## Accuracy (%) by depth of the (first) needle", ""]
+    lines += _table(["depth", "n", *configs], _pivot(summary["accuracy_by_depth"], ["depth"], configs))
+    if meta.get("inactive"):
+        lines += ["", "## Configs that edit nothing at some lengths", ""]
+        lines += [f"- {r['config']} at {r['length']} tokens (below its length thresholds: outputs equal stock)"
+                  for r in meta["inactive"]]
+    if meta.get("tune"):
+        t = meta["tune"]
+        lines += ["", "## Tuning (dev split, selection only)", "",
+                  f"Chosen on {t['dev_items']} dev items: **{t['chosen']}**. The tables above are on the "
+                  f"{t['test_items']} test items only.", ""]
+        lines += _table(["config", "dev n", "dev accuracy %"],
+                        [[r["config"], r["n"], _pct(r["accuracy"])] for r in t["dev_accuracy"]])
+    if "oracle" in summary:
+        o = summary["oracle"]
+        lines += ["", "## ORACLE UPPER BOUND (not a result)", "", o["label"] + ".", ""]
+        c = o["comparison"]
+        lines += _table(["", "n", "stock %", "oracle %", "diff (pts)"],
+                        [["oracle upper bound", c.get("n"), _pct(c.get("mean_baseline")),
+                          _pct(c.get("mean_treatment")), _signed(c.get("diff"))]])
+    lines += ["", "Plots: `heatmap.png` (accuracy by depth x length per config and task), "
+              "`accuracy_vs_length.png`.", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(results: Mapping[str, Any], path: Path) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(markdown(results), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _grid(items: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]], config: str,
+          task: str | None, depths: Sequence[float], lengths: Sequence[int]):
+    import numpy as np
+
+    kind = {it["item_id"]: it for it in items}
+    total = np.zeros((len(depths), len(lengths)))
+    right = np.zeros_like(total)
+    for r in records:
+        if r["config"] != config:
+            continue
+        it = kind[r["item"]]
+        if task is not None and it["task"] != task:
+            continue
+        if it["depth"] in depths and it["length"] in lengths:
+            i, j = depths.index(it["depth"]), lengths.index(it["length"])
+            total[i, j] += 1
+            right[i, j] += bool(r["correct"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return right / total, total
+
+
+def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """``heatmap.png`` and ``accuracy_vs_length.png`` in ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attn_transition.evaluation.stats import wilson_interval
+
+    summary, items, records = results["summary"], results["items"], results["records"]
+    configs = summary["configs"]
+    used = {it["item_id"] for it in items if summary["scope"] == "all items" or it["split"] == "test"}
+    items = [it for it in items if it["item_id"] in used]
+    records = [r for r in records if r["item"] in used]
+    tasks = list(dict.fromkeys(it["task"] for it in items))
+    depths = sorted({it["depth"] for it in items})
+    lengths = sorted({it["length"] for it in items})
+    panels: list[str | None] = [*tasks, None] if len(tasks) > 1 else tasks
+    paths = []
+
+    import textwrap
+
+    fig, axes = plt.subplots(len(configs), len(panels), squeeze=False, layout="constrained",
+                             figsize=(1.6 + 1.0 * max(2, len(lengths)) * len(panels),
+                                      1.0 + 0.45 * max(3, len(depths)) * len(configs)))
+    for r, config in enumerate(configs):
+        for c, task in enumerate(panels):
+            ax = axes[r][c]
+            acc, n = _grid(items, records, config, task, depths, lengths)
+            im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            for i in range(len(depths)):
+                for j in range(len(lengths)):
+                    if n[i, j]:
+                        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7)
+            ax.set_xticks(range(len(lengths)), [str(x) for x in lengths] if r == len(configs) - 1 else [],
+                          fontsize=7)
+            ax.set_yticks(range(len(depths)), [f"{round(100 * d)}%" for d in depths] if c == 0 else [],
+                          fontsize=7)
+            if r == 0:
+                ax.set_title(task or "all tasks", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(textwrap.fill(config, 24) + "\nneedle depth", fontsize=7)
+            if r == len(configs) - 1:
+                ax.set_xlabel("prompt tokens", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="accuracy")
+    fig.suptitle(f"{results['meta']['model']}: accuracy by needle depth x prompt length", fontsize=9)
+    paths.append(Path(out_dir) / "heatmap.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.6 * len(panels), 3.4 + 0.25 * len(configs)),
+                             layout="constrained")
+    for c, task in enumerate(panels):
+        ax = axes[0][c]
+        for k, config in enumerate(configs):
+            acc, n = _grid(items, records, config, task, depths, lengths)
+            right = (acc * n)
+            ys, lo, hi = [], [], []
+            for j in range(len(lengths)):
+                tot, ok = int(n[:, j].sum()), int(round(float(right[:, j][n[:, j] > 0].sum())))
+                p = ok / tot if tot else float("nan")
+                w = wilson_interval(ok, tot) if tot else (float("nan"), float("nan"))
+                ys.append(p), lo.append(p - w[0]), hi.append(w[1] - p)
+            xs = [x * (1 + 0.02 * (k - (len(configs) - 1) / 2)) for x in lengths]   # dodge the error bars
+            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=config)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(x) for x in lengths])
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("prompt tokens")
+        ax.set_title(task or "all tasks", fontsize=9)
+        if c == 0:
+            ax.set_ylabel("accuracy (95% Wilson CI)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
+    paths.append(Path(out_dir) / "accuracy_vs_length.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,123 @@
+"""Results on disk: an append-only JSONL log of finished (item, config) pairs, and the
+final JSON written atomically.
+
+The log's first line is a header naming the run's identity (model, seed, task-data
+version, prompt format, generation settings); every later line is one finished
+record. Records are appended one batch at a time with a single write and an fsync, so
+an interrupted run loses at most the batch in flight. ``--resume`` reads every log in
+the output folder, checks the identity, and skips the pairs already there. A log that
+cannot be read is never rewritten: the error says which line to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from attn_transition.errors import UsageError
+
+__all__ = ["LOG_FORMAT", "log_name", "RecordLog", "read_log", "read_logs", "write_json_atomic",
+           "check_identity"]
+
+LOG_FORMAT = "attn-transition-bench-log/1"
+
+
+def log_name(rank: int, world: int) -> str:
+    return "records.jsonl" if world == 1 else f"records.rank{rank}-of-{world}.jsonl"
+
+
+def read_log(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``(header, records)`` of one log; UsageError naming the first bad line."""
+    header: Optional[dict[str, Any]] = None
+    records: list[dict[str, Any]] = []
+    hint = f"fix or delete that line (or move {path.name} away and start again)"
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                raise UsageError(f"--resume: {path} line {lineno} is not valid JSON (an interrupted write?); "
+                                 f"{hint}") from None
+            if not isinstance(obj, dict) or obj.get("type") not in ("header", "record"):
+                raise UsageError(f"--resume: {path} line {lineno} is neither a header nor a record; {hint}")
+            if obj["type"] == "header":
+                if header is not None or records:
+                    raise UsageError(f"--resume: {path} line {lineno} is a second header; {hint}")
+                if obj.get("format") != LOG_FORMAT:
+                    raise UsageError(f"--resume: {path} line {lineno} is a header of an unknown format "
+                                     f"{obj.get('format')!r} (expected {LOG_FORMAT}); {hint}")
+                header = obj
+                continue
+            if header is None:
+                raise UsageError(f"--resume: {path} does not start with a header line; {hint}")
+            missing = [k for k in ("item", "config", "output", "correct") if k not in obj]
+            if missing:
+                raise UsageError(f"--resume: {path} line {lineno} lacks {', '.join(missing)}; {hint}")
+            records.append(obj)
+    if header is None:
+        raise UsageError(f"--resume: {path} is empty or has no header; delete it and start again")
+    return header, records
+
+
+def read_logs(folder: Path) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
+    """Every ``records*.jsonl`` in ``folder`` (all ranks of earlier runs), sorted by name."""
+    return [(p, *read_log(p)) for p in sorted(folder.glob("records*.jsonl"))]
+
+
+def check_identity(path: Path, header: dict[str, Any], identity: dict[str, Any]) -> None:
+    """UsageError unless the log was made by a run with the same identity."""
+    theirs = header.get("identity", {})
+    diff = [k for k in sorted(set(theirs) | set(identity)) if theirs.get(k) != identity.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: log has {theirs.get(k)!r}, this run {identity.get(k)!r}" for k in diff[:3])
+        raise UsageError(f"--resume: {path} was made by a different run ({shown}); rerun with the same "
+                         f"options or use another --output-dir")
+
+
+class RecordLog:
+    """Append-only JSONL log of one process. Creating it writes the header if the file is new."""
+
+    def __init__(self, path: Path, identity: dict[str, Any]):
+        self.path = Path(path)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as fh:
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    raise UsageError(f"{self.path} ends in an unfinished line (an interrupted write?); delete "
+                                     f"that last line, then --resume")
+        else:
+            self._write([{"type": "header", "format": LOG_FORMAT, "identity": identity}])
+
+    def _write(self, objs: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
+        if not text:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        self._write({"type": "record", **r} for r in records)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file next to ``path`` and move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=1, ensure_ascii=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

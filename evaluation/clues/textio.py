@@ -1,0 +1,148 @@
+"""Reading and writing the clues pipeline's files (CSV / JSONL with a ``text`` column, JSON).
+
+Every write is atomic (a temporary file in the same folder, then ``os.replace``), so an
+interrupted run never leaves a half-written file where a finished one is expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from attn_transition.errors import UsageError
+
+__all__ = ["SUFFIXES", "read_rows", "read_texts", "write_rows", "read_jsonl", "write_jsonl", "write_json",
+           "write_text", "read_json", "json_safe"]
+
+SUFFIXES = (".csv", ".jsonl")
+
+
+def _suffix(path: Path, what: str) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{what} {path} must end in .csv or .jsonl (got {suffix or 'no suffix'!r})")
+    return suffix
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSONL file; a broken line is reported with its number."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"file {path} does not exist")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise UsageError(f"{path}:{number} is not a JSON object; each line must be one record")
+            rows.append(row)
+    return rows
+
+
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a .csv (header row) or .jsonl file."""
+    path = Path(path)
+    suffix = _suffix(path, "input file")
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    if suffix == ".jsonl":
+        return read_jsonl(path)
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [dict(row) for row in csv.DictReader(handle)]
+
+
+def read_texts(path: str | Path, column: str = "text") -> list[dict[str, Any]]:
+    """Records that all have a non-empty string ``column``; UsageError naming the first bad row."""
+    rows = read_rows(path)
+    if not rows:
+        raise UsageError(f"{path} has no records; it needs at least one row with a {column!r} column")
+    if column not in rows[0]:
+        raise UsageError(f"{path} has no {column!r} column (columns: {', '.join(map(str, rows[0])) or 'none'}); "
+                         f"rename the column holding the training text to {column!r}")
+    for number, row in enumerate(rows):
+        value = row.get(column)
+        if not isinstance(value, str):
+            raise UsageError(f"{path}: record {number} has no string {column!r} (got {type(value).__name__})")
+        if not value.strip():
+            raise UsageError(f"{path}: record {number} has an empty {column!r}; remove empty texts")
+    return rows
+
+
+def json_safe(value: Any) -> Any:
+    """NaN / inf -> None, recursively (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    rows = list(rows)
+    _atomic_write(Path(path), lambda h: h.writelines(json.dumps(json_safe(r), ensure_ascii=False) + "\n"
+                                                     for r in rows))
+
+
+def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """.jsonl: one object a line; .csv: the union of keys as columns (lists/dicts as JSON)."""
+    path = Path(path)
+    if _suffix(path, "output file") == ".jsonl":
+        write_jsonl(path, rows)
+        return
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+
+    def cell(value: Any) -> Any:
+        return json.dumps(json_safe(value), ensure_ascii=False) if isinstance(value, (list, dict)) else value
+
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: cell(row.get(k)) for k in columns})
+
+    _atomic_write(path, write)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    _atomic_write(Path(path), lambda h: h.write(json.dumps(json_safe(data), indent=2, ensure_ascii=False) + "\n"))
+
+
+def write_text(path: str | Path, text: str) -> None:
+    _atomic_write(Path(path), lambda h: h.write(text))
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON ({exc.msg}); delete it to recompute") from None

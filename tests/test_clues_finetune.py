@@ -1,0 +1,95 @@
+"""LoRA fine-tuning + QA on tiny models (CPU, a few steps): the loss decreases, epoch checkpoints and
+the adapter appear, the adapter reloads; the whole pipeline runs end to end and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from attn_transition.cli import main
+from attn_transition.errors import UsageError
+from attn_transition.evaluation.clues.biographies import generate
+from attn_transition.evaluation.clues.finetune import FinetuneConfig, finetune, load_adapter, lora_targets
+from attn_transition.evaluation.clues.qa import build_items, generate_answers, score
+from test_clues_support import char_tokenizer, save_tiny, tiny_llama, word_tokenizer
+
+
+def test_finetune_decreases_loss_writes_checkpoints_and_adapter(tmp_path):
+    tok = char_tokenizer()
+    bios = generate(6, seed=0)
+    model = tiny_llama(len(tok), seed=0, layers=2, attn_implementation="sdpa")
+    assert lora_targets(model) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    config = FinetuneConfig(epochs=3, batch_size=3, learning_rate=1e-2, logging_steps=1, save_total_limit=None)
+    tuned, summary = finetune(model, tok, [b.text for b in bios], tmp_path, config, progress=False)
+    assert summary["steps"] == 6
+    assert summary["last_loss"] < summary["first_loss"] - 0.1, (summary["first_loss"], summary["last_loss"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4",
+                                                                            "checkpoint-6"]
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    log = json.loads((tmp_path / "train_log.json").read_text())
+    assert log["steps"] == 6 and len([e for e in log["log_history"] if "loss" in e]) == 6
+
+    # The saved adapter on a fresh copy of the base model gives the tuned model's logits.
+    ids = torch.tensor([tok(bios[0].text)["input_ids"]])
+    with torch.no_grad():
+        expected = tuned(input_ids=ids).logits
+        fresh = load_adapter(tiny_llama(len(tok), seed=0, layers=2, attn_implementation="sdpa"), tmp_path / "adapter")
+        got = fresh(input_ids=ids).logits
+    assert torch.allclose(expected, got, atol=1e-5)
+
+    items = build_items(bios, shots=1)[:7]
+    answers = generate_answers(tuned, tok, [i.prompt for i in items], batch_size=3, max_new_tokens=5,
+                               progress=False)
+    assert len(answers) == 7 and all(isinstance(a, str) and "\n" not in a for a in answers)
+    result = score(items, answers)
+    assert result["overall"]["n"] == 7 and 0 <= result["overall"]["f1"] <= 100
+    with pytest.raises(UsageError, match="not a LoRA adapter folder"):
+        load_adapter(tiny_llama(len(tok)), tmp_path)
+
+
+def test_finetune_config_validation():
+    with pytest.raises(UsageError, match="learning_rate"):
+        FinetuneConfig(learning_rate=5.0)
+    with pytest.raises(UsageError, match="epochs"):
+        FinetuneConfig(epochs=0)
+
+
+def test_pipeline_end_to_end_on_tiny_models_and_resume(tmp_path, capsys):
+    bios = generate(4, seed=0)
+    words = sorted({w for b in bios for w in b.text.replace(".", " . ").replace(",", " , ").replace("'", " ' ").split()})
+    small = save_tiny(tmp_path / "small", char_tokenizer(), seed=0, layers=2)
+    large = save_tiny(tmp_path / "large", word_tokenizer(words), seed=1, layers=3)
+    out = tmp_path / "out"
+    argv = ["clues", "--out", str(out), "--small-model", str(small), "--large-model", str(large),
+            "--biographies", "4", "--copies", "1", "--shots", "1", "--epochs", "1", "--batch-size", "4",
+            "--max-new-tokens", "3", "--lr", "1e-2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| contrast dropout |" in printed and "spread n/a" in printed
+    table = json.loads((out / "table.json").read_text())
+    assert [r["condition"] for r in table["rows"]] == ["none", "plain", "random", "attention", "contrast"]
+    for name in ("biographies.jsonl", "qa_items.jsonl", "profile_small.jsonl", "profile_large.jsonl",
+                 "contrast.jsonl", "table.md", "run.json"):
+        assert (out / name).is_file(), name
+    for condition in ("plain", "random", "attention", "contrast"):
+        folder = out / "runs" / f"{condition}-seed0"
+        assert (folder / "scores.json").is_file() and (folder / "predictions.jsonl").is_file()
+        assert (folder / "adapter" / "adapter_config.json").is_file()
+        assert list((folder / "checkpoints").glob("checkpoint-*")), condition
+        rows = [json.loads(x) for x in (folder / "train.jsonl").read_text().splitlines()]
+        assert len(rows) == 8                                   # 4 texts x (original + 1 copy); plain repeats
+    contrast = [json.loads(x) for x in (out / "contrast.jsonl").read_text().splitlines()]
+    assert contrast[0]["tokens"][0] == bios[0].text[0]          # units = the small (char) model's tokens
+    # Resume: everything is skipped and the table comes back the same.
+    before = (out / "table.md").read_text()
+    assert main(argv + ["--resume"]) == 0
+    assert capsys.readouterr().out.count("done earlier, skipped") == 4
+    assert (out / "table.md").read_text() == before
+    # Without --resume an existing run is refused (nothing overwritten); other settings are refused too.
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--alpha", "0.5"]) == 2
+    assert "other settings (alpha" in capsys.readouterr().err
+    assert (out / "table.md").read_text() == before
