@@ -34,7 +34,6 @@ import platform
 import random
 import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -44,7 +43,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError, UsageError
 
-from .seedformat import PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_records, write_records
+from .seedformat import (PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_records, write_json_atomic,
+                         write_records)
 
 __all__ = [
     "SAMPLE_PATH", "HUB_DATASET", "SEED_GRID", "PromptTemplate", "Selection", "load_documents",
@@ -648,16 +648,7 @@ def merge_outputs(records: list[dict], others: Iterable[dict]) -> int:
     return added
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
 
 
 def _read_meta(path: Path) -> Optional[dict]:
@@ -992,9 +983,9 @@ def run(args: argparse.Namespace) -> int:
         if dirty[0]:
             write_records(target, my_records)
         if dist.world == 1:
-            _write_json_atomic(mpath, build_meta(timings, finished=False))
+            write_json_atomic(mpath, build_meta(timings, finished=False))
         else:
-            _write_json_atomic(meta_path(target), {"rank": dist.rank, "world_size": dist.world, "timings": timings})
+            write_json_atomic(meta_path(target), {"rank": dist.rank, "world_size": dist.world, "timings": timings})
 
     dist.barrier()          # every rank has read the old shards before any is rewritten
     save()
@@ -1019,13 +1010,13 @@ def run(args: argparse.Namespace) -> int:
                 merge_outputs(records, read_records(shard_path(output, rank)))
                 per_rank.append((_read_meta(meta_path(shard_path(output, rank))) or {}).get("timings", {}))
             write_records(output, records)
-            _write_json_atomic(mpath, build_meta(combine_timings(per_rank), finished=True))
+            write_json_atomic(mpath, build_meta(combine_timings(per_rank), finished=True))
             for shard in existing_shards(output):
                 meta_path(shard).unlink(missing_ok=True)
                 shard.unlink()
         dist.barrier()
     else:
-        _write_json_atomic(mpath, build_meta(timings, finished=True))
+        write_json_atomic(mpath, build_meta(timings, finished=True))
     if dirty[0]:
         _note(dist, f"wrote {len(records)} records x {len(all_keys)} outputs to {output} (metadata {mpath.name}) "
                     f"in {time.perf_counter() - t0:.1f} s")

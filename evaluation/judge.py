@@ -50,7 +50,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -64,7 +63,7 @@ from .judge_client import DEFAULT_BASE_URL, Aborted, JudgeCache, JudgeClient, Re
 from .judge_payload import (OUTPUT_TOKENS_PER_CANDIDATE, PROMPTS_PATH, PROTOCOLS, RESPONSE_FORMATS, ReplyError,
                             build_payload, cache_key, estimate_tokens, load_prompts, make_labels, parse_reply,
                             presentation_order, request_seed)
-from .seedformat import PLAIN_KEY, candidate_keys, read_records
+from .seedformat import PLAIN_KEY, candidate_keys, read_records, write_json_atomic
 
 __all__ = ["JudgeOptions", "RequestSpec", "plan_requests", "price_for", "cost_usd", "judge_records",
            "judge_file", "dry_run", "default_scores_path", "default_cache_path", "SCORES_FORMAT",
@@ -374,17 +373,6 @@ def default_cache_path(outputs: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".judge-cache.jsonl")
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[str] = None,

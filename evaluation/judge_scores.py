@@ -34,7 +34,7 @@ import numpy as np
 from attn_transition.errors import UsageError
 
 from .judge_client import file_sha256
-from .seedformat import PLAIN_KEY, candidate_keys, read_records, validate_records
+from .seedformat import PLAIN_KEY, candidate_keys, read_json, read_records, validate_records
 
 __all__ = ["SeedParse", "parse_seed_eva", "ScoreTable", "load_scores", "detect_format", "table_from_seed",
            "table_from_judge", "read_prompt_tokens"]
@@ -260,12 +260,7 @@ def read_prompt_tokens(generation_file: str | os.PathLike, ids: Sequence[str]) -
 
 def load_scores(path: str | os.PathLike, outputs: Optional[str] = None) -> ScoreTable:
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = read_json(path)
     kind = detect_format(data)
     if kind == "seed":
         table = table_from_seed(data, str(path))

@@ -627,7 +627,7 @@ def run(args: argparse.Namespace) -> int:
     report = build_report(table, options)
     text = render_markdown(report)
     print(text)
-    from .judge import write_json_atomic
+    from .seedformat import write_json_atomic
 
     if args.json:
         write_json_atomic(args.json, report)

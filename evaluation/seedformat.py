@@ -24,7 +24,7 @@ from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
 from attn_transition.errors import UsageError
 
 __all__ = ["PLAIN_KEY", "REQUIRED_FIELDS", "config_key", "parse_config_key", "candidate_keys",
-           "read_records", "write_records", "validate_records"]
+           "read_records", "write_records", "validate_records", "read_json", "write_json_atomic"]
 
 PLAIN_KEY = "decode_or"
 REQUIRED_FIELDS = ("document", "summary", "id")
@@ -149,26 +149,34 @@ def validate_records(records: Any, source: str = "input") -> list[dict]:
     return records
 
 
-def read_records(path: str | os.PathLike) -> list[dict]:
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a missing or malformed file is a UsageError naming it."""
     path = Path(path)
     if not path.exists():
         raise UsageError(f"{path} does not exist")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    return validate_records(data, str(path))
 
 
-def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write atomically (temporary file + rename): an interrupted write never truncates."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(list(records), fh, ensure_ascii=False, indent=1)
+            json.dump(data, fh, ensure_ascii=False, indent=1)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    return validate_records(read_json(path), str(path))
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    write_json_atomic(path, list(records))

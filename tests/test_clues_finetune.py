@@ -93,3 +93,46 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tmp_path, capsys):
     assert main(argv + ["--resume", "--alpha", "0.5"]) == 2
     assert "other settings (alpha" in capsys.readouterr().err
     assert (out / "table.md").read_text() == before
+
+
+def test_cli_steps_one_by_one_on_tiny_models(tmp_path, capsys):
+    """biographies -> profile (x2) -> contrast -> augment -> finetune -> qa through the CLI."""
+    bios_file = tmp_path / "bios.jsonl"
+    assert main(["clues", "biographies", "-n", "3", "--seed", "2", "-o", str(bios_file)]) == 0
+    bios = [json.loads(x) for x in bios_file.read_text().splitlines()]
+    words = sorted({w for b in bios for w in b["text"].replace(".", " . ").replace(",", " , ").replace("'", " ' ")
+                    .split()})
+    small = save_tiny(tmp_path / "small", char_tokenizer(), seed=0, layers=2)
+    large = save_tiny(tmp_path / "large", word_tokenizer(words), seed=1, layers=2)
+    ps, pl = tmp_path / "ps.jsonl", tmp_path / "pl.jsonl"
+    assert main(["clues", "profile", str(bios_file), "-o", str(ps), "--model", str(small)]) == 0
+    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large), "--layers", "1:"]) == 0
+    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large)]) == 2   # exists
+    assert "--resume" in capsys.readouterr().err
+    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large), "--resume"]) == 0
+    contrast = tmp_path / "contrast.jsonl"
+    assert main(["clues", "contrast", str(ps), str(pl), "-o", str(contrast)]) == 0
+    first = json.loads(contrast.read_text().splitlines()[0])
+    assert len(first["tokens"]) == len(first["diff"]) == len(first["rank"]) and first["units"] == "small"
+    # a profile file about other texts is refused
+    po = tmp_path / "po.jsonl"
+    records = [json.loads(x) for x in pl.read_text().splitlines()]
+    records[1]["text"] = records[1]["text"].replace(".", "!")
+    po.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["clues", "contrast", str(ps), str(po), "-o", str(tmp_path / "bad.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert "mismatched profile files" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.jsonl").exists()
+    train = tmp_path / "train.csv"
+    assert main(["clues", "augment", str(bios_file), "-o", str(train), "--scores", str(contrast),
+                 "--copies", "2"]) == 0
+    ft = tmp_path / "ft"
+    assert main(["clues", "finetune", str(train), "-o", str(ft), "--model", str(small), "--epochs", "2",
+                 "--batch-size", "3", "--lr", "1e-2", "--save-total-limit", "0"]) == 0
+    assert len(list((ft / "checkpoints").glob("checkpoint-*"))) == 2
+    assert main(["clues", "finetune", str(train), "-o", str(ft), "--model", str(small)]) == 2
+    assert main(["clues", "qa", str(bios_file), "-o", str(tmp_path / "qa"), "--model", str(small),
+                 "--adapter", str(ft / "adapter"), "--shots", "1", "--max-new-tokens", "3"]) == 0
+    scores = json.loads((tmp_path / "qa" / "scores.json").read_text())
+    assert scores["overall"]["n"] == 15
+    assert "overall" in capsys.readouterr().out
