@@ -20,7 +20,7 @@ import torch
 from .config import ClassicConfig, SRAConfig, TransitionConfig
 
 __all__ = [
-    "ClassicBlock", "SpanRedistribution", "Edit", "layer_plan", "plan_rows", "apply_plan",
+    "ClassicBlock", "SpanRedistribution", "Edit", "layer_plan", "plan_rows", "apply_plan", "apply_edit_",
     "classic_block_", "redistribute_", "real_spans", "reweight",
 ]
 
@@ -128,7 +128,7 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
     assert rows.shape[-2] == width and rows.shape[-1] >= end, (rows.shape, start, end)
     assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
     block = rows[..., :end]                                   # (..., I, e) view
-    block.mul_(block >= threshold)                            # 1. elimination
+    block.masked_fill_(block < threshold, 0.0)                # 1. elimination
     block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
     removed = 1.0 - block.sum(-1, keepdim=True)               # 3. (..., I, 1)
     if strategy == "adding":
@@ -159,16 +159,25 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     Only (head, row) pairs with some weight in the target strictly above ``threshold``
     are edited: entries below the threshold are zeroed and the removed mass, times
     ``strength``, is added onto the target with weight 100 on strong entries and 5 on
-    the others.
+    the others. Rows that are not selected come back bitwise unchanged.
     """
     target = slice(target_start, target_end)
     selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
-    edited = rows * (rows >= threshold)
-    removed = 1.0 - edited.sum(-1, keepdim=True)
-    m = torch.where(edited[..., target] >= threshold, 100.0, 5.0)
-    edited[..., target] += strength * removed / m.sum(-1, keepdim=True) * m
-    rows.copy_(torch.where(selected, edited, rows))
+    rows.masked_fill_((rows < threshold) & selected, 0.0)              # eliminate, selected rows only
+    removed = 1.0 - rows.sum(-1, keepdim=True)                         # (..., r, 1)
+    m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
+    rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)
     return rows
+
+
+def apply_edit_(rows: torch.Tensor, edit: Edit) -> torch.Tensor:
+    """Apply one edit in place to its own rows: ``(..., edit.end - edit.start, C)`` float32,
+    ``C >= edit.end`` columns counted from the first real token. Columns a row cannot see
+    (``>= edit.end`` for every edit) may be omitted: no edit reads or writes them."""
+    assert rows.shape[-2] == edit.end - edit.start, (tuple(rows.shape), edit)
+    if isinstance(edit, ClassicBlock):
+        return classic_block_(rows, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy)
+    return redistribute_(rows, edit.target_start, edit.target_end, edit.threshold, edit.strength)
 
 
 def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:
@@ -180,11 +189,7 @@ def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:
     offset = 0
     for edit in plan:
         width = edit.end - edit.start
-        view = rows[..., offset:offset + width, :]                    # (..., width, n)
-        if isinstance(edit, ClassicBlock):
-            classic_block_(view, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy)
-        else:
-            redistribute_(view, edit.target_start, edit.target_end, edit.threshold, edit.strength)
+        apply_edit_(rows[..., offset:offset + width, :], edit)         # (..., width, n) view
         offset += width
     assert offset == rows.shape[-2], f"plan covers {offset} rows but {rows.shape[-2]} were given"
     return rows

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from attn_transition.schedules import apply_plan, layer_plan, plan_rows, real_spans
+from attn_transition.schedules import apply_edit_, layer_plan, real_spans
 
 __all__ = ["BASE_IMPLEMENTATIONS", "implementation_name", "register", "STATES"]
 
@@ -55,33 +55,34 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
     return mask > torch.finfo(mask.dtype).min / 2
 
 
-def _row_weights(q_rows: torch.Tensor, k: torch.Tensor, row_pos: torch.Tensor,
+def _row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int,
                  mask_rows: Optional[torch.Tensor], scaling: float,
                  softcap: Optional[float]) -> torch.Tensor:
-    """Post-softmax float32 weights of some query rows of one sequence.
+    """Post-softmax float32 weights of the contiguous query rows ``[start, start + r)`` of one
+    sequence over its first ``c`` keys (``c >= start + r``; a causal row never sees further).
 
-    q_rows: (heads, r, d); k: (kv_heads, n, d); row_pos: (r,) positions of the rows among
-    the n keys; mask_rows: (r, n) bool or additive float, or None for plain causal.
-    Returns (heads, r, n).
+    q_rows: (heads, r, d); k: (kv_heads, c, d); mask_rows: (r, c) bool or additive float, or
+    None for plain causal. Returns (heads, r, c).
     """
     heads, r, d = q_rows.shape
-    kv_heads, n, _ = k.shape
+    kv_heads, c, _ = k.shape
+    assert c >= start + r, f"rows [{start}, {start + r}) need at least {start + r} keys, got {c}"
     groups = heads // kv_heads
     q = q_rows.float().reshape(kv_heads, groups * r, d)                  # (kv_heads, g*r, d)
-    scores = torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling)  # (kv_heads, g*r, n)
-    scores = scores.view(heads, r, n)                                    # (heads, r, n)
+    scores = torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling)  # (kv_heads, g*r, c)
+    scores = scores.view(heads, r, c)                                    # (heads, r, c)
     if softcap is not None:
         scores = scores.div_(softcap).tanh_().mul_(softcap)
     if mask_rows is None:
-        allowed = torch.arange(n, device=k.device)[None, :] <= row_pos[:, None]   # (r, n)
-        scores.masked_fill_(~allowed, float("-inf"))
-    elif mask_rows.dtype == torch.bool:
+        # Causal: row start+i hides keys > start+i, all of them in the last c - start columns.
+        hidden = torch.ones(r, c - start, dtype=torch.bool, device=k.device).triu_(1)   # (r, c - start)
+        scores[..., start:].masked_fill_(hidden, float("-inf"))
+        return torch.softmax(scores, dim=-1)                             # every row sees itself
+    if mask_rows.dtype == torch.bool:
         scores.masked_fill_(~mask_rows, float("-inf"))
     else:
         scores.add_(mask_rows.float())
-    weights = torch.softmax(scores, dim=-1)
-    del scores
-    return weights.nan_to_num_(nan=0.0)                                  # fully masked rows -> 0
+    return torch.softmax(scores, dim=-1).nan_to_num_(nan=0.0)            # fully masked rows -> 0
 
 
 def _weighted_values(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -117,6 +118,7 @@ def _transition(module, query, key, value, attention_mask, *, scaling, softcap, 
     else:
         out = query.new_zeros(batch, n, heads, value.shape[-1])          # (batch, q, heads, d)
     weights_out = query.new_zeros(batch, heads, n, key.shape[2]) if want_weights else None
+    every_row = full or want_weights
     for b, span in enumerate(_mask_spans(attention_mask, batch, n)):
         if span is None:
             warnings.warn("attn_transition: a batch row's real tokens are not contiguous (packed "
@@ -126,31 +128,25 @@ def _transition(module, query, key, value, attention_mask, *, scaling, softcap, 
         else:
             plan = layer_plan(state.config, module.layer_idx, state.num_layers, span[1]) if state else ()
         first, count = span
-        if count == 0 or (not plan and not full and not want_weights):
+        if count == 0:
             continue
-        if full or want_weights:
-            rel = list(range(count))
-        else:
-            rel = plan_rows(plan)
-        rows = torch.tensor(rel, device=query.device, dtype=torch.long) + first       # (r,)
-        cols = slice(first, first + count)
-        mask_rows = None if attention_mask is None else attention_mask[b, 0][rows][:, cols]   # (r, count)
-        w = _row_weights(query[b][:, rows], key[b][:, cols], rows - first, mask_rows,
-                         scaling, softcap)                                # (heads, r, count)
-        if plan:
-            if full or want_weights:
-                idx = torch.tensor(plan_rows(plan), device=query.device, dtype=torch.long)
-                sub = w[:, idx]                                           # (heads, r', count)
-                apply_plan(sub, plan)
-                w[:, idx] = sub
-            else:
-                apply_plan(w, plan)
-            if mask_rows is not None:                                     # keep windows / padding
+        # Segments of contiguous query rows [start, end), each computed over keys [0, end) only (a
+        # causal row sees nothing further): one per edit, or all real rows when every row is wanted.
+        segments = [(0, count, plan)] if every_row else [(e.start, e.end, (e,)) for e in plan]
+        for start, end, edits in segments:
+            rows, cols = slice(first + start, first + end), slice(first, first + end)
+            mask_rows = None if attention_mask is None else \
+                attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, rows, cols]   # (r, end)
+            w = _row_weights(query[b, :, rows], key[b, :, cols], start, mask_rows,
+                             scaling, softcap)                            # (heads, r, end)
+            for edit in edits:
+                apply_edit_(w[:, edit.start - start:edit.end - start], edit)
+            if edits and mask_rows is not None:                           # keep windows / padding
                 w.mul_(_allowed(mask_rows))
-        o = _weighted_values(w, value[b][:, cols])                        # (heads, r, d)
-        out[b, rows] = o.transpose(0, 1).to(out.dtype)                    # (r, heads, d)
-        if weights_out is not None:
-            weights_out[b][:, rows, cols] = w.to(weights_out.dtype)
+            o = _weighted_values(w, value[b, :, cols])                    # (heads, r, d)
+            out[b, rows] = o.transpose(0, 1).to(out.dtype)                # (r, heads, d)
+            if weights_out is not None:
+                weights_out[b, :, rows, cols] = w.to(weights_out.dtype)
     return out, weights_out
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import attn_transition as at
-from attn_transition.schedules import ClassicBlock, SpanRedistribution, classic_block_, layer_plan
-from spec_oracle import (classic_block_row, classic_blocks, oracle_reweight, random_causal_attention,
+from attn_transition.schedules import (ClassicBlock, SpanRedistribution, apply_edit_, classic_block_, layer_plan,
+                                      redistribute_)
+from spec_oracle import (classic_block_row, classic_blocks, oracle_reweight, random_causal_attention, redistribute_row,
                          sra_steps)
 
 ATOL = 2e-6
@@ -186,3 +187,40 @@ def test_reweight_bfloat16_is_edited_in_float32():
     assert got.dtype == torch.bfloat16
     want = at.reweight(w.bfloat16().float(), 2, 6, cfg).bfloat16()
     assert torch.equal(got, want)
+
+
+def test_sra_unselected_rows_are_bitwise_unchanged():
+    """A (head, row) pair with nothing above the threshold in the target is not edited at all."""
+    w = random_causal_attention(1, 4, 120, seed=6, peaky=2.0)[0, :, 80:100]     # (heads, 20, 120)
+    rows = w.clone()
+    t = 0.05
+    redistribute_(rows, 10, 30, t, 4.0)
+    selected = (w[..., 10:30] > t).any(-1)                                       # (heads, 20)
+    assert selected.any() and (~selected).any(), "the case needs both kinds of rows"
+    assert torch.equal(rows[~selected], w[~selected])
+    want = w.double().numpy().copy()
+    for h in range(w.shape[0]):
+        for i in range(w.shape[1]):
+            redistribute_row(want[h, i], 10, 30, t, 4.0)
+    assert (rows - torch.from_numpy(want).float()).abs().max() < ATOL
+
+
+@pytest.mark.parametrize("config", [at.ClassicConfig(min_length=0, beta=0.8), at.SRAConfig(begin_length=5,
+                                                                                         threshold_len=30)])
+def test_each_edit_needs_only_the_keys_before_its_end(config):
+    """The patch computes an edit's rows over keys [0, end) only; on causal rows that is the same edit
+    (up to float32 rounding of the row sums)."""
+    n, L = 240, 8
+    w = random_causal_attention(1, 2, n, seed=8)[0]                              # (heads, n, n)
+    edited = 0
+    for layer in range(L):
+        for edit in layer_plan(config, layer, L, n):
+            full = w[:, edit.start:edit.end].clone()                             # (heads, I, n)
+            short = w[:, edit.start:edit.end, :edit.end].clone()                 # (heads, I, end)
+            apply_edit_(full, edit)
+            apply_edit_(short, edit)
+            # equal up to the order of the row sums' float32 additions
+            assert (full[..., :edit.end] - short).abs().max() < 1e-6, edit
+            assert not full[..., edit.end:].any()                              # causal zeros stay zero
+            edited += 1
+    assert edited > 3

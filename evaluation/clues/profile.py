@@ -170,13 +170,12 @@ def _profile_attention(module, query, key, value, attention_mask, dropout: float
     out = query.new_empty(1, n, heads, value.shape[-1])            # (1, n, heads, d)
     column_sums = torch.zeros(heads, n, dtype=torch.float32, device=query.device)
     for start in range(0, n, _CHUNK):
-        rows = torch.arange(start, min(n, start + _CHUNK), device=query.device)   # (r,)
-        mask_rows = None if attention_mask is None else attention_mask[0, 0][rows]  # (r, n)
-        w = _row_weights(query[0][:, rows], key[0], rows, mask_rows, scaling, softcap)   # (heads, r, n)
-        out[0, rows] = _weighted_values(w, value[0]).transpose(0, 1).to(out.dtype)       # (r, heads, d)
-        column_sums += w.sum(dim=1)
-        diagonal = w[:, torch.arange(rows.numel(), device=query.device), rows]           # (heads, r)
-        column_sums.index_add_(1, rows, -diagonal)                 # only queries i > j count
+        end = min(n, start + _CHUNK)                               # rows [start, end) see keys [0, end)
+        mask_rows = None if attention_mask is None else attention_mask[0, 0, start:end, :end]   # (r, end)
+        w = _row_weights(query[0, :, start:end], key[0, :, :end], start, mask_rows, scaling, softcap)  # (heads, r, end)
+        out[0, start:end] = _weighted_values(w, value[0, :, :end]).transpose(0, 1).to(out.dtype)  # (r, heads, d)
+        column_sums[:, :end] += w.sum(dim=1)
+        column_sums[:, start:end] -= w[:, :, start:].diagonal(dim1=-2, dim2=-1)    # only queries i > j count
     later = (n - 1 - torch.arange(n, device=query.device)).clamp(min=1).float()          # (n,)
     collector.add(layer, column_sums / later)
     return out, None
