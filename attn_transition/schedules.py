@@ -128,7 +128,7 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
     assert rows.shape[-2] == width and rows.shape[-1] >= end, (rows.shape, start, end)
     assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
     block = rows[..., :end]                                   # (..., I, e) view
-    block.masked_fill_(block < threshold, 0.0)                # 1. elimination
+    block.mul_(block >= threshold)                            # 1. elimination
     block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
     removed = 1.0 - block.sum(-1, keepdim=True)               # 3. (..., I, 1)
     if strategy == "adding":
@@ -163,7 +163,10 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     """
     target = slice(target_start, target_end)
     selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
-    rows.masked_fill_((rows < threshold) & selected, 0.0)              # eliminate, selected rows only
+    keep = rows >= threshold                                           # (..., r, C)
+    if not bool(selected.all()):
+        keep |= ~selected                                              # unselected rows keep everything
+    rows.mul_(keep)                                                    # eliminate (x * 1 == x exactly)
     removed = 1.0 - rows.sum(-1, keepdim=True)                         # (..., r, 1)
     m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)

@@ -68,8 +68,8 @@ def _row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int,
     kv_heads, c, _ = k.shape
     assert c >= start + r, f"rows [{start}, {start + r}) need at least {start + r} keys, got {c}"
     groups = heads // kv_heads
-    q = q_rows.float().reshape(kv_heads, groups * r, d)                  # (kv_heads, g*r, d)
-    scores = torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling)  # (kv_heads, g*r, c)
+    q = (q_rows.float() * scaling).reshape(kv_heads, groups * r, d)      # (kv_heads, g*r, d), scaled
+    scores = torch.matmul(q, k.float().transpose(-1, -2))                # (kv_heads, g*r, c)
     scores = scores.view(heads, r, c)                                    # (heads, r, c)
     if softcap is not None:
         scores = scores.div_(softcap).tanh_().mul_(softcap)
