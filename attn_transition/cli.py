@@ -37,8 +37,16 @@ EPILOG = """quick start:
 """
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's own errors (a bad number, an unknown option) as one line, exit code 2, like the
+    library's errors; ``--help`` still prints the whole usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="attn-transition", description="Attention Transition for Hugging Face transformers.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -68,11 +76,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               file=sys.stderr)
         return 2
     module = _load(name)
-    sub = argparse.ArgumentParser(prog=f"attn-transition {name}", description=SUBCOMMANDS[name][1],
+    sub = OneLineParser(prog=f"attn-transition {name}", description=SUBCOMMANDS[name][1],
                                   epilog=getattr(module, "EPILOG", None),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
-    args = sub.parse_args(argv[1:])          # argparse exits 2 on its own errors
+    try:
+        args = sub.parse_args(argv[1:])      # exits 2 (one line) on its own errors, 0 after --help
+    except SystemExit as exc:
+        return int(exc.code or 0)
     try:
         return int(module.run(args) or 0)
     except AttnTransitionError as exc:

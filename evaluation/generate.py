@@ -635,7 +635,7 @@ def shard_indices(n: int, rank: int, world: int) -> list[int]:
 
 def merge_outputs(records: list[dict], others: Iterable[dict]) -> int:
     """Copy into ``records`` (matched by id) every ``decode_*`` key they lack; returns the count."""
-    by_id = {r["id"]: r for r in records}
+    by_id = {str(r["id"]): r for r in records}          # ids compare as text (a seed file may hold ints)
     added = 0
     for rec in others:
         target = by_id.get(str(rec.get("id")))
@@ -804,6 +804,18 @@ def _check_compatible(meta: Optional[dict], model_name: str, template: PromptTem
                          f"would mix lengths (pass --max-new-tokens {old_max})")
 
 
+def _drop_merged_shards(output: Path, records: Sequence[dict], keys: Sequence[str], dist: DistState) -> None:
+    """Remove the rank shards once ``output`` holds every output; otherwise keep them for a --resume."""
+    missing = sum(1 for r in records for k in keys if k not in r)
+    if missing:
+        _note(dist, f"{missing} outputs are still missing; the rank shards stay next to {output.name} for a "
+                    f"later --resume")
+        return
+    for shard in existing_shards(output):
+        meta_path(shard).unlink(missing_ok=True)
+        shard.unlink()
+
+
 def _note(dist: DistState, text: str) -> None:
     if dist.main:
         print(f"attn-transition generate: {text}", file=sys.stderr, flush=True)
@@ -842,6 +854,10 @@ def run(args: argparse.Namespace) -> int:
     if output.exists() and not (args.resume or args.overwrite):
         raise UsageError(f"{output} already exists; pass --resume to fill its missing outputs or --overwrite "
                          f"to replace it")
+    if existing_shards(output) and not (args.resume or args.overwrite):
+        names = ", ".join(p.name for p in existing_shards(output))
+        raise UsageError(f"{names} hold the outputs of an interrupted multi-process run of {output.name}; pass "
+                         f"--resume to keep and complete them or --overwrite to start over")
     # Cheap checks first: nothing is loaded before the arguments are known to be good.
     configs = collect_configs(args.grid, args.config)
     if not configs and args.no_plain:
@@ -879,6 +895,9 @@ def run(args: argparse.Namespace) -> int:
                                   cache=args.cache_dir)
     template = load_template(args.template, tokenizer)
     _check_compatible(old_meta, args.model, template, args.max_new_tokens, output)
+    if args.resume:
+        for shard in existing_shards(output):     # each rank's sidecar records the run it belongs to
+            _check_compatible(_read_meta(meta_path(shard)), args.model, template, args.max_new_tokens, shard)
 
     # Selection (on every rank alike: same data, same tokenizer, same order).
     if args.shuffle:
@@ -894,12 +913,12 @@ def run(args: argparse.Namespace) -> int:
 
     records = existing
     appended = 0
-    known = {r["id"] for r in records}
+    known = {str(r["id"]) for r in records}
     for i in (selection.indices if selection else []):
-        if docs[i]["id"] not in known:
+        if str(docs[i]["id"]) not in known:
             records.append(new_record(docs[i]))
             appended += 1
-            known.add(docs[i]["id"])
+            known.add(str(docs[i]["id"]))
     prompts = render_prompts(template, tokenizer, records)
     lengths = prompt_lengths(tokenizer, prompts, template.add_special_tokens)
     limit_ctx = getattr(model.config, "max_position_embeddings", None)
@@ -985,9 +1004,16 @@ def run(args: argparse.Namespace) -> int:
         if dist.world == 1:
             write_json_atomic(mpath, build_meta(timings, finished=False))
         else:
-            write_json_atomic(meta_path(target), {"rank": dist.rank, "world_size": dist.world, "timings": timings})
+            write_json_atomic(meta_path(target), {
+                "rank": dist.rank, "world_size": dist.world, "timings": timings,
+                "model": {"name": args.model}, "prompt_template": template.as_dict(),
+                "generation": {"max_new_tokens": args.max_new_tokens}})
 
-    dist.barrier()          # every rank has read the old shards before any is rewritten
+    if args.overwrite and dist.main:
+        for shard in existing_shards(output):    # an earlier run's shards must not be merged into this one
+            meta_path(shard).unlink(missing_ok=True)
+            shard.unlink()
+    dist.barrier()          # every rank has read (or dropped) the old shards before any is rewritten
     save()
     todo_count = sum(1 for r in records for k in all_keys if k not in r)
     sharded = f", sharded over {dist.world} processes" if dist.world > 1 else ""
@@ -1011,12 +1037,12 @@ def run(args: argparse.Namespace) -> int:
                 per_rank.append((_read_meta(meta_path(shard_path(output, rank))) or {}).get("timings", {}))
             write_records(output, records)
             write_json_atomic(mpath, build_meta(combine_timings(per_rank), finished=True))
-            for shard in existing_shards(output):
-                meta_path(shard).unlink(missing_ok=True)
-                shard.unlink()
+            _drop_merged_shards(output, records, all_keys, dist)
         dist.barrier()
     else:
         write_json_atomic(mpath, build_meta(timings, finished=True))
+        if merged:
+            _drop_merged_shards(output, records, all_keys, dist)
     if dirty[0]:
         _note(dist, f"wrote {len(records)} records x {len(all_keys)} outputs to {output} (metadata {mpath.name}) "
                     f"in {time.perf_counter() - t0:.1f} s")

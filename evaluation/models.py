@@ -10,6 +10,7 @@ downloaded at run time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -17,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from attn_transition.errors import UsageError
 
@@ -67,6 +68,24 @@ def cache_dir(override: Optional[str | Path] = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "attn_transition"
 
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (POSIX ``flock``; no lock elsewhere), so the
+    processes of one ``accelerate launch`` convert a model once instead of racing."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:                                   # pragma: no cover - not POSIX
+        yield
+        return
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def convert(name: str, cache: Optional[str | Path] = None, *, force: bool = False) -> Path:
     """Dequantise an embedded GGUF model once into ``<cache>/<name>`` (safetensors)."""
     if name not in EMBEDDED:
@@ -74,6 +93,13 @@ def convert(name: str, cache: Optional[str | Path] = None, *, force: bool = Fals
     target = cache_dir(cache) / name
     if (target / "config.json").exists() and not force:
         return target
+    with _exclusive(target.parent / f".{name}.lock"):
+        if (target / "config.json").exists() and not force:
+            return target                                 # another process converted it meanwhile
+        return _convert(name, target)
+
+
+def _convert(name: str, target: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

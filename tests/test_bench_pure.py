@@ -77,6 +77,18 @@ def test_answer_and_needles_occur_exactly_once_in_the_prompt(tok, task):
         assert p.text.endswith(s.prime), p.text[-80:]
 
 
+@pytest.mark.parametrize("task", DEFAULT_TASKS)
+def test_asked_entity_occurs_only_in_needles_question_and_prime(tok, task):
+    """The person (fact, multihop) or key (kv) asked about is named nowhere in the filler."""
+    for s in make_samples((task,), (700, 1200), DEPTHS, 2, seed=5):
+        p = build_prompt(s, tok, chat=True)
+        entity = s.avoid[0]
+        where = sum(count_word(n.text, entity) for n in s.needles) + count_word(s.question, entity) \
+            + count_word(s.prime, entity)
+        assert where >= len(s.needles) + 1, (s.item_id, entity)
+        assert count_word(p.text, entity) == where, (s.item_id, entity)
+
+
 def test_fact_distractors_never_carry_the_answer_and_are_spread_in_the_filler(tok):
     data = json.loads(json.dumps(task_data()))
     data["tasks"]["fact"]["distractors"] = 6
@@ -206,6 +218,18 @@ def test_paired_comparison_matches_hand_computation():
     assert acc["ci_low"] < 0.8 < acc["ci_high"]
 
 
+def test_bootstrap_interval_is_paired():
+    """Two arms at 50% that differ on one item of 40: the paired interval hugs the one-item difference
+    (an unpaired bootstrap of two 50% arms would span about +-20 points)."""
+    items = [{"item_id": f"i{k}", "task": "fact", "length": 512, "depth": 0.0} for k in range(40)]
+    stock = [k % 2 for k in range(40)]
+    cfg = list(stock)
+    cfg[0] = 1                                   # the only discordant item: a win
+    c = analysis.compare(items, _outcomes({"stock": stock, "cfg": cfg}), "stock", "cfg", n_boot=4000)
+    assert c["diff"] == pytest.approx(1 / 40) and (c["wins"], c["losses"]) == (1, 0)
+    assert c["ci_low"] == 0.0 and c["ci_high"] <= 3 / 40, (c["ci_low"], c["ci_high"])
+
+
 def test_comparison_uses_only_items_both_configs_have():
     items = [{"item_id": f"i{k}", "task": "kv", "length": 1024, "depth": 0.5} for k in range(4)]
     outcomes = _outcomes({"stock": [1, 0, 1, 0], "cfg": [1, 1, 1, 1]})
@@ -283,6 +307,34 @@ def test_log_refuses_to_append_after_an_unfinished_line(tmp_path):
     with pytest.raises(UsageError, match="unfinished line"):
         store.RecordLog(path, {"model": "m"})
     assert path.read_bytes() == before
+
+
+def test_repair_tail_drops_an_unfinished_line_and_completes_a_whole_one(tmp_path):
+    path = tmp_path / "records.jsonl"
+    log = store.RecordLog(path, {"model": "m"})
+    log.append([{"item": "a", "config": "stock", "output": "47", "correct": True}])
+    good = path.read_bytes()
+    assert store.repair_tail(path) is None and path.read_bytes() == good
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"type": "record", "item": "b", "conf')           # cut mid-write
+    assert "dropped" in store.repair_tail(path) and path.read_bytes() == good
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"type": "record", "item": "b", "config": "stock", "output": "1", "correct": false}')
+    assert "completed" in store.repair_tail(path)
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "b"]
+    store.RecordLog(path, {"model": "m"}).append([{"item": "c", "config": "stock", "output": "2", "correct": False}])
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "b", "c"]
+
+
+def test_repeated_depths_lengths_or_tasks_are_refused():
+    from attn_transition.evaluation.bench.runner import BenchSettings
+
+    for kwargs, message in ((dict(depths=(0.25, 0.254)), "--depths has repeated values (depths are told apart "
+                                                         "in whole percents): 25,25.4"),
+                            (dict(lengths=(512, 512)), "--lengths has repeated values"),
+                            (dict(tasks=("kv", "kv")), "--tasks has repeated values")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            BenchSettings(**kwargs)
 
 
 def test_atomic_json_write_replaces_whole_files(tmp_path):

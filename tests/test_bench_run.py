@@ -146,6 +146,8 @@ def test_resume_after_interrupt_redoes_nothing_and_matches_an_uninterrupted_run(
     with pytest.raises(at.UsageError, match="add --resume"):
         run_bench(model, tok, SETTINGS, tmp_path, model_name="tiny", progress=False)
     assert (tmp_path / "records.jsonl").read_bytes() == before
+    with open(tmp_path / "records.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"type": "record", "item": "fact-L')             # a write cut short by Ctrl-C
 
     redone: list[dict] = []
     resumed = run_bench(model, tok, SETTINGS, tmp_path, model_name="tiny", progress=False, resume=True,

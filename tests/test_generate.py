@@ -270,6 +270,13 @@ def test_merge_outputs_fills_only_missing_keys():
     assert records[1] == {"document": "d", "summary": "s", "id": "2", "decode_or": "new", "decode_sra": "x"}
 
 
+def test_merge_outputs_matches_ids_as_text():
+    """A file written by other code may hold numeric ids; shards always hold text."""
+    records = [{"document": "d", "summary": "s", "id": 7}, {"document": "d", "summary": "s", "id": "8"}]
+    assert gen.merge_outputs(records, [{"id": "7", "decode_or": "a"}, {"id": 8, "decode_or": "b"}]) == 2
+    assert [r["decode_or"] for r in records] == ["a", "b"]
+
+
 def test_meta_and_shard_paths(tmp_path):
     out = tmp_path / "xsum.json"
     assert gen.meta_path(out) == tmp_path / "xsum.json.meta.json"

@@ -287,23 +287,98 @@ def test_ctrl_c_keeps_finished_batches(tiny_dir, tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- ranks (accelerate)
 
+def _run_ranks(world: int, argv: list[str], monkeypatch) -> list[object]:
+    """Run ``world`` ranks of one launch side by side (threads) with a real barrier between them."""
+    import threading
+
+    barrier = threading.Barrier(world, timeout=300)
+    local = threading.local()
+    monkeypatch.setattr(gen, "dist_state", lambda: gen.DistState(rank=local.rank, world=world, device="cpu",
+                                                                  barrier=barrier.wait))
+    results: list[object] = [None] * world
+
+    def one(rank: int) -> None:
+        local.rank = rank
+        try:
+            results[rank] = run_generate(*argv)
+        except BaseException as exc:          # surfaced by the assertion below
+            results[rank] = exc
+            barrier.abort()
+
+    threads = [threading.Thread(target=one, args=(rank,)) for rank in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_two_ranks_write_shards_and_rank_0_merges_in_input_order(tiny_dir, base_run, tmp_path, monkeypatch):
     """Also checks left padding: each rank batches a ~400-token prompt with a ~100-token one, and
     the merged file must equal the one-document-per-batch run."""
     out = tmp_path / "sharded.json"
-    # Barriers are no-ops here, so run rank 1 to completion first, then rank 0 (which merges).
-    for rank in (1, 0):
-        monkeypatch.setattr(gen, "dist_state", lambda rank=rank: gen.DistState(rank=rank, world=2, device="cpu"))
-        assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS) == 0
-        if rank == 1:
-            shard = read_records(gen.shard_path(out, 1))
-            assert [r["id"] for r in shard] == [FIXTURE_IDS[1], FIXTURE_IDS[3]]
-            assert not out.exists()
+    assert _run_ranks(2, ["-o", str(out), "--model", tiny_dir, *BASE_ARGS], monkeypatch) == [0, 0]
     assert read_records(out) == read_records(base_run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded.json", "sharded.json.meta.json"]
     meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
     assert meta["runs"][-1]["world_size"] == 2 and len(meta["documents"]) == 4
     assert {k: t["documents"] for k, t in meta["timings"].items()} == {"decode_or": 4, CLASSIC_KEY: 4, SRA_KEY: 4}
+
+
+def _leave_shard(out: Path, base_run: Path, model_name: str) -> Path:
+    """What an interrupted 2-rank run leaves: rank 1's finished shard and its sidecar, no output."""
+    base = read_records(base_run)
+    shard = gen.shard_path(out, 1)
+    gen.write_records(shard, [base[1], base[3]])
+    meta = json.loads(gen.meta_path(base_run).read_text(encoding="utf-8"))
+    gen.write_json_atomic(gen.meta_path(shard), {"rank": 1, "world_size": 2, "timings": {},
+                                                 "model": {"name": model_name},
+                                                 "prompt_template": meta["prompt_template"],
+                                                 "generation": meta["generation"]})
+    return shard
+
+
+def test_leftover_shards_need_resume_or_overwrite(tiny_dir, base_run, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    shard = _leave_shard(out, base_run, tiny_dir)
+    before = shard.read_bytes()
+    assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS) == 2
+    err = _error(capsys)
+    assert "out.json.rank1.json" in err and "--resume" in err and "--overwrite" in err
+    assert shard.read_bytes() == before and not out.exists()
+    # --resume keeps rank 1's outputs (nothing regenerated for them) and removes the shard after merging
+    calls = []
+    real = gen.generate_batch
+
+    def counting(model, tokenizer, prompts, **kw):
+        calls.append(len(prompts))
+        return real(model, tokenizer, prompts, **kw)
+
+    import pytest as _pytest
+
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gen, "generate_batch", counting)
+        assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS, "--resume") == 0
+    assert read_records(out) == read_records(base_run)
+    assert sum(calls) == 2 * 3                # documents 0 and 2, three outputs each
+    assert gen.existing_shards(out) == []
+
+
+def test_overwrite_drops_leftover_shards(tiny_dir, base_run, tmp_path):
+    out = tmp_path / "out.json"
+    shard = _leave_shard(out, base_run, "some-other-model")
+    assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS, "--overwrite") == 0
+    assert not shard.exists() and not gen.meta_path(shard).exists()
+    assert read_records(out) == read_records(base_run)
+
+
+def test_resume_refuses_a_shard_of_another_model(tiny_dir, base_run, tmp_path, capsys):
+    out = tmp_path / "out.json"
+    shard = _leave_shard(out, base_run, "some-other-model")
+    before = shard.read_bytes()
+    assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS, "--resume") == 2
+    assert "some-other-model" in _error(capsys)
+    assert shard.read_bytes() == before and not out.exists()
 
 
 # --------------------------------------------------------------------------- bad input: exit 2, nothing lost

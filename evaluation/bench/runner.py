@@ -70,6 +70,14 @@ class BenchSettings:
             raise UsageError(f"--lengths must be ints >= 16 (prompt tokens), got {list(self.lengths)}")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
             raise UsageError(f"--depths must be numbers in [0, 1] (fraction of the context), got {list(self.depths)}")
+        # Item ids carry the task, the length and the depth in whole percent: they must not collide.
+        for name, keys, shown in (("tasks", list(self.tasks), list(self.tasks)),
+                                  ("lengths", list(self.lengths), list(self.lengths)),
+                                  ("depths", [round(d * 100) for d in self.depths], [f"{d * 100:g}" for d in self.depths])):
+            if len(set(keys)) != len(keys):
+                extra = " (depths are told apart in whole percents)" if name == "depths" else ""
+                raise UsageError(f"--{name} has repeated values{extra}: {','.join(map(str, shown))}; "
+                                 f"give each value once")
         for name, low in (("per_cell", 1), ("max_new_tokens", 1), ("batch_size", 1), ("n_boot", 100)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
@@ -274,10 +282,17 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
         split = analysis.split_items([s.as_dict() for s in samples], settings.dev_fraction, rng.shuffle)
 
     log_path = out / store.log_name(shard.rank, shard.world)
+    param = next(model.parameters())
     identity = {"model": model_name, "seed": settings.seed, "task_data_version": task_data()["version"],
-                "chat": chat, "max_new_tokens": settings.max_new_tokens}
+                "chat": chat, "max_new_tokens": settings.max_new_tokens,
+                "dtype": str(param.dtype).replace("torch.", ""), "device_type": param.device.type}
     out.mkdir(parents=True, exist_ok=True)
     work = _Work()
+    if resume:
+        for path in sorted(out.glob("records*.jsonl")):
+            note = store.repair_tail(path)
+            if note:
+                print(f"resume: {note}", file=sys.stderr)
     existing = store.read_logs(out) if resume else []
     if not resume and (log_path.exists() or (out / "results.json").exists()):
         raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "

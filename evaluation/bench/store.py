@@ -5,8 +5,9 @@ The log's first line is a header naming the run's identity (model, seed, task-da
 version, prompt format, generation settings); every later line is one finished
 record. Records are appended one batch at a time with a single write and an fsync, so
 an interrupted run loses at most the batch in flight. ``--resume`` reads every log in
-the output folder, checks the identity, and skips the pairs already there. A log that
-cannot be read is never rewritten: the error says which line to fix.
+the output folder, checks the identity, and skips the pairs already there. The only
+repair ever made is to an unfinished last line (a write cut short by Ctrl-C or a crash);
+any other unreadable line stops the resume with an error that says which line to fix.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Iterable, Optional
 
 from attn_transition.errors import UsageError
 
-__all__ = ["LOG_FORMAT", "log_name", "RecordLog", "read_log", "read_logs", "write_json_atomic",
+__all__ = ["LOG_FORMAT", "log_name", "RecordLog", "read_log", "read_logs", "repair_tail", "write_json_atomic",
            "check_identity"]
 
 LOG_FORMAT = "attn-transition-bench-log/1"
@@ -62,6 +63,29 @@ def read_log(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if header is None:
         raise UsageError(f"--resume: {path} is empty or has no header; delete it and start again")
     return header, records
+
+
+def repair_tail(path: Path) -> Optional[str]:
+    """Finish or drop an unfinished last line of a log (an append cut short); what was done, or None.
+
+    An append writes whole lines in one call, so only the last line can be cut: if it is still
+    a complete JSON object it gets its newline back, otherwise it is dropped (its pair was never
+    counted as finished and is simply run again).
+    """
+    path = Path(path)
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    cut = data.rfind(b"\n") + 1                       # start of the unfinished line (0: the only line)
+    try:
+        json.loads(data[cut:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        with open(path, "r+b") as fh:
+            fh.truncate(cut)
+        return f"dropped the unfinished last line of {path.name} (an interrupted write)"
+    with open(path, "ab") as fh:
+        fh.write(b"\n")
+    return f"completed the last line of {path.name} (its newline was missing)"
 
 
 def read_logs(folder: Path) -> list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]:
