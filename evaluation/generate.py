@@ -43,8 +43,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError, UsageError
 
-from .seedformat import (PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_records, write_json_atomic,
-                         write_records)
+from .seedformat import (PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_json, read_records,
+                         write_json_atomic, write_records)
 
 __all__ = [
     "SAMPLE_PATH", "HUB_DATASET", "SEED_GRID", "PromptTemplate", "Selection", "load_documents",
@@ -655,10 +655,9 @@ def _read_meta(path: Path) -> Optional[dict]:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); "
-                         f"delete it to resume without the old metadata") from None
+        data = read_json(path)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; delete it to resume without the old metadata") from None
     if not isinstance(data, dict):
         raise UsageError(f"{path} must hold a JSON object; delete it to resume without the old metadata")
     return data

@@ -12,16 +12,15 @@ point: ``decode_sra_beg_5_thr_50_eo_0p5``.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from dataclasses import fields
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
 from attn_transition.errors import UsageError
+
+from .fileio import read_json, write_json_atomic   # noqa: F401  (part of this module's API)
 
 __all__ = ["PLAIN_KEY", "REQUIRED_FIELDS", "config_key", "parse_config_key", "candidate_keys",
            "read_records", "write_records", "validate_records", "read_json", "write_json_atomic"]
@@ -147,31 +146,6 @@ def validate_records(records: Any, source: str = "input") -> list[dict]:
                 raise UsageError(f"{source}: record {i} (id {rec['id']!r}) field {key!r} must be a string, "
                                  f"got {type(rec[key]).__name__}")
     return records
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; a missing or malformed file is a UsageError naming it."""
-    path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write atomically (temporary file + rename): an interrupted write never truncates."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

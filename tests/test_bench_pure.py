@@ -10,6 +10,7 @@ import string
 import pytest
 
 from attn_transition.errors import UsageError
+from attn_transition.evaluation import fileio
 from attn_transition.evaluation.bench import analysis, store
 from attn_transition.evaluation.bench.prompts import _place, build_prompt, render, resolve_format
 from attn_transition.evaluation.bench.scoring import exact_match, first_line, normalise, score
@@ -339,7 +340,7 @@ def test_repeated_depths_lengths_or_tasks_are_refused():
 
 def test_atomic_json_write_replaces_whole_files(tmp_path):
     path = tmp_path / "results.json"
-    store.write_json_atomic(path, {"a": 1})
-    store.write_json_atomic(path, {"b": [1, 2]})
+    fileio.write_json_atomic(path, {"a": 1})
+    fileio.write_json_atomic(path, {"b": [1, 2]})
     assert json.loads(path.read_text()) == {"b": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]

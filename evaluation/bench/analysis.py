@@ -14,7 +14,7 @@ labelled as an upper bound; it is never the result.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from attn_transition.evaluation.stats import compare_paired, wilson_interval
 

@@ -12,7 +12,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 from attn_transition.errors import UsageError
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .analysis import STOCK
 
 __all__ = ["markdown", "write_markdown", "write_plots"]
 
@@ -81,7 +79,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         f"- time: {meta['seconds_this_run']:.0f} s this run"
         + (f" (model load {meta['load_seconds']:.1f} s)" if "load_seconds" in meta else "")
         + "; per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds_per_config"].items()),
-        f"- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform"),
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform"),
     ]
     if not meta.get("complete", True):
         lines += ["", "**Incomplete run: some (item, config) pairs are missing; rerun with --resume.**"]
@@ -128,9 +126,9 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def write_markdown(results: Mapping[str, Any], path: Path) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(markdown(results), encoding="utf-8")
-    os.replace(tmp, path)
+    from ..fileio import write_text_atomic
+
+    write_text_atomic(path, markdown(results))
 
 
 def _grid(items: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]], config: str,

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from attn_transition.config import SCHEDULES, TransitionConfig, parse_config
-from attn_transition.errors import AttnTransitionError, UsageError
+from attn_transition.config import TransitionConfig, parse_config
+from attn_transition.errors import UsageError
 
+from ..fileio import write_json_atomic
 from . import analysis, store
 from .prompts import FORMATS, Prompt, build_prompt, resolve_format
 from .scoring import score
@@ -342,7 +343,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
         seconds[label] = seconds.get(label, 0.0) + float(r.get("seconds", 0.0))
     results = _results(settings, samples, prompts, split, configs, outcomes, tune_info, inactive, identity,
                        model, model_name, seconds, time.perf_counter() - started, shard, extra_meta or {})
-    store.write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     if write_report:
         from . import report
 

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from attn_transition.errors import UsageError
 
-__all__ = ["LOG_FORMAT", "log_name", "RecordLog", "read_log", "read_logs", "repair_tail", "write_json_atomic",
+__all__ = ["LOG_FORMAT", "log_name", "RecordLog", "read_log", "read_logs", "repair_tail",
            "check_identity"]
 
 LOG_FORMAT = "attn-transition-bench-log/1"
@@ -128,20 +127,3 @@ class RecordLog:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         self._write({"type": "record", **r} for r in records)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file next to ``path`` and move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
