@@ -13,7 +13,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from .errors import AttnTransitionError
+from .errors import AttnTransitionError, did_you_mean
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -68,10 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     name = argv[0]
     if name not in SUBCOMMANDS:
-        import difflib
-
-        hint = difflib.get_close_matches(name, SUBCOMMANDS, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        extra = did_you_mean(name, SUBCOMMANDS)
         print(f"attn-transition: error: unknown command {name!r}{extra}; commands: {', '.join(SUBCOMMANDS)}",
               file=sys.stderr)
         return 2

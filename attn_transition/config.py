@@ -8,12 +8,11 @@ field, the value and what is allowed. Defaults are the reference defaults.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Union
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 __all__ = ["ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "SCHEDULES"]
 
@@ -75,8 +74,7 @@ class ClassicConfig:
         _check_number(owner, "intervals_per_layer", self.intervals_per_layer, low=1, high=64, integer=True)
         _check_number(owner, "min_length", self.min_length, low=0, integer=True)
         if self.strategy not in self.STRATEGIES:
-            hint = difflib.get_close_matches(str(self.strategy), self.STRATEGIES, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(str(self.strategy), self.STRATEGIES)
             raise ConfigError(
                 f"{owner}.strategy must be one of {list(self.STRATEGIES)}, got {self.strategy!r}{extra}")
 
@@ -168,8 +166,7 @@ def parse_config(spec: str) -> TransitionConfig:
     head, _, tail = spec.strip().partition(":")
     head = head.strip().lower()
     if head not in SCHEDULES:
-        hint = difflib.get_close_matches(head, SCHEDULES, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        extra = did_you_mean(head, SCHEDULES)
         raise ConfigError(f"unknown schedule {head!r} in config {spec!r}; use one of {sorted(SCHEDULES)}{extra}")
     cls = SCHEDULES[head]
     by_name = {f.name: f for f in fields(cls)}
@@ -180,8 +177,7 @@ def parse_config(spec: str) -> TransitionConfig:
         if not eq:
             raise ConfigError(f"config item {item!r} in {spec!r} must look like key=value")
         if key not in by_name:
-            hint = difflib.get_close_matches(key, by_name, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(key, by_name)
             raise ConfigError(f"{cls.__name__} has no field {key!r}{extra}; fields: {', '.join(by_name)}")
         values[key] = _coerce(cls.__name__, by_name[key], text.strip())
     return cls(**values)

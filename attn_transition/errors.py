@@ -6,6 +6,8 @@ The subclasses also derive from the matching built-in type (``ValueError``,
 ``TypeError``) so code written against plain Python exceptions keeps working.
 """
 
+from typing import Iterable
+
 
 class AttnTransitionError(Exception):
     """Base class of every error raised on purpose by attn_transition."""
@@ -25,3 +27,11 @@ class NotACausalLMError(AttnTransitionError, TypeError):
 
 class UsageError(AttnTransitionError, ValueError):
     """Bad input at the command line or in a data file; the CLI turns it into exit code 2."""
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices`` to ``word``, or ``""``."""
+    import difflib
+
+    hint = difflib.get_close_matches(str(word), list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
-from attn_transition.errors import UsageError
+from attn_transition.errors import UsageError, did_you_mean
 
 from .generate import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
 
@@ -124,10 +124,7 @@ def _prompt(args: argparse.Namespace, tokenizer: Any) -> tuple[str, bool, str]:
     else:
         by_id = {d["id"]: d for d in docs}
         if args.document not in by_id:
-            import difflib
-
-            hint = difflib.get_close_matches(args.document, by_id, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(args.document, by_id)
             raise UsageError(f"--document {args.document!r} is not in the sample{extra}; ids: {', '.join(by_id)}")
         doc = by_id[args.document]
     template = load_template(args.template, tokenizer)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import difflib
 import itertools
 import json
 import math
@@ -41,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, parse_config
-from attn_transition.errors import ConfigError, UsageError
+from attn_transition.errors import ConfigError, UsageError, did_you_mean
 
 from .seedformat import (PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_json, read_records,
                          write_json_atomic, write_records)
@@ -268,8 +267,7 @@ def _template_from_file(path: Path, source: str) -> PromptTemplate:
                          f"{', '.join(_TEMPLATE_FIELDS)}")
     for key in data:
         if key not in _TEMPLATE_FIELDS:
-            hint = difflib.get_close_matches(key, _TEMPLATE_FIELDS, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(key, _TEMPLATE_FIELDS)
             raise UsageError(f"prompt template {path}: unknown field {key!r}{extra}; "
                              f"fields: {', '.join(_TEMPLATE_FIELDS)}")
     for key in ("name", "version", "kind"):
@@ -294,8 +292,7 @@ def load_template(spec: str, tokenizer: Any = None) -> PromptTemplate:
             raise UsageError(f"prompt template file {spec} does not exist")
         else:
             choices = ["auto", *BUILTIN_TEMPLATES]
-            hint = difflib.get_close_matches(spec, choices, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(spec, choices)
             raise UsageError(f"unknown --template {spec!r}{extra}; use one of {', '.join(choices)} "
                              f"or the path of a JSON template file")
     if template.kind == "chat" and tokenizer is not None and getattr(tokenizer, "chat_template", None) is None:
@@ -432,8 +429,7 @@ def parse_grid(spec: str) -> list[TransitionConfig]:
     if colon:
         schedule = head.strip().lower()
         if schedule not in SCHEDULES:
-            hint = difflib.get_close_matches(schedule, SCHEDULES, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(schedule, SCHEDULES)
             raise ConfigError(f"grid {spec!r}: unknown schedule {schedule!r}{extra}; use one of {sorted(SCHEDULES)}")
     else:
         body = text
@@ -445,8 +441,7 @@ def parse_grid(spec: str) -> list[TransitionConfig]:
         if not eq:
             raise ConfigError(f"grid {spec!r}: {part!r} must look like name=value1,value2")
         if name not in names:
-            hint = difflib.get_close_matches(name, names, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(name, names)
             raise ConfigError(f"grid {spec!r}: {SCHEDULES[schedule].__name__} has no field {name!r}{extra}; "
                               f"fields: {', '.join(names)}")
         if name in axes:

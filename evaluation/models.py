@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
-from attn_transition.errors import UsageError
+from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["EmbeddedModel", "EMBEDDED", "DEFAULT_MODEL", "cache_dir", "convert", "load_model",
            "resolve_model", "add_model_arguments"]
@@ -148,10 +148,7 @@ def resolve_model(model: str, cache: Optional[str | Path] = None) -> str:
             raise UsageError(f"model {model!r} is not in the local hub cache and HF_HUB_OFFLINE=1; "
                              f"download it first or use an embedded model ({', '.join(EMBEDDED)})")
     if "/" not in model:
-        import difflib
-
-        hint = difflib.get_close_matches(model, EMBEDDED, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        extra = did_you_mean(model, EMBEDDED)
         raise UsageError(f"unknown model {model!r}{extra}; use an embedded name ({', '.join(EMBEDDED)}), "
                          f"a folder or a hub id like org/name")
     return model

@@ -25,7 +25,6 @@ for the two-digit numbers of ``fact`` and ``kv``, 1/81 for the ordered digit pai
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 import re
@@ -34,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from attn_transition.errors import UsageError
+from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["DATA_FILE", "task_data", "Needle", "Sample", "Task", "TASKS", "get_task", "parse_tasks",
            "make_samples", "DEFAULT_TASKS", "sample_seed", "count_word"]
@@ -248,8 +247,7 @@ DEFAULT_TASKS: tuple[str, ...] = ("fact", "kv", "multihop")
 def get_task(name: str) -> Task:
     """The registered task called ``name``; UsageError with a did-you-mean hint otherwise."""
     if name not in TASKS:
-        hint = difflib.get_close_matches(name, TASKS, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        extra = did_you_mean(name, TASKS)
         raise UsageError(f"unknown task {name!r}{extra}; --tasks takes a comma list of {', '.join(TASKS)}")
     return TASKS[name]
 
