@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError, UsageError, did_you_mean
 
+from .models import generate_greedy as generate_batch
 from .seedformat import (PLAIN_KEY, REQUIRED_FIELDS, config_key, parse_config_key, read_json, read_records,
                          write_json_atomic, write_records)
 
@@ -491,33 +492,6 @@ def config_as_dict(cfg: TransitionConfig) -> dict:
 
 
 # --------------------------------------------------------------------------- generation
-
-def generate_batch(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
-                   add_special_tokens: bool, plain_switch: bool = False) -> list[str]:
-    """Greedy continuations of ``prompts`` (left padded); only the new text is returned.
-
-    ``plain_switch`` passes ``attn_transition=False`` to ``generate`` (stock attention on an
-    enabled model)."""
-    import torch
-
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-    finally:
-        tokenizer.padding_side = side
-    device = getattr(model, "device", None) or next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                  pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
-    if plain_switch:
-        kwargs["attn_transition"] = False
-    with torch.inference_mode():
-        out = model.generate(**enc, **kwargs)                            # (batch, prompt + new)
-    new = out[:, enc["input_ids"].shape[1]:]                              # (batch, new)
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
-
 
 def _tqdm(**kwargs: Any):
     from tqdm import tqdm          # plain text bars: also in notebooks without ipywidgets

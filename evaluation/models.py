@@ -1,5 +1,7 @@
 """Loading models: the two embedded models that install from PyPI, or any hub id / folder.
 
+Also the one greedy, left-padded batch generation every command uses.
+
 The embedded models ship as GGUF files inside Python packages. transformers can read
 GGUF but dequantising takes 30-90 s on a CPU, so the first load converts once into a
 safetensors folder under the cache (``$ATTN_TRANSITION_CACHE``, default
@@ -18,12 +20,12 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["EmbeddedModel", "EMBEDDED", "DEFAULT_MODEL", "cache_dir", "convert", "load_model",
-           "resolve_model", "add_model_arguments"]
+           "resolve_model", "generate_greedy", "add_model_arguments"]
 
 
 def _smollm2_gguf() -> Path:
@@ -188,6 +190,33 @@ def load_model(model: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer
+
+
+def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
+                    add_special_tokens: bool, plain_switch: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts`` (left padded); only the new text is returned.
+
+    ``plain_switch`` passes ``attn_transition=False`` to ``generate`` (stock attention on an
+    enabled model)."""
+    import torch
+
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    finally:
+        tokenizer.padding_side = side
+    device = getattr(model, "device", None) or next(model.parameters()).device
+    enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
+    if plain_switch:
+        kwargs["attn_transition"] = False
+    with torch.inference_mode():
+        out = model.generate(**enc, **kwargs)                            # (batch, prompt + new)
+    new = out[:, enc["input_ids"].shape[1]:]                              # (batch, new)
+    return tokenizer.batch_decode(new, skip_special_tokens=True)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:

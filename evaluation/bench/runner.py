@@ -160,17 +160,10 @@ def _gather(shard: Shard, obj: Any) -> list[Any]:
 
 def generate_batch(model: Any, tokenizer: Any, texts: Sequence[str], *, chat: bool,
                    max_new_tokens: int) -> list[str]:
-    """Greedy continuations of ``texts`` (left padded), decoded without special tokens."""
-    import torch
+    """Greedy continuations of ``texts`` (left padded); chat prompts already hold their special tokens."""
+    from ..models import generate_greedy
 
-    enc = tokenizer(list(texts), return_tensors="pt", padding=True, add_special_tokens=not chat)
-    device = next(model.parameters()).device
-    enc = {k: v.to(device) for k, v in enc.items()}
-    with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]                         # (batch, new tokens)
-    return tokenizer.batch_decode(new, skip_special_tokens=True)
+    return generate_greedy(model, tokenizer, texts, max_new_tokens=max_new_tokens, add_special_tokens=not chat)
 
 
 def _versions() -> dict[str, str]:
