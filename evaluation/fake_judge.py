@@ -12,7 +12,9 @@ end to end without a key or a network. It can also be told to misbehave, for tes
 
 Behaviours (consumed one per request from ``script``, then ``default``): ``ok``, ``429``
 (with ``Retry-After: retry_after``), ``500``, ``malformed`` (not JSON), ``incomplete``
-(JSON missing one label), ``slow`` (answers after ``slow_seconds``). ``fail_after=k``
+(JSON missing one label), ``slow`` (answers after ``slow_seconds``), ``context_length``
+(400 ``context_length_exceeded``, as for a too long prompt), ``bad_format`` (400 naming
+``response_format``), ``bad_body`` (200 whose body is not a chat completion). ``fail_after=k``
 answers 500 to every request after the k-th successful answer. An unknown model gets
 404 ``model_not_found``. ``requests`` keeps every request body (parsed) for inspection.
 """
@@ -28,7 +30,9 @@ from typing import Any, Callable, Iterable, Optional
 
 __all__ = ["FakeJudgeServer", "fake_score", "BEHAVIOURS"]
 
-BEHAVIOURS = ("ok", "429", "500", "malformed", "incomplete", "slow")
+BEHAVIOURS = ("ok", "429", "500", "malformed", "incomplete", "slow", "context_length", "bad_format", "bad_body")
+CONTEXT_LENGTH_MESSAGE = ("This model's maximum context length is 128 tokens. However, your messages resulted in "
+                          "{n} tokens. Please reduce the length of the messages.")
 _CANDIDATE = re.compile(r'<candidate id="([^"]+)">\n(.*?)\n</candidate>', re.S)
 
 
@@ -110,7 +114,7 @@ class FakeJudgeServer:
                 return "500"
             return self.script.pop(0) if self.script else self.default
 
-    def _answer(self, body: dict, behaviour: str) -> tuple[int, dict, dict[str, str]]:
+    def _answer(self, body: dict, behaviour: str) -> tuple[int, Any, dict[str, str]]:
         model = body.get("model")
         if model not in self.models:
             return 404, {"error": {"message": f"The model `{model}` does not exist or you do not have access to it.",
@@ -121,6 +125,17 @@ class FakeJudgeServer:
         if behaviour == "500":
             return 500, {"error": {"message": "The server had an error (fake)", "type": "server_error",
                                    "param": None, "code": None}}, {}
+        if behaviour == "context_length":
+            prompt = "".join(str(m.get("content", "")) for m in body.get("messages", []))
+            return 400, {"error": {"message": CONTEXT_LENGTH_MESSAGE.format(n=_tokens(prompt)),
+                                   "type": "invalid_request_error", "param": "messages",
+                                   "code": "context_length_exceeded"}}, {}
+        if behaviour == "bad_format":
+            return 400, {"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not "
+                                              "supported with this model (fake)", "type": "invalid_request_error",
+                                   "param": "response_format", "code": None}}, {}
+        if behaviour == "bad_body":
+            return 200, ["not", "a", "chat", "completion"], {}
         if behaviour == "slow":
             self._release.wait(self.slow_seconds)
         cands = _candidates(body)
@@ -153,7 +168,7 @@ class FakeJudgeServer:
             def log_message(self, *args: Any) -> None:   # keep test output clean
                 pass
 
-            def _send(self, status: int, payload: dict, headers: Optional[dict[str, str]] = None) -> None:
+            def _send(self, status: int, payload: Any, headers: Optional[dict[str, str]] = None) -> None:
                 data = json.dumps(payload).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")

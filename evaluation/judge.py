@@ -37,10 +37,14 @@ The scores file (default ``OUTPUTS.scores.json``, written atomically), format ve
                     "reasons": {key: [str or null, one per repeat]},
                     "orders": [[key, ...] per repeat] | null (joint: presented order, position 1 first),
                     "failures": [{"repeat", "candidate" (single) | null, "attempt", "error", "raw",
-                                  "finish_reason", "recovered": bool}]}]}
+                                  "finish_reason", "recovered": bool,
+                                  "http_status": int (only for a request the server refused)}]}]}
 
 A failed repeat leaves ``null`` in ``scores``; ``failures`` holds every bad reply
-(``recovered`` when a re-ask of the same repeat then succeeded).
+(``recovered`` when a re-ask of the same repeat then succeeded) and every request the server
+refused for its content (HTTP 400, e.g. ``context_length_exceeded``; ``raw`` is null, the
+server's error text is in ``error``; not re-asked, not cached: a rerun asks again).
+``failed_requests`` counts repeats left without scores; ``bad_replies`` counts bad replies only.
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from attn_transition.errors import UsageError
 
-from .judge_client import DEFAULT_BASE_URL, Aborted, JudgeCache, JudgeClient, RetryPolicy, file_sha256
+from .judge_client import (DEFAULT_BASE_URL, Aborted, JudgeCache, JudgeClient, Rejected, RetryPolicy, file_sha256,
+                           import_optional)
 from .judge_payload import (OUTPUT_TOKENS_PER_CANDIDATE, PROMPTS_PATH, PROTOCOLS, RESPONSE_FORMATS, ReplyError,
                             build_payload, cache_key, estimate_tokens, load_prompts, make_labels, parse_reply,
                             presentation_order, request_seed)
@@ -84,7 +89,8 @@ EPILOG = """examples:
 Rerunning the same command reuses every cached answer (out.judge-cache.jsonl): after a crash,
 Ctrl-C or a server error only the missing requests are sent. A reply that stays malformed is
 recorded as a failure (raw text in the scores file); rerun with a larger --reask to ask again
-(only the new attempts are sent).
+(only the new attempts are sent). A request the server refuses for its content (HTTP 400, e.g.
+context_length_exceeded) is recorded as a failure with the server's message; the others go on.
 """
 
 
@@ -228,7 +234,13 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
     result = TrialResult(spec, None, None)
     for attempt in range(options.reask + 1):
         payload, labels = payload_for(spec, record, options, prompts, attempt)
-        comp = client.complete(payload, cache_key(payload, options.judge_model, options.base_url))
+        try:
+            comp = client.complete(payload, cache_key(payload, options.judge_model, options.base_url))
+        except Rejected as exc:        # e.g. context_length_exceeded: a re-ask would be rejected alike
+            result.failures.append({"repeat": spec.repeat, "candidate": spec.candidate, "attempt": attempt,
+                                    "error": str(exc), "raw": None, "finish_reason": None, "recovered": False,
+                                    "http_status": exc.status})
+            break
         (result.cached if comp.cached else result.new).append((comp.prompt_tokens, comp.completion_tokens))
         try:
             reply = parse_reply(comp.content, labels)
@@ -324,7 +336,7 @@ def judge_records(records: Sequence[dict], options: JudgeOptions, client: JudgeC
             if orders is not None:
                 orders.append(list(spec.keys))
             failures.extend(res.failures)
-            bad += len(res.failures)
+            bad += sum("http_status" not in f for f in res.failures)      # replies; not requests the server refused
             for pt, ct in res.new:
                 new_pt, new_ct, n_new = new_pt + pt, new_ct + ct, n_new + 1
             for pt, ct in res.cached:
@@ -384,7 +396,7 @@ def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[s
                 "a local server that needs no key still needs a placeholder: export OPENAI_API_KEY=dummy")
         raise UsageError(f"OPENAI_API_KEY is not set; {hint} (or use --base-url for a local OpenAI-compatible "
                          f"server; --dry-run needs no key)")
-    from openai import OpenAI
+    OpenAI = import_optional("openai", "the judge").OpenAI
 
     client = OpenAI(api_key=key, base_url=options.base_url, max_retries=0, timeout=options.timeout)
     return JudgeClient(client, options.judge_model, options.base_url, cache,
@@ -413,17 +425,40 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
     return scores_path, doc
 
 
-def dry_run(outputs: str | os.PathLike, options: JudgeOptions, out: Any = None) -> dict:
-    """Print the first request's prompt and estimate tokens and cost of the whole run."""
+def _cached_outcome(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: dict,
+                    cache: JudgeCache) -> bool:
+    """Whether the run would settle ``spec`` from the cache alone, walking the attempts as
+    :func:`_judge_one` does: a cached valid reply, or every attempt cached and malformed."""
+    for attempt in range(options.reask + 1):
+        payload, labels = payload_for(spec, record, options, prompts, attempt)
+        hit = cache.get(cache_key(payload, options.judge_model, options.base_url))
+        if hit is None:
+            return False
+        try:
+            parse_reply(hit.get("content"), labels)
+        except ReplyError:
+            continue
+        return True
+    return True
+
+
+def dry_run(outputs: str | os.PathLike, options: JudgeOptions, out: Any = None, *,
+            cache_path: Optional[str | os.PathLike] = None, use_cache: bool = True) -> dict:
+    """Print the first request's prompt and estimate tokens and cost of what the run would
+    send: requests the cache already settles cost nothing and are counted apart."""
     out = out or sys.stdout
     records = read_records(outputs)
     specs = plan_requests(records, options)
     prompts = load_prompts()
-    prompt_tokens = completion_tokens = 0
+    cache = JudgeCache(cache_path or default_cache_path(outputs), enabled=use_cache)
+    prompt_tokens = completion_tokens = n_cached = 0
     first = None
     for spec in specs:
         payload, labels = payload_for(spec, records[spec.doc_index], options, prompts)
         first = first or payload
+        if use_cache and _cached_outcome(spec, records[spec.doc_index], options, prompts, cache):
+            n_cached += 1
+            continue
         prompt_tokens += sum(estimate_tokens(m["content"]) for m in payload["messages"]) + 4 * len(payload["messages"])
         completion_tokens += OUTPUT_TOKENS_PER_CANDIDATE * len(labels)
     price = price_for(options.judge_model, options)
@@ -436,12 +471,15 @@ def dry_run(outputs: str | os.PathLike, options: JudgeOptions, out: Any = None) 
         print(f"[response_format] {json.dumps(first['response_format'])[:300]}...\n", file=out)
     cost_text = f"${cost:.2f} ({price['source']})" if cost is not None else \
         f"unknown (no price for {options.judge_model!r}; pass --price-in/--price-out)"
+    in_cache = (f"{n_cached} already answered in the cache {cache.path} (cost nothing), "
+                if use_cache else "cache not used (--no-cache), ")
     print(f"--- estimate for {outputs}: {len(records)} documents x {options.repeats} repeat(s) = {len(specs)} "
-          f"requests, ~{prompt_tokens:,} input + ~{completion_tokens:,} output tokens "
-          f"(~{OUTPUT_TOKENS_PER_CANDIDATE} per candidate; about 4 characters per token), cost {cost_text}; "
-          f"cached answers would cost nothing", file=out)
-    return {"requests": len(specs), "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "cost_usd": cost, "first_payload": first}
+          f"requests; {in_cache}{len(specs) - n_cached} to send: ~{prompt_tokens:,} input + "
+          f"~{completion_tokens:,} output tokens (~{OUTPUT_TOKENS_PER_CANDIDATE} per candidate; about 4 characters "
+          f"per token; re-asks after bad replies not included), cost {cost_text}", file=out)
+    return {"requests": len(specs), "cached_requests": n_cached, "requests_to_send": len(specs) - n_cached,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost,
+            "first_payload": first}
 
 
 # -- command line -------------------------------------------------------------------------------
@@ -469,7 +507,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the answer cache")
     parser.add_argument("--price-in", type=float, help="USD per 1M input tokens (overrides the table)")
     parser.add_argument("--price-out", type=float, help="USD per 1M output tokens (overrides the table)")
-    parser.add_argument("--dry-run", action="store_true", help="print one prompt and the estimated tokens/cost; send nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print one prompt, how many requests the cache already answers, and the estimated "
+                             "tokens/cost of the rest; send nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -489,7 +529,7 @@ def _fmt_cost(value: Optional[float]) -> str:
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if args.dry_run:
-        dry_run(args.outputs, options)
+        dry_run(args.outputs, options, cache_path=args.cache, use_cache=not args.no_cache)
         return 0
     path, doc = judge_file(args.outputs, options, scores_path=args.output, cache_path=args.cache,
                            use_cache=not args.no_cache, progress=not args.quiet)

@@ -3,14 +3,19 @@
 * :class:`JudgeCache` -- JSONL, one line per answer the server gave (HTTP 200), keyed by
   :func:`~.judge_payload.cache_key`. Lines are appended, flushed and fsynced as answers
   arrive, so a crash or Ctrl-C loses nothing already paid for; a torn last line (a crash
-  mid-write) is skipped on load. Malformed answers are cached too: they were paid for, and
-  re-asking uses a different request (see ``request_seed``).
+  mid-write) is skipped on load, and the next answer starts on a new line after it.
+  Malformed answers are cached too: they were paid for, and re-asking uses a different
+  request (see ``request_seed``).
 * :class:`JudgeClient` -- calls the official ``openai`` client (built with
   ``max_retries=0``: retrying is done here). 429, 408/409, 5xx, timeouts and connection
   errors are retried with exponential backoff (deterministic jitter), honouring the
   server's ``retry-after-ms`` / ``Retry-After`` headers; every wait is recorded in
-  ``waits``. Errors that retrying cannot fix (unknown model, rejected key, bad request)
-  become a one-line :class:`~attn_transition.errors.UsageError` at once.
+  ``waits``. Errors that retrying cannot fix and that hit every request (unknown model,
+  rejected key, an unsupported ``response_format`` or other request setting) become a
+  one-line :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's
+  content (``context_length_exceeded``...) raises :class:`Rejected`, which the caller
+  records as that request's failure. Anything else the client raises (an unreadable
+  answer...) is a one-line ``UsageError`` as well, never a traceback.
 """
 
 from __future__ import annotations
@@ -29,14 +34,48 @@ from typing import Any, Callable, Optional
 
 from attn_transition.errors import UsageError
 
-__all__ = ["RetryPolicy", "Completion", "JudgeCache", "JudgeClient", "Aborted", "retry_after_seconds", "file_sha256"]
+__all__ = ["RetryPolicy", "Completion", "JudgeCache", "JudgeClient", "Aborted", "Rejected", "retry_after_seconds",
+           "file_sha256", "import_optional"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
+# Statuses a server may give for one request's own content (400; 413 too large; 422 invalid
+# input, e.g. text-generation-inference's over-long prompts), and the codes that always mean
+# content: recorded as that request's failure, the run goes on.
+CONTENT_STATUS = frozenset({400, 413, 422})
+CONTENT_ERROR_CODES = frozenset({"context_length_exceeded", "string_above_max_length", "content_filter",
+                                 "content_policy_violation", "invalid_prompt"})
+# Request parameters that are the same in every request: a 400 about them is fatal at once.
+RUN_WIDE_PARAMS = ("model", "response_format", "temperature", "seed", "max_tokens", "max_completion_tokens")
 
 
 class Aborted(Exception):
     """Raised inside a worker when the run is stopping (another request failed for good)."""
+
+
+class Rejected(Exception):
+    """The server refused this one request (HTTP 400 about its content); not retried."""
+
+    def __init__(self, status: int, code: Optional[str], text: str):
+        super().__init__(f"the server rejected the request (HTTP {status}"
+                         + (f" {code}" if code else "") + f": {text})")
+        self.status, self.code, self.text = status, code, text
+
+
+def import_optional(module: str, purpose: str, pip_name: Optional[str] = None, alternative: str = "") -> Any:
+    """``importlib.import_module(module)``, or a one-line UsageError naming the package and
+    the pip command. Imports the top-level package first (a ``None`` there blocks it)."""
+    import importlib
+
+    top = module.split(".")[0]
+    try:
+        importlib.import_module(top)
+        return importlib.import_module(module)
+    except ImportError:
+        pip_name = pip_name or top
+        raise UsageError(f"{purpose} needs the {top} package, which is not installed: pip install {pip_name} "
+                         f"(or all evaluation extras: pip install \"attn-transition[eval]\")"
+                         + (f"; {alternative}" if alternative else "")) from None
 
 
 @dataclass(frozen=True)
@@ -79,7 +118,12 @@ class JudgeCache:
         self._lock = threading.Lock()
         self._entries: dict[str, dict] = {}
         self.skipped_lines = 0
+        self._torn_tail = False          # the file ends without a newline: the next append starts a new line
         if enabled and self.path.exists():
+            with self.path.open("rb") as raw:
+                if raw.seek(0, os.SEEK_END) > 0:
+                    raw.seek(-1, os.SEEK_END)
+                    self._torn_tail = raw.read(1) != b"\n"
             with self.path.open(encoding="utf-8") as fh:
                 for line in fh:
                     if not line.strip():
@@ -107,9 +151,12 @@ class JudgeCache:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(line)
+                # after a torn last line, start on a new line: the torn one stays unreadable
+                # (skipped on load), this answer does not join it
+                fh.write(("\n" if self._torn_tail else "") + line)
                 fh.flush()
                 os.fsync(fh.fileno())
+            self._torn_tail = False
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -206,16 +253,44 @@ class JudgeClient:
             return Completion(hit.get("content"), hit.get("finish_reason"), int(usage.get("prompt_tokens", 0)),
                               int(usage.get("completion_tokens", 0)), True, hit.get("response_model"))
         response = self._send(payload, key)
-        choice = response.choices[0] if response.choices else None
-        content = choice.message.content if choice is not None and choice.message is not None else None
-        finish = getattr(choice, "finish_reason", None) if choice is not None else None
-        usage = getattr(response, "usage", None)
-        pt = int(getattr(usage, "prompt_tokens", 0) or 0)
-        ct = int(getattr(usage, "completion_tokens", 0) or 0)
+        try:                            # a non-compliant 200 body may lack any of these
+            choice = response.choices[0] if response.choices else None
+            content = choice.message.content if choice is not None and choice.message is not None else None
+            finish = getattr(choice, "finish_reason", None) if choice is not None else None
+            usage = getattr(response, "usage", None)
+            pt = int(getattr(usage, "prompt_tokens", 0) or 0)
+            ct = int(getattr(usage, "completion_tokens", 0) or 0)
+            if content is not None and not isinstance(content, str):
+                raise TypeError(f"message content is a {type(content).__name__}, not text")
+        except Exception as exc:
+            raise self._unexpected(exc) from None
         self.cache.put(key, {"model": self.model, "base_url": self.base_url, "content": content,
                              "finish_reason": finish, "usage": {"prompt_tokens": pt, "completion_tokens": ct},
                              "response_model": getattr(response, "model", None), "time": time.time()})
         return Completion(content, finish, pt, ct, False, getattr(response, "model", None))
+
+    def _saved(self) -> str:
+        return f"; answers so far are kept in {self.cache_path_hint}" if self.cache_path_hint else ""
+
+    def _unexpected(self, exc: Exception) -> UsageError:
+        """Anything the client raised that is not an HTTP status, timeout or connection error."""
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no message"
+        return UsageError(f"{self.base_url} gave an answer the openai client could not handle "
+                          f"({type(exc).__name__}: {text}); check that --base-url is an OpenAI-compatible "
+                          f"Chat Completions server{self._saved()}")
+
+    def _rejected(self, exc: Exception) -> Optional[Rejected]:
+        """A 400 about this request's content (recorded, the run goes on), else ``None`` (fatal):
+        a 400 about a setting every request shares, or one naming ``response_format``."""
+        status = getattr(exc, "status_code", None)
+        if status not in CONTENT_STATUS:
+            return None
+        code, text = _error_code(exc), _error_text(exc)
+        param = str(getattr(exc, "param", None) or "")
+        if code not in CONTENT_ERROR_CODES and ("response_format" in text.lower() or code == "model_not_found"
+                                                or param.split(".")[0] in RUN_WIDE_PARAMS):
+            return None
+        return Rejected(status, code, text)
 
     def _fatal(self, exc: Exception) -> UsageError:
         import openai
@@ -223,7 +298,10 @@ class JudgeClient:
         status = getattr(exc, "status_code", None)
         text = _error_text(exc)
         where = self.base_url
-        saved = f"; answers so far are kept in {self.cache_path_hint}" if self.cache_path_hint else ""
+        saved = self._saved()
+        if status == 400 and (_error_code(exc) == "model_not_found" or getattr(exc, "param", None) == "model"):
+            return UsageError(f"{where} does not accept judge model {self.model!r} (400: {text}); pass a model it "
+                              f"serves with --judge-model{saved}")
         if isinstance(exc, openai.NotFoundError):
             if _error_code(exc) == "model_not_found" or "model" in text.lower():
                 return UsageError(f"{where} does not serve judge model {self.model!r} (404 model_not_found: "
@@ -238,9 +316,14 @@ class JudgeClient:
         if isinstance(exc, openai.BadRequestError) and "response_format" in text.lower():
             return UsageError(f"{where} rejected the response_format (400: {text}); try --response-format "
                               f"json_object or --response-format none{saved}")
+        param = getattr(exc, "param", None)
+        if status in CONTENT_STATUS and param:
+            return UsageError(f"{where} rejected the request setting {param!r} (400: {text}); change the option "
+                              f"that sets it (see attn-transition judge --help){saved}")
         return UsageError(f"{where} answered {status} ({text}){saved}")
 
     def _send(self, payload: dict, key: str) -> Any:
+        import_optional("openai", "the judge")
         import openai
 
         last: Optional[Exception] = None
@@ -256,11 +339,16 @@ class JudgeClient:
             except openai.APIStatusError as exc:
                 status = exc.status_code
                 if status not in RETRYABLE_STATUS and status < 500:
+                    rejected = self._rejected(exc)
+                    if rejected is not None:
+                        raise rejected from None
                     raise self._fatal(exc) from None
                 last = exc
                 wait = retry_after_seconds(exc.response.headers if exc.response is not None else None)
                 if wait is not None:
                     wait = min(wait, self.retry.max_retry_after)
+            except Exception as exc:     # APIResponseValidationError, a broken body...: one line, not a traceback
+                raise self._unexpected(exc) from None
             if attempt == self.retry.max_retries:
                 break
             self._sleep(wait if wait is not None else self.retry.backoff(attempt, key))

@@ -37,7 +37,7 @@ from .judge_client import file_sha256
 from .seedformat import PLAIN_KEY, candidate_keys, read_json, read_records, validate_records
 
 __all__ = ["SeedParse", "parse_seed_eva", "ScoreTable", "load_scores", "detect_format", "table_from_seed",
-           "table_from_judge", "read_prompt_tokens"]
+           "table_from_judge", "read_prompt_tokens", "read_selection_buckets"]
 
 # An entry header: a candidate key at the start of a line (or of the text), optionally
 # quoted, optionally followed by '$', then ':'.
@@ -122,6 +122,7 @@ class ScoreTable:
     repeat_scores: Optional[list[dict]] = None            # judge: per doc {key: [score|None per repeat]}
     orders: Optional[list[Optional[list]]] = None         # judge: per doc, per repeat, presented keys
     prompt_tokens: Optional[list[float]] = None           # per doc, from the generation metadata sidecar
+    selection_buckets: Optional[list[float]] = None       # per doc, the generate --buckets value (same sidecar)
     meta: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -208,10 +209,13 @@ def table_from_judge(data: dict, path: str, outputs: Optional[str] = None, *, lo
         orders.append(doc.get("orders"))
         missing = [k for k in keys if not any(v is not None for v in per_key.get(k) or [])]
         if missing:
-            n_fail = len(doc.get("failures") or [])
+            fails = [f for f in doc.get("failures") or [] if isinstance(f, dict)]
+            refused = [f for f in fails if f.get("http_status")]
+            why = f"{len(fails) - len(refused)} bad repl(ies) recorded"
+            if refused:
+                why += f", {len(refused)} request(s) refused: {str(refused[0].get('error'))[:200]}"
             exclusions.append({"index": i, "id": str(doc.get("id")),
-                               "reason": f"no score for {len(missing)} candidate(s) (first: {missing[0]}); "
-                                         f"{n_fail} bad repl(ies) recorded"})
+                               "reason": f"no score for {len(missing)} candidate(s) (first: {missing[0]}); {why}"})
             continue
         for c, k in enumerate(keys):
             vals = [float(v) for v in per_key[k] if v is not None]
@@ -238,24 +242,37 @@ def table_from_judge(data: dict, path: str, outputs: Optional[str] = None, *, lo
                              f"`attn-transition judge {out_path}` (unchanged answers come from the cache)")
     table.records = records
     table.prompt_tokens = read_prompt_tokens(out_path, table.ids)
+    table.selection_buckets = read_selection_buckets(out_path, table.ids)
     return table
 
 
-def read_prompt_tokens(generation_file: str | os.PathLike, ids: Sequence[str]) -> Optional[list[float]]:
-    """Prompt lengths from ``<generation file>.meta.json`` (written by ``attn-transition
-    generate``: ``documents: [{"id", "prompt_tokens"}]``); ``None`` unless every id has one."""
+def _sidecar_numbers(generation_file: str | os.PathLike, ids: Sequence[str], name: str) -> Optional[list[float]]:
+    """Field ``name`` of every id in ``<generation file>.meta.json`` (``documents: [{"id",
+    name, ...}]``); ``None`` unless every id has a number there."""
     meta = Path(str(generation_file) + ".meta.json")
     if not meta.exists():
         return None
     try:
         docs = json.loads(meta.read_text(encoding="utf-8")).get("documents") or []
-        by_id = {str(d["id"]): float(d["prompt_tokens"]) for d in docs
-                 if isinstance(d, dict) and isinstance(d.get("prompt_tokens"), (int, float))}
+        by_id = {str(d["id"]): float(d[name]) for d in docs
+                 if isinstance(d, dict) and isinstance(d.get(name), (int, float)) and not isinstance(d[name], bool)}
     except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
         return None
     if not all(i in by_id for i in ids):
         return None
     return [by_id[i] for i in ids]
+
+
+def read_prompt_tokens(generation_file: str | os.PathLike, ids: Sequence[str]) -> Optional[list[float]]:
+    """Prompt lengths from ``<generation file>.meta.json`` (written by ``attn-transition
+    generate``: ``documents: [{"id", "prompt_tokens"}]``); ``None`` unless every id has one."""
+    return _sidecar_numbers(generation_file, ids, "prompt_tokens")
+
+
+def read_selection_buckets(generation_file: str | os.PathLike, ids: Sequence[str]) -> Optional[list[float]]:
+    """The ``generate --buckets`` value each document was selected for (``documents[].bucket``
+    of the same sidecar); ``None`` unless every id has a non-null one."""
+    return _sidecar_numbers(generation_file, ids, "bucket")
 
 
 def load_scores(path: str | os.PathLike, outputs: Optional[str] = None) -> ScoreTable:
@@ -265,5 +282,6 @@ def load_scores(path: str | os.PathLike, outputs: Optional[str] = None) -> Score
     if kind == "seed":
         table = table_from_seed(data, str(path))
         table.prompt_tokens = read_prompt_tokens(path, table.ids)
+        table.selection_buckets = read_selection_buckets(path, table.ids)
         return table
     return table_from_judge(data, str(path), outputs)

@@ -17,14 +17,17 @@ What it reports (all on the completely scored documents, paired by document):
     that no deployable setting reaches, not an improvement;
   * for a seed file, the seed's own averages recomputed from the stored ``eval_scores``
     (every record that has them), and how often the parsed scores agree with them;
-  * the same summary per length bucket: prompt length in tokens when known for every
-    document -- from the generation metadata ``<generation file>.meta.json`` (its
-    ``documents[].prompt_tokens``, written by ``attn-transition generate``) or a
-    ``prompt_tokens`` field in every record -- else document length in words (the report
-    says which). Buckets hold equal counts (``--length-buckets N``) or follow
-    ``--length-edges``;
+  * the same summary per length bucket. When the generation metadata
+    ``<generation file>.meta.json`` (written by ``attn-transition generate``) records for
+    every document the ``--buckets`` value it was selected for (``documents[].bucket``),
+    and no ``--length-edges`` are given, one bucket per recorded value ("selection
+    bucket"). Otherwise prompt length in tokens when known for every document -- the
+    sidecar's ``documents[].prompt_tokens`` or a ``prompt_tokens`` field in every record
+    -- else document length in words (the report says which), in equal-count buckets
+    (``--length-buckets N``) or following ``--length-edges``;
   * ROUGE-1/2/L F1 (x100, ``rouge_score`` with Porter stemming, offline) of every
-    candidate against ``summary``, with paired differences to ``decode_or``;
+    candidate against ``summary``, on the same complete documents as the judge
+    statistics, with paired differences to ``decode_or``;
   * with ``--repeats`` >= 2 in the judge run: the judge's noise (SD of a candidate's
     scores across repeats) and position bias (score residual by presented position).
 
@@ -45,8 +48,10 @@ What it reports (all on the completely scored documents, paired by document):
                  "oracle_best_of_n": Cmp + {"n_configs": int, "label": str}},
      "seed_stored": null | {"n", "plain_mean", "oracle_mean", "plain_mean_2dp", "oracle_mean_2dp",
                             "agreement": {"n", "plain_equal", "oracle_equal", "mismatches": [...]}},
-     "length_buckets": null | {"variable": "prompt_tokens" | "document_words", "edges": [...],
-                               "buckets": [{"label", "low", "high", "n", "plain": Mean,
+     "length_buckets": null | {"variable": "selection_bucket" | "prompt_tokens" | "document_words",
+                               "edges": [...] (inner edges; selection_bucket: the recorded values),
+                               "buckets": [{"label", "low", "high" (selection_bucket: both the value), "n",
+                                            "plain": Mean,
                                             "mean_over_configs": Cmp, "best_fixed_crossfit": Cmp,
                                             "oracle_best_of_n": Cmp}]},
      "rouge": null | {"n": int, "scorer": str,
@@ -78,6 +83,7 @@ import numpy as np
 
 from attn_transition.errors import UsageError
 
+from .judge_client import import_optional
 from .judge_scores import ScoreTable, load_scores
 from .stats import compare_paired, mean_ci
 
@@ -86,6 +92,10 @@ __all__ = ["ReportOptions", "build_report", "render_markdown", "write_plots", "l
 
 REPORT_FORMAT = "attn_transition.judge_report"
 LENGTH_FIELDS = ("prompt_tokens", "n_prompt_tokens", "input_tokens")
+LENGTH_WHAT = {"selection_bucket": "selection bucket: the generate --buckets value each document was chosen for",
+               "prompt_tokens": "prompt length in tokens", "document_words": "document length in words"}
+ROUGE_HINT = "or pass --no-rouge"
+PLOTS_HINT = "or leave out --plots"
 ORACLE_LABEL = ("ORACLE upper bound: per document the best score over all configs, chosen after seeing the "
                 "scores; no fixed setting can reach it")
 
@@ -208,8 +218,32 @@ def _bucket_edges(lengths: np.ndarray, o: ReportOptions) -> list[float]:
     return [-math.inf, *sorted(set(inner)), math.inf]
 
 
+def _bucket_stats(entry: dict, plain: np.ndarray, configs: np.ndarray, o: ReportOptions) -> dict:
+    """Fill one bucket's statistics from its documents' plain and config scores."""
+    if entry["n"]:
+        entry["plain"] = _mean(plain, o)
+        entry["mean_over_configs"] = _cmp(plain, configs.mean(axis=1), o)
+        if entry["n"] >= o.folds:
+            picked, _ = crossfit_best(configs, o.folds, o.seed)
+            entry["best_fixed_crossfit"] = _cmp(plain, picked, o)
+        else:
+            entry["best_fixed_crossfit"] = None
+        entry["oracle_best_of_n"] = _cmp(plain, configs.max(axis=1), o)
+    return entry
+
+
 def _length_buckets(table: ScoreTable, plain: np.ndarray, configs: np.ndarray, o: ReportOptions,
                     notes: list[str]) -> Optional[dict]:
+    if table.selection_buckets is not None and o.length_edges is None:
+        # one bucket per recorded value, including values none of whose documents are complete
+        chosen = np.asarray(table.selection_buckets, dtype=float)
+        complete = chosen[table.complete]
+        buckets = [_bucket_stats({"label": f"{v:g}", "low": float(v), "high": float(v),
+                                  "n": int((complete == v).sum())}, plain[complete == v], configs[complete == v], o)
+                   for v in sorted(set(chosen.tolist()))]
+        notes.append("length buckets: the generate --buckets value each document was selected for (from the "
+                     "generation metadata); pass --length-edges to bucket by prompt length instead")
+        return {"variable": "selection_bucket", "edges": [b["low"] for b in buckets], "buckets": buckets}
     variable, lengths_all = length_variable(table.records, table.prompt_tokens)
     if variable is None:
         notes.append("no length buckets: the generation records are not available")
@@ -219,27 +253,17 @@ def _length_buckets(table: ScoreTable, plain: np.ndarray, configs: np.ndarray, o
     buckets = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         mask = (lengths >= lo) & (lengths < hi)
-        n = int(mask.sum())
         label = (f"< {hi:g}" if math.isinf(lo) else f">= {lo:g}" if math.isinf(hi) else f"{lo:g} - {hi:g}")
         entry: dict[str, Any] = {"label": label, "low": _f(lo) if not math.isinf(lo) else None,
-                                 "high": _f(hi) if not math.isinf(hi) else None, "n": n}
-        if n:
-            entry["plain"] = _mean(plain[mask], o)
-            entry["mean_over_configs"] = _cmp(plain[mask], configs[mask].mean(axis=1), o)
-            if n >= o.folds:
-                picked, _ = crossfit_best(configs[mask], o.folds, o.seed)
-                entry["best_fixed_crossfit"] = _cmp(plain[mask], picked, o)
-            else:
-                entry["best_fixed_crossfit"] = None
-            entry["oracle_best_of_n"] = _cmp(plain[mask], configs[mask].max(axis=1), o)
-        buckets.append(entry)
+                                 "high": _f(hi) if not math.isinf(hi) else None, "n": int(mask.sum())}
+        buckets.append(_bucket_stats(entry, plain[mask], configs[mask], o))
     return {"variable": variable, "edges": [_f(e) if not math.isinf(e) else None for e in edges[1:-1]],
             "buckets": buckets}
 
 
 def rouge_scores(records: Sequence[dict], keys: Sequence[str]) -> np.ndarray:
     """ROUGE-1/2/L F1 x 100 of every candidate against ``summary``: (n_docs, n_keys, 3)."""
-    from rouge_score import rouge_scorer
+    rouge_scorer = import_optional("rouge_score.rouge_scorer", "ROUGE", "rouge_score", ROUGE_HINT)
 
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
     out = np.zeros((len(records), len(keys), 3))
@@ -256,7 +280,10 @@ def _rouge(table: ScoreTable, o: ReportOptions, notes: list[str]) -> Optional[di
     if not table.records:
         notes.append("no ROUGE: the generation records are not available")
         return None
-    r = rouge_scores(table.records, table.keys)              # (docs, keys, 3) over all documents
+    # the same complete documents as the judge statistics (the excluded ones are listed in the
+    # report; a seed record with other candidate keys could not be scored here anyway)
+    docs = np.flatnonzero(table.complete)
+    r = rouge_scores([table.records[i] for i in docs], table.keys)    # (n_complete, keys, 3)
     p = table.plain_index
     rows = []
     for c, k in enumerate(table.keys):
@@ -266,7 +293,11 @@ def _rouge(table: ScoreTable, o: ReportOptions, notes: list[str]) -> Optional[di
             cmp = compare_paired(r[:, p, 2], r[:, c, 2], n_boot=o.n_boot, confidence=o.confidence, seed=o.seed)
             row.update({"rougeL_diff": _f(cmp.diff), "rougeL_diff_ci": [_f(cmp.ci_low), _f(cmp.ci_high)]})
         rows.append(row)
-    return {"n": int(r.shape[0]), "scorer": "rouge_score F1 x100, Porter stemmer, all documents", "configs": rows}
+    if len(docs) < len(table.records):
+        notes.append(f"ROUGE uses the {len(docs)} completely judged documents, like the judge statistics "
+                     f"({len(table.records) - len(docs)} excluded; listed under the excluded documents)")
+    return {"n": int(r.shape[0]), "scorer": "rouge_score F1 x100, Porter stemmer, the completely judged documents",
+            "configs": rows}
 
 
 def _judge_noise(table: ScoreTable, o: ReportOptions, notes: list[str]) -> Optional[dict]:
@@ -481,7 +512,7 @@ def render_markdown(report: dict) -> str:
 
     lb = report.get("length_buckets")
     if lb:
-        what = "prompt length in tokens" if lb["variable"] == "prompt_tokens" else "document length in words"
+        what = LENGTH_WHAT.get(lb["variable"], lb["variable"])
         lines += [f"## By length ({what})", "",
                   f"| bucket | n | plain mean | mean over configs: diff {conf}% CI | best fixed (cross-fitted): diff | "
                   f"ORACLE: diff |", "|---|---|---|---|---|---|"]
@@ -531,8 +562,7 @@ def render_markdown(report: dict) -> str:
 
 def write_plots(report: dict, directory: str | os.PathLike) -> list[Path]:
     """PNG plots (matplotlib, Agg): paired differences, length buckets, position bias."""
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", "--plots", alternative=PLOTS_HINT)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -576,7 +606,8 @@ def write_plots(report: dict, directory: str | os.PathLike) -> list[Path]:
         for name, ys, colour in series:
             ax.plot(x, ys, marker="o", label=name, color=colour)
         ax.set_xticks(x, [f"{b['label']}\n(n={b['n']})" for b in buckets], fontsize=7)
-        ax.set_xlabel("prompt tokens" if lb["variable"] == "prompt_tokens" else "document words")
+        ax.set_xlabel({"selection_bucket": "selection bucket (generate --buckets)", "prompt_tokens": "prompt tokens"}
+                      .get(lb["variable"], "document words"))
         ax.set_ylabel("mean judge score")
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -623,6 +654,10 @@ def run(args: argparse.Namespace) -> int:
     options = ReportOptions(n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, folds=args.folds,
                             length_buckets=args.length_buckets, length_edges=parse_edges(args.length_edges),
                             rouge=not args.no_rouge)
+    if options.rouge:           # missing optional packages: say so before any work
+        import_optional("rouge_score.rouge_scorer", "ROUGE", "rouge_score", ROUGE_HINT)
+    if args.plots:
+        import_optional("matplotlib", "--plots", alternative=PLOTS_HINT)
     table = load_scores(args.scores, args.outputs)
     report = build_report(table, options)
     text = render_markdown(report)

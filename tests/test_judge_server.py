@@ -289,3 +289,125 @@ def test_cli_full_run_and_dry_run(tmp_path, monkeypatch, capsys):
     assert "2/2 documents fully scored" in printed and "cost $" in printed
     saved = json.loads((tmp_path / "s.json").read_text())
     assert saved["format"] == "attn_transition.judge_scores" and saved["outputs"]["path"] == "out.json"
+
+
+# -- the cache survives a torn last line; per-request 400s; unreadable answers; dry run ---------
+def test_torn_cache_line_does_not_swallow_the_next_answer(tmp_path):
+    path = tmp_path / "c.jsonl"
+    good = json.dumps({"key": "good", "content": "kept"})
+    path.write_text(good + "\n" + '{"key": "torn", "cont', encoding="utf-8")     # crash mid-write: no newline
+    cache = JudgeCache(path)
+    assert cache.skipped_lines == 1 and cache.get("good")["content"] == "kept"
+    cache.put("new", {"content": "paid for"})
+    cache.put("newer", {"content": "also paid for"})
+    again = JudgeCache(path)
+    assert again.skipped_lines == 1                                    # only the torn line itself
+    assert {k: again.get(k)["content"] for k in ("good", "new", "newer")} == \
+        {"good": "kept", "new": "paid for", "newer": "also paid for"}
+    assert path.read_text(encoding="utf-8").endswith("\n")
+
+
+def test_context_length_400_is_a_recorded_failure_and_the_run_goes_on(tmp_path):
+    from attn_transition.evaluation.judge_scores import load_scores
+    from attn_transition.evaluation.report import ReportOptions, build_report
+
+    out = write_outputs(tmp_path, n_docs=3)
+    with FakeJudgeServer(script=["ok", "context_length"]) as server:
+        # concurrency 1: document 1 gets the 400; it is not re-asked (the same prompt would be refused again)
+        path, doc = judge_file(out, _opts(server, concurrency=1, reask=2), api_key="test", progress=False)
+        assert server.n_requests == 3
+    refused = doc["documents"][1]
+    assert all(v == [None] for v in refused["scores"].values())
+    [failure] = refused["failures"]
+    assert failure["http_status"] == 400 and failure["raw"] is None
+    assert "context_length_exceeded" in failure["error"] and "maximum context length" in failure["error"]
+    for d in (0, 2):
+        assert all(v[0] is not None for v in doc["documents"][d]["scores"].values())
+    assert doc["summary"] == {"documents": 3, "complete_documents": 2, "failed_requests": 1, "bad_replies": 0}
+    rep = build_report(load_scores(path), ReportOptions(n_boot=200, folds=2, rouge=False))
+    assert rep["documents"]["complete"] == 2 and rep["documents"]["total"] == 3
+    [excluded] = rep["documents"]["excluded"]
+    assert excluded["id"] == "doc1" and "context_length_exceeded" in excluded["reason"]
+
+
+@pytest.mark.parametrize("behaviour, message", [
+    ("bad_format", "rejected the response_format"),
+    ("bad_body", "could not handle"),
+])
+def test_cli_run_wide_400_and_unreadable_answer_are_one_line_errors(tmp_path, monkeypatch, capsys, behaviour,
+                                                                    message):
+    out = write_outputs(tmp_path, n_docs=3)
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with FakeJudgeServer(script=["ok", behaviour]) as server:
+        rc = main(["judge", str(out), "--base-url", server.base_url, "--judge-model", FAKE_MODEL, "--quiet",
+                   "--concurrency", "1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert message in err and "answers so far are kept in" in err and "out.judge-cache.jsonl" in err
+    assert len(JudgeCache(tmp_path / "out.judge-cache.jsonl")) == 1          # the answer before it is kept
+
+
+@pytest.mark.parametrize("answer, name", [("invalid", "Data returned by API invalid"),
+                                          ("no_choices", "AttributeError")])
+def test_client_exception_outside_http_errors_is_a_one_line_usage_error(tmp_path, answer, name):
+    from types import SimpleNamespace
+
+    import openai
+
+    from attn_transition.evaluation.judge_client import JudgeClient
+
+    class Invalid(openai.APIResponseValidationError):
+        def __init__(self) -> None:          # no HTTP response object needed for this test
+            Exception.__init__(self, "Data returned by API invalid for expected schema.")
+
+    def create(**kw):
+        if answer == "invalid":
+            raise Invalid()
+        return object()                      # a 200 body without 'choices'
+
+    stub = SimpleNamespace(chat=SimpleNamespace(completions=SimpleNamespace(create=create)))
+    cache = JudgeCache(tmp_path / "c.jsonl")
+    client = JudgeClient(stub, "m", "http://x/v1", cache, cache_path_hint=str(cache.path))
+    with pytest.raises(UsageError) as info:
+        client.complete({"messages": []}, "k")
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and name in text
+    assert f"answers so far are kept in {cache.path}" in text
+    assert len(cache) == 0
+
+
+def test_dry_run_counts_cached_answers_and_estimates_only_the_rest(tmp_path, monkeypatch, capsys):
+    from attn_transition.evaluation.judge import dry_run
+
+    out = write_outputs(tmp_path, n_docs=3)
+    with FakeJudgeServer() as server:
+        opts = _opts(server, price_in=1.0, price_out=1.0)
+        judge_file(out, opts, api_key="test", progress=False)
+        assert server.n_requests == 3
+        write_outputs(tmp_path, n_docs=4)             # one more document; the first three are unchanged
+        partial = dry_run(out, opts)
+        full = dry_run(out, opts, use_cache=False)
+        assert server.n_requests == 3                 # a dry run sends nothing
+    assert (partial["requests"], partial["cached_requests"], partial["requests_to_send"]) == (4, 3, 1)
+    assert (full["cached_requests"], full["requests_to_send"]) == (0, 4)
+    assert 0 < partial["prompt_tokens"] < full["prompt_tokens"] / 2
+    assert 0 < partial["cost_usd"] < full["cost_usd"] / 2
+    assert partial["completion_tokens"] == full["completion_tokens"] // 4
+    text = capsys.readouterr().out
+    assert "3 already answered in the cache" in text and "1 to send" in text
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    args = ["judge", str(out), "--dry-run", "--base-url", server.base_url, "--judge-model", FAKE_MODEL]
+    assert main(args) == 0 and "3 already answered in the cache" in capsys.readouterr().out
+    assert main(args + ["--no-cache"]) == 0 and "4 to send" in capsys.readouterr().out
+
+
+def test_missing_openai_package_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    out = write_outputs(tmp_path, n_docs=1)
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    monkeypatch.setitem(sys.modules, "openai", None)          # makes `import openai` fail
+    assert main(["judge", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "openai" in err and 'pip install "attn-transition[eval]"' in err
+    assert "pip install openai" in err

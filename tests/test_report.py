@@ -176,3 +176,40 @@ def test_changed_generation_file_is_refused(tmp_path):
     out.write_text(json.dumps(recs))
     with pytest.raises(UsageError, match="changed since it was judged"):
         load_scores(path)
+
+
+def _judged_with_sidecar(tmp_path, buckets):
+    out = write_outputs(tmp_path, n_docs=len(buckets))
+    (tmp_path / "out.json.meta.json").write_text(json.dumps(
+        {"format": "attn_transition.generate/1",
+         "documents": [{"id": f"doc{i}", "bucket": b, "prompt_tokens": 700 + 100 * i} for i, b in enumerate(buckets)]}))
+    with FakeJudgeServer() as server:
+        path, _ = judge_file(out, JudgeOptions(judge_model=FAKE_MODEL, base_url=server.base_url),
+                             api_key="test", progress=False)
+    return path
+
+
+def test_length_buckets_follow_the_recorded_selection_bucket(tmp_path):
+    path = _judged_with_sidecar(tmp_path, [1200, 800, 1200, 1600, 800, 1200])
+    table = load_scores(path)
+    assert table.selection_buckets == [1200.0, 800.0, 1200.0, 1600.0, 800.0, 1200.0]
+    rep = build_report(table, ReportOptions(n_boot=200, folds=2, rouge=False))
+    lb = rep["length_buckets"]
+    assert lb["variable"] == "selection_bucket"
+    assert [(b["label"], b["n"]) for b in lb["buckets"]] == [("800", 2), ("1200", 3), ("1600", 1)]
+    plain = table.scores[:, table.plain_index]
+    assert lb["buckets"][1]["plain"]["mean"] == pytest.approx(plain[[0, 2, 5]].mean())
+    md = render_markdown(rep)
+    assert "By length (selection bucket" in md and "| 1200 | 3 |" in md
+    # explicit edges still bucket by prompt length
+    rep = build_report(table, ReportOptions(n_boot=200, folds=2, rouge=False, length_edges=(950,)))
+    assert rep["length_buckets"]["variable"] == "prompt_tokens"
+    assert [b["n"] for b in rep["length_buckets"]["buckets"]] == [3, 3]
+
+
+def test_a_document_without_a_selection_bucket_falls_back_to_prompt_length(tmp_path):
+    path = _judged_with_sidecar(tmp_path, [800, None, 1200])
+    table = load_scores(path)
+    assert table.selection_buckets is None and table.prompt_tokens == [700.0, 800.0, 900.0]
+    rep = build_report(table, ReportOptions(n_boot=200, folds=2, rouge=False))
+    assert rep["length_buckets"]["variable"] == "prompt_tokens"

@@ -151,7 +151,7 @@ def test_cli_report_on_seed_file_writes_json_markdown_plots(tmp_path, capsys):
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["format"] == "attn_transition.judge_report" and rep["documents"]["complete"] == 4
     assert rep["length_buckets"]["variable"] == "document_words"
-    assert rep["rouge"]["n"] == 5 and len(rep["rouge"]["configs"]) == 3
+    assert rep["rouge"]["n"] == 4 and len(rep["rouge"]["configs"]) == 3      # the judged documents only
     assert (tmp_path / "r.md").read_text().startswith("# Judge report")
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["length_buckets.png", "paired_differences.png"]
@@ -166,3 +166,43 @@ def test_cli_report_bad_input_is_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "attn-transition judge" in err
     assert main(["report", str(tmp_path / "missing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_rouge_on_a_seed_file_with_a_record_lacking_a_config(tmp_path, capsys):
+    records = [_seed_record(0, EVA_QUOTED, [45, 80]), _seed_record(1, EVA_NEWLINE, [90, 85]),
+               _seed_record(2, EVA_SCORE_LABEL, [0, 70])]
+    del records[1][KEYS[2]]                       # a record without one configuration: excluded, not a crash
+    path = tmp_path / "seed.json"
+    path.write_text(json.dumps(records))
+    rc = main(["report", str(path), "--json", str(tmp_path / "r.json"), "--n-boot", "200", "--folds", "2"])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["documents"]["complete"] == 2 and [e["id"] for e in rep["documents"]["excluded"]] == ["1001"]
+    assert rep["rouge"]["n"] == rep["plain"]["n"] == 2
+    assert any("ROUGE uses the 2 completely judged documents" in n for n in rep["notes"])
+    assert "ROUGE against the reference summary" in capsys.readouterr().out
+
+
+def test_missing_rouge_score_or_matplotlib_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from attn_transition.evaluation.report import write_plots
+
+    path = _seed_file(tmp_path)
+    monkeypatch.setitem(sys.modules, "rouge_score", None)        # makes `import rouge_score` fail
+    assert main(["report", str(path), "--n-boot", "200", "--folds", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install rouge_score" in err and "--no-rouge" in err
+    assert 'pip install "attn-transition[eval]"' in err
+    with pytest.raises(UsageError, match="pip install rouge_score"):
+        build_report(load_scores(path), ReportOptions(n_boot=200, folds=2))
+    report = build_report(load_scores(path), ReportOptions(n_boot=200, folds=2, rouge=False))
+    assert main(["report", str(path), "--no-rouge", "--n-boot", "200", "--folds", "2"]) == 0
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["report", str(path), "--no-rouge", "--plots", str(tmp_path / "p"), "--n-boot", "200"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install matplotlib" in err and "--plots" in err
+    with pytest.raises(UsageError, match="pip install matplotlib"):
+        write_plots(report, tmp_path / "p")
+    assert not (tmp_path / "p").exists()
