@@ -89,8 +89,10 @@ def test_contrast_on_small_tokens_hand_checked():
     rec = contrast_record(small, large, units="small", method="rank")
     assert rec["tokens"] == ["Ann,", "▁born", "▁in", "▁Leeds."]
     assert rec["large"] == [2.5, 6.5, 9.5, 13.0]
-    # small ranks: 0.4 -> 1, 0.3 -> 0.5, 0.2 -> 0, NaN; large ranks: 0, 1/3, 2/3, 1
-    assert rec["diff"][:3] == pytest.approx([0 - 1.0, 1 / 3 - 0.5, 2 / 3 - 0.0])
+    # both normalised over the units finite on both sides ("▁Leeds." has no small score, so it is left
+    # out of the large ranks too): small ranks 0.4 -> 1, 0.3 -> 0.5, 0.2 -> 0; large 2.5 -> 0, 6.5 -> 0.5, 9.5 -> 1
+    assert rec["large_norm"][:3] == [0.0, 0.5, 1.0] and math.isnan(rec["large_norm"][3])
+    assert rec["diff"][:3] == pytest.approx([0 - 1.0, 0.5 - 0.5, 1.0 - 0.0])
     assert math.isnan(rec["diff"][3])
     assert rec["rank"] == [2, 1, 0, None]
     words = contrast_record(small, large, units="words", method="none")
@@ -99,6 +101,40 @@ def test_contrast_on_small_tokens_hand_checked():
     assert _same(words["small"], [0.4, 0.4, 0.3, 0.2, nan, nan])     # "▁Leeds." had no score
     assert _same(words["large"], [2.0, 4.0, 6.5, 9.5, 13.0, nan])    # "." was the last char token
     assert _same(words["diff"], [b - a for a, b in zip(words["small"], words["large"])])
+
+
+LONG = "Ann, born in Leeds, works at Copperleaf Foods."
+LONG_WORDS = ["Ann,", "born", "in", "Leeds,", "works", "at", "Copperleaf", "Foods."]
+
+
+def _with_bos(rec, score):
+    """``rec`` with a special BOS token (empty span) in front, as real tokenizers add it."""
+    return {**rec, "input_ids": [99] + rec["input_ids"], "tokens": ["<s>"] + rec["tokens"],
+            "offsets": [[0, 0]] + rec["offsets"], "special": [True] + rec["special"],
+            "profile": [score] + rec["profile"]}
+
+
+@pytest.mark.parametrize("units", ["small", "large", "words"])
+def test_same_order_on_shared_units_gives_zero_diff(units):
+    """Both models order the units they share identically; the small one also has a BOS attention sink
+    (a special unit) and no score for its last token, the large one has no score for "▁works" and its
+    last character. Normalised over the same units, every shared unit's diff is exactly 0."""
+    word_score = [0.5, 0.125, 0.0625, 0.375, 0.25, 0.03125, 0.4375, None]   # small, per word (exact binary)
+    small = _with_bos(_record(metaspace_tokenizer(LONG_WORDS), LONG, word_score, "small"), 0.95)
+    chars, char_spans = _spans(char_tokenizer(), LONG)
+    word_of = [next(k for k, (a, b) in enumerate(small["offsets"][1:]) if a <= s0 < b) for s0, _ in char_spans]
+    large_scores = [None if word_of[c] == 4 else 10.0 * (word_score[word_of[c]] or 0.0) for c in range(len(chars))]
+    large_scores[-1] = None                                              # its last token
+    large = _with_bos(_record(char_tokenizer(), LONG, large_scores, "large"), 99.0)
+    rec = contrast_record(small, large, units=units, method="rank")
+    shared = [i for i, (a, b) in enumerate(zip(rec["small"], rec["large"]))
+              if not rec["special"][i] and math.isfinite(a) and math.isfinite(b)]
+    assert len(shared) >= 5, rec["tokens"]
+    assert all(rec["diff"][i] == 0.0 for i in shared), [(rec["tokens"][i], rec["diff"][i]) for i in shared]
+    others = [i for i in range(len(rec["diff"])) if i not in shared]
+    assert others and all(math.isnan(rec["diff"][i]) and rec["rank"][i] is None for i in others)
+    if units != "words":                                                 # the BOS unit: special, no diff
+        assert rec["special"][0] and math.isnan(rec["diff"][0])
 
 
 def _same(got, expected):

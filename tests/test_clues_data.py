@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -69,6 +70,40 @@ def test_qa_items_use_other_people_as_shots():
     assert build_items(bios, shots=3, seed=0) == items
     with pytest.raises(UsageError, match="needs at least"):
         build_items(bios, shots=6)
+
+
+def _shot_answers(item):
+    return re.findall(r"Answer: (.+)\n", item.prompt)          # the query's own "Answer:" ends the prompt
+
+
+def test_qa_shots_never_show_the_gold_answer():
+    bios = generate(40, seed=0)
+    by_id = {b.person_id: b for b in bios}
+    items = build_items(bios, shots=3, seed=0)
+    shared = sum(1 for i in items if any(normalize_answer(b.fields[i.field]) == normalize_answer(i.answer)
+                                         for b in bios if b.person_id != i.person_id))
+    assert shared > 40, shared                  # many people share a university / major / company / city
+    for item in items:
+        gold = normalize_answer(item.answer)
+        assert len(item.shots) == 3 and len(_shot_answers(item)) == 3
+        assert all(normalize_answer(by_id[p].fields[item.field]) != gold for p in item.shots), item
+        assert all(normalize_answer(a) != gold for a in _shot_answers(item)), item.prompt
+
+
+def test_qa_uses_as_many_shots_as_people_with_another_answer():
+    bios = generate(5, seed=1)
+    # persons 0..3 all work for "the Nimbus Robotics" / "Nimbus Robotics" (one answer once normalised)
+    bios = [replace(b, fields={**b.fields, "company": "Nimbus Robotics" if b.person_id % 2 else
+                               "the Nimbus Robotics"}) if b.person_id < 4 else
+            replace(b, fields={**b.fields, "company": "Zephyr Telecom"}) for b in bios]
+    items = {(i.person_id, i.field): i for i in build_items(bios, shots=3, seed=0)}
+    for person in range(4):                     # one other person (4) has another company
+        item = items[(person, "company")]
+        assert item.shots == (4,) and _shot_answers(item) == ["Zephyr Telecom"]
+        assert item.prompt.count("Question:") == 2
+    last = items[(4, "company")]                # everyone else differs from person 4: a full 3 shots
+    assert len(last.shots) == 3 and "Zephyr Telecom" not in _shot_answers(last)
+    assert all(len(items[(p, "birth_date")].shots) == 3 for p in range(5))
 
 
 def test_squad_normalisation_em_and_f1_by_hand():

@@ -95,6 +95,33 @@ def test_pipeline_end_to_end_on_tiny_models_and_resume(tmp_path, capsys):
     assert (out / "table.md").read_text() == before
 
 
+def test_pipeline_bad_settings_write_nothing_and_the_corrected_run_works(tmp_path, capsys):
+    bios = generate(4, seed=0)
+    words = sorted({w for b in bios
+                    for w in b.text.replace(".", " . ").replace(",", " , ").replace("'", " ' ").split()})
+    small = save_tiny(tmp_path / "small", char_tokenizer(), seed=0, layers=2)
+    large = save_tiny(tmp_path / "large", word_tokenizer(words), seed=1, layers=3)
+    out = tmp_path / "out"
+    argv = ["clues", "--out", str(out), "--small-model", str(small), "--large-model", str(large),
+            "--biographies", "4", "--copies", "1", "--shots", "1", "--epochs", "1", "--batch-size", "4",
+            "--max-new-tokens", "2", "--conditions", "contrast", "--no-baseline"]
+    for extra, message in ((["--heads", "0,4"], "--heads 4 out of range"),      # tiny models have 4 heads
+                           (["--layers", "2:"], "selects no layer"),            # the small one has 2 layers
+                           (["--layers", "one"], "--layers must look like"),
+                           (["--large-model", "no-such-model"], "unknown model 'no-such-model'"),
+                           (["--train-model", str(tmp_path / "missing")], "does not exist")):
+        assert main(argv + extra) == 2, extra
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], (extra, errors)
+        assert not (out / "run.json").exists(), extra
+    # a run.json left with nothing computed after it (e.g. by an older version) does not block a new run
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"alpha": 0.1}))
+    assert main(argv + ["--heads", "0,3"]) == 0
+    assert json.loads((out / "run.json").read_text())["profile"]["heads"] == [0, 3]
+    assert (out / "runs" / "contrast-seed0" / "scores.json").is_file()
+
+
 def test_cli_steps_one_by_one_on_tiny_models(tmp_path, capsys):
     """biographies -> profile (x2) -> contrast -> augment -> finetune -> qa through the CLI."""
     bios_file = tmp_path / "bios.jsonl"
@@ -106,10 +133,29 @@ def test_cli_steps_one_by_one_on_tiny_models(tmp_path, capsys):
     large = save_tiny(tmp_path / "large", word_tokenizer(words), seed=1, layers=2)
     ps, pl = tmp_path / "ps.jsonl", tmp_path / "pl.jsonl"
     assert main(["clues", "profile", str(bios_file), "-o", str(ps), "--model", str(small)]) == 0
-    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large), "--layers", "1:"]) == 0
-    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large)]) == 2   # exists
+    large_argv = ["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large)]
+    assert main(large_argv + ["--layers", "1:"]) == 0
+    assert main(large_argv + ["--layers", "1:"]) == 2                  # exists
     assert "--resume" in capsys.readouterr().err
-    assert main(["clues", "profile", str(bios_file), "-o", str(pl), "--model", str(large), "--resume"]) == 0
+    # an interrupted file (1 of 3 records) resumes only with the settings it was made with
+    first_line = pl.read_text().splitlines()[0] + "\n"
+    pl.write_text(first_line)
+    assert main(large_argv + ["--resume"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "other settings (layers='1:' in record 0)" in errors[0], errors
+    assert pl.read_text() == first_line                                # nothing lost, nothing mixed in
+    assert main(large_argv + ["--resume", "--layers", "1:"]) == 0
+    profiles = [json.loads(x) for x in pl.read_text().splitlines()]
+    assert len(profiles) == 3 and pl.read_text().startswith(first_line)
+    assert {r["config"]["layers"] for r in profiles} == {"1:"}
+    # layers / heads the model does not have: one-line error before anything is written
+    for flag, value, message in (("--heads", "0,4", "--heads 4 out of range"), ("--layers", "2", "selects no layer"),
+                                 ("--layers", "x", "--layers must look like")):
+        bad = tmp_path / "bad_profile.jsonl"
+        assert main(["clues", "profile", str(bios_file), "-o", str(bad), "--model", str(small), flag, value]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and message in errors[0], errors
+        assert not bad.exists()
     contrast = tmp_path / "contrast.jsonl"
     assert main(["clues", "contrast", str(ps), str(pl), "-o", str(contrast)]) == 0
     first = json.loads(contrast.read_text().splitlines()[0])

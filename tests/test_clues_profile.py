@@ -120,7 +120,7 @@ def test_attention_profile_from_text_and_truncation():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"reduce": "median"}, "reduce"), ({"heads": (-1,)}, "heads"), ({"heads": (1, 1)}, "repeated"),
-    ({"max_length": 1}, "max_length"), ({"query_chunk": 0}, "query_chunk"),
+    ({"max_length": 1}, "max_length"), ({"query_chunk": 0}, "query_chunk"), ({"layers": "1:x"}, "start:stop"),
 ])
 def test_profile_config_validation(kwargs, match):
     with pytest.raises(UsageError, match=match):

@@ -22,7 +22,7 @@ EPILOG = """steps (each also runs alone):
   run           everything end to end (the default when no step is named)
 
 quick start:
-  attn-transition clues                                   # end to end, default models, ~15 min on 2 CPU cores
+  attn-transition clues                                   # end to end, defaults: under 15 minutes on 2 CPU cores
   attn-transition clues run --out clues-out --resume      # continue an interrupted run
   attn-transition clues biographies -n 30 -o bios.jsonl
   attn-transition clues profile bios.jsonl -o prof_small.jsonl --model smollm2-135m
@@ -229,12 +229,16 @@ def _profile_config(args: argparse.Namespace):
                          max_length=args.max_length, query_chunk=args.query_chunk)
 
 
+# Profile settings that change the numbers (``query_chunk`` only changes memory use).
+_PROFILE_SETTINGS = ("layers", "heads", "reduce", "max_length")
+
+
 def _run_profile(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from attn_transition.evaluation.models import load_model
 
-    from .profile import attention_profile, profile_record
+    from .profile import attention_profile, check_model_config, profile_record
     from .textio import read_jsonl, read_texts, write_jsonl
 
     config = _profile_config(args)
@@ -248,18 +252,27 @@ def _run_profile(args: argparse.Namespace) -> int:
             raise UsageError(f"{out} exists; pass --resume to keep its records and add the missing ones, or "
                              f"choose another --output")
         done = read_jsonl(out)
+        wanted = {k: config.as_dict()[k] for k in _PROFILE_SETTINGS}
         for i, record in enumerate(done):
             if i >= len(rows) or record.get("text") != rows[i]["text"] or record.get("model") != args.model:
                 raise UsageError(f"{out} does not belong to this input and model (record {i} differs); choose "
                                  f"another --output")
+            stored = record.get("config") or {}
+            changed = [k for k in _PROFILE_SETTINGS if stored.get(k) != wanted[k]]
+            if changed:
+                was = ", ".join(f"{k}={stored.get(k)!r}" for k in changed)
+                raise UsageError(f"{out} was profiled with other settings ({was} in record {i}); resume with the "
+                                 f"same --layers/--heads/--reduce/--max-length or choose another --output")
     model, tokenizer = load_model(args.model, device=args.device, cache=args.cache_dir)
+    check_model_config(model.config, config, args.model)   # before anything is profiled or written
     records = list(done)
     try:
         for i in tqdm(range(len(done), len(rows)), desc=f"profile {args.model}", initial=len(done), total=len(rows)):
             records.append(profile_record(i, args.model, attention_profile(model, tokenizer, rows[i]["text"], config),
                                           config))
     finally:
-        write_jsonl(out, records)                          # what finished is kept, also on an interrupt
+        if len(records) > len(done):                       # what finished is kept, also on an interrupt
+            write_jsonl(out, records)
     print(f"{len(records)} profiles -> {out}")
     return 0
 

@@ -9,8 +9,10 @@ Both profiles are moved onto one set of *units* of the text (see :mod:`.align`):
 * ``words``: words and punctuation marks (``\\w+`` runs and single marks); both aligned.
 
 The two models' numbers are not on one scale (different depths, head counts and
-attention entropy), so each profile is normalised *per text* over its finite values
-before subtracting (``normalise``):
+attention entropy), so each profile is normalised *per text* before subtracting
+(``normalise``), both over the *same* units: those with a finite score in both profiles
+that are not special tokens (the BOS attention sink, the last token, truncated tokens and
+units one tokenizer does not cover are left out on both sides and get a NaN diff):
 
 * ``rank`` (default): percentile rank in [0, 1] (ties share their mean rank). Scale-free
   and robust to the attention sink (the first token takes a large share of attention in
@@ -113,7 +115,10 @@ def contrast_record(small: dict[str, Any], large: dict[str, Any], *, units: str 
         own_scores = [math.nan if v is None else float(v) for v in own["profile"]]
         other_scores = align_scores(text, other["offsets"], other["profile"], spans)
         small_scores, large_scores = (own_scores, other_scores) if units == "small" else (other_scores, own_scores)
-    small_norm, large_norm = normalise(small_scores, method), normalise(large_scores, method)
+    shared = [not sp and math.isfinite(a) and math.isfinite(b)       # one unit set for both normalisations
+              for sp, a, b in zip(special, small_scores, large_scores)]
+    small_norm = normalise([a if ok else math.nan for a, ok in zip(small_scores, shared)], method)
+    large_norm = normalise([b if ok else math.nan for b, ok in zip(large_scores, shared)], method)
     diff = [b - a for a, b in zip(small_norm, large_norm)]          # NaN propagates
     return {"kind": "contrast", "version": RECORD_VERSION, "index": small.get("index"),
             "text_sha": small.get("text_sha"), "text": text, "models": {"small": small.get("model"),

@@ -34,13 +34,13 @@ from .biographies import FIELDS, Biography, generate, to_record
 from .contrast import contrast_records
 from .finetune import FinetuneConfig, finetune
 from .profile import ProfileConfig, attention_profile, profile_record
-from .qa import QAItem, build_items, generate_answers, score
+from .qa import PROMPT_VERSION, QAItem, build_items, generate_answers, score
 from .textio import read_json, read_jsonl, write_json, write_jsonl, write_text
 
 __all__ = ["CONDITIONS", "DEFAULT_FINETUNE", "PipelineConfig", "run_pipeline", "summarise", "markdown_table", "units_for"]
 
 CONDITIONS = ("plain", "random", "attention", "contrast")
-# Sized for the default run to finish in about 10 minutes on 2 idle CPU cores (see docs/clues.md).
+# Sized for the default run to finish in under 15 minutes on 2 CPU cores (see docs/clues.md).
 DEFAULT_FINETUNE = FinetuneConfig(epochs=4.0, learning_rate=2e-3, batch_size=4)
 
 
@@ -90,6 +90,7 @@ class PipelineConfig:
         data = asdict(self)
         data["finetune"] = self.finetune.as_dict()
         data["profile"] = self.profile.as_dict()
+        data["qa_prompt"] = PROMPT_VERSION            # other prompts, other scores: a resume must match
         return data
 
 
@@ -120,10 +121,15 @@ def training_rows(config: PipelineConfig, condition: str, seed: int, bios: Seque
     return aug.augment_rows(rows, items, acfg)
 
 
+_COMPUTED = ("profile_small.jsonl", "profile_large.jsonl", "baseline", "runs")
+
+
 def _check_settings(out: Path, config: PipelineConfig, resume: bool) -> None:
+    """UsageError if ``out`` holds a run with other settings (or any run, without ``resume``). A
+    run.json with nothing computed after it (see :data:`_COMPUTED`) is replaced."""
     settings = out / "run.json"
     wanted = config.as_dict()
-    if settings.exists():
+    if settings.exists() and any((out / name).exists() for name in _COMPUTED):
         if not resume:
             raise UsageError(f"{out} already holds a run; pass --resume to continue it (finished conditions are "
                              f"skipped) or choose another --out")
@@ -133,7 +139,25 @@ def _check_settings(out: Path, config: PipelineConfig, resume: bool) -> None:
         if changed:
             raise UsageError(f"{out} was made with other settings ({', '.join(changed)} differ); resume with the "
                              f"same settings or choose another --out")
-    write_json(settings, wanted)
+
+
+def _check_models(config: PipelineConfig) -> None:
+    """Resolve the model names and check --layers/--heads against the two profiled models'
+    configs (no weights are loaded), so that a bad value fails before run.json is written."""
+    from transformers import AutoConfig
+
+    from attn_transition.evaluation.models import resolve_model
+
+    from .profile import check_model_config
+
+    where = {name: resolve_model(name, config.cache_dir)           # unknown name, missing folder: UsageError
+             for name in (config.small_model, config.large_model, config.train_model)}
+    for name in dict.fromkeys((config.small_model, config.large_model)):
+        try:
+            model_config = AutoConfig.from_pretrained(where[name])
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"could not read the config of model {name!r}: {str(exc).splitlines()[0]}") from None
+        check_model_config(model_config, config.profile, name)
 
 
 def _load(name: str, config: PipelineConfig):
@@ -177,8 +201,10 @@ def run_pipeline(out: str | Path, config: PipelineConfig = PipelineConfig(), *, 
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every step; returns the summary (also written to table.json / table.md)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, config, resume)
+    _check_models(config)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "run.json", config.as_dict())        # only once the inputs are known good
     started = time.perf_counter()
 
     bios = generate(config.biographies, config.data_seed)

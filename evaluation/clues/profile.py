@@ -37,30 +37,34 @@ from typing import Any, Iterator, Optional, Sequence
 
 from attn_transition.errors import UsageError
 
-__all__ = ["IMPLEMENTATION", "ProfileConfig", "TokenProfile", "parse_layers", "parse_heads", "register",
-           "profiling", "profile_ids", "attention_profile", "text_sha", "profile_record", "check_profile_record"]
+__all__ = ["IMPLEMENTATION", "ProfileConfig", "TokenProfile", "parse_layers", "parse_heads", "check_model_config",
+           "register", "profiling", "profile_ids", "attention_profile", "text_sha", "profile_record",
+           "check_profile_record"]
 
 IMPLEMENTATION = "attn_transition_clues_profile"
 REDUCTIONS = ("mean", "max")
 RECORD_VERSION = 1
 
 
-def parse_layers(spec: Optional[str], num_layers: int) -> range:
-    """``"a:b"`` (Python slice over decoder layers, negatives allowed), ``"k"`` (one layer) or None (all)."""
+def _layer_slice(spec: Optional[str]) -> slice:
+    """The syntax of ``--layers`` alone (no model needed): a slice over the decoder layers."""
     if spec is None or spec in ("", "all", ":"):
-        return range(num_layers)
+        return slice(None)
     try:
         if ":" in spec:
             start_text, stop_text = spec.split(":", 1)
-            start = int(start_text) if start_text.strip() else None
-            stop = int(stop_text) if stop_text.strip() else None
-            chosen = range(num_layers)[slice(start, stop)]
-        else:
-            index = int(spec)
-            chosen = range(num_layers)[index:index + 1] if index != -1 else range(num_layers)[-1:]
+            return slice(int(start_text) if start_text.strip() else None,
+                         int(stop_text) if stop_text.strip() else None)
+        index = int(spec)
+        return slice(index, index + 1) if index != -1 else slice(-1, None)
     except ValueError:
         raise UsageError(f"--layers must look like 'start:stop' (e.g. '4:12', ':-2') or one index, "
                          f"got {spec!r}") from None
+
+
+def parse_layers(spec: Optional[str], num_layers: int) -> range:
+    """``"a:b"`` (Python slice over decoder layers, negatives allowed), ``"k"`` (one layer) or None (all)."""
+    chosen = range(num_layers)[_layer_slice(spec)]
     if len(chosen) == 0:
         raise UsageError(f"--layers {spec!r} selects no layer of a model with {num_layers} layers "
                          f"(valid indices 0..{num_layers - 1})")
@@ -92,6 +96,7 @@ class ProfileConfig:
     query_chunk: int = 256
 
     def __post_init__(self) -> None:
+        _layer_slice(self.layers)                  # syntax now; the range once the model's config is known
         if self.reduce not in REDUCTIONS:
             raise UsageError(f"ProfileConfig.reduce must be one of {', '.join(REDUCTIONS)}, got {self.reduce!r}")
         if self.heads is not None:
@@ -200,6 +205,22 @@ def register() -> None:
 def _num_layers(model: Any) -> int:
     config = getattr(model.config, "text_config", None) or model.config
     return int(config.num_hidden_layers)
+
+
+def check_model_config(model_config: Any, config: ProfileConfig, model_name: str) -> None:
+    """UsageError unless ``config``'s layers and heads exist in a model with ``model_config``
+    (a transformers config: checked before anything is profiled or written)."""
+    text_config = getattr(model_config, "text_config", None) or model_config
+    layers = int(text_config.num_hidden_layers)
+    try:
+        parse_layers(config.layers, layers)
+    except UsageError as exc:
+        raise UsageError(f"{model_name}: {exc}") from None
+    heads = int(text_config.num_attention_heads)
+    bad = [h for h in config.heads or () if h >= heads]
+    if bad:
+        raise UsageError(f"--heads {','.join(map(str, bad))} out of range: {model_name} has {heads} query heads "
+                         f"(0..{heads - 1})")
 
 
 @contextlib.contextmanager

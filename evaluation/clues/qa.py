@@ -3,7 +3,9 @@
 Prompts (version :data:`PROMPT_VERSION`) are data: for a person and a field, ``shots``
 other people (drawn with a generator seeded by ``(seed, person, field)``, all from the
 same, trained-on biographies) contribute their question and answer for the same field,
-then the person's own question follows::
+then the person's own question follows. Only people whose (normalised) value for the
+field differs from the person's are drawn, so no prompt shows its own gold answer; when
+fewer such people exist, all of them are used (fewer shots)::
 
     Question: In which city was Clara Dunmore born?
     Answer: Porto
@@ -35,7 +37,7 @@ from .biographies import FIELDS, Biography, question
 __all__ = ["PROMPT_VERSION", "QAItem", "normalize_answer", "exact_match", "token_f1", "cut_answer",
            "build_items", "generate_answers", "score"]
 
-PROMPT_VERSION = "qa-v1"
+PROMPT_VERSION = "qa-v2"          # v2: no shot shares the gold answer
 SHOT_FORMAT = "Question: {question}\nAnswer: {answer}\n\n"
 QUERY_FORMAT = "Question: {question}\nAnswer:"
 
@@ -86,7 +88,8 @@ class QAItem:
 
 def build_items(bios: Sequence[Biography], *, shots: int = 3, seed: int = 0,
                 fields: Sequence[str] = FIELDS) -> list[QAItem]:
-    """One item per (person, field); few-shot examples from other people of ``bios``."""
+    """One item per (person, field); few-shot examples from other people of ``bios`` whose answer
+    for the field differs from the person's (as many as exist, up to ``shots``)."""
     if shots < 0:
         raise UsageError(f"--shots must be >= 0, got {shots}")
     if shots > len(bios) - 1:
@@ -96,10 +99,11 @@ def build_items(bios: Sequence[Biography], *, shots: int = 3, seed: int = 0,
         raise UsageError(f"unknown field(s) {', '.join(unknown)}; fields: {', '.join(FIELDS)}")
     items = []
     for bio in bios:
-        others = [b for b in bios if b.person_id != bio.person_id]
         for field in fields:
+            gold = normalize_answer(bio.fields[field])
+            others = [b for b in bios if b.person_id != bio.person_id and normalize_answer(b.fields[field]) != gold]
             rng = random.Random(f"{PROMPT_VERSION}:{seed}:{bio.person_id}:{field}")
-            chosen = rng.sample(others, shots)
+            chosen = rng.sample(others, min(shots, len(others)))
             prefix = "".join(SHOT_FORMAT.format(question=question(field, o.name), answer=o.fields[field])
                              for o in chosen)
             q = question(field, bio.name)
