@@ -30,7 +30,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from attn_transition.errors import UsageError
+from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["MODES", "AugmentConfig", "drop_probability", "is_protected", "droppable_ranks", "probabilities",
            "apply_drops", "augment_text", "ScoredText", "scored_texts_from_records", "augment_rows"]
@@ -56,10 +56,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            import difflib
-
-            hint = difflib.get_close_matches(self.mode, MODES, n=1)
-            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            extra = did_you_mean(self.mode, MODES)
             raise UsageError(f"augmentation mode {self.mode!r} is unknown{extra}; modes: {', '.join(MODES)}")
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise UsageError(f"alpha must be in [0, 1] (it is the largest drop probability), got {self.alpha}")

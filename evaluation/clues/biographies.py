@@ -20,7 +20,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from attn_transition.errors import UsageError
+from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["DATA_VERSION", "FIELDS", "TEMPLATES", "QUESTIONS", "Biography", "generate", "strip_tags",
            "tagged_spans", "question", "to_record", "from_record"]
@@ -158,10 +158,7 @@ def tagged_spans(tagged: str) -> list[tuple[str, str, int, int]]:
 
 def question(field: str, name: str) -> str:
     if field not in QUESTIONS:
-        import difflib
-
-        hint = difflib.get_close_matches(field, QUESTIONS, n=1)
-        extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+        extra = did_you_mean(field, QUESTIONS)
         raise UsageError(f"unknown field {field!r}{extra}; fields: {', '.join(FIELDS)}")
     return QUESTIONS[field].format(name=name)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from attn_transition.errors import UsageError
+from attn_transition.evaluation.models import add_model_arguments
 
 EPILOG = """steps (each also runs alone):
   biographies   generate seeded synthetic biographies (text + tagged answer spans)
@@ -157,10 +158,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("profile", help="per-token attention profile of one model")
     p.add_argument("input", help=".csv or .jsonl with a 'text' column")
     p.add_argument("-o", "--output", required=True, help="profile .jsonl")
-    _add_model(p, "smollm2-135m")
     p.add_argument("--resume", action="store_true", help="keep records already in --output and append the rest")
     _add_profile_options(p)
-    _add_common(p)
+    add_model_arguments(p)
 
     p = sub.add_parser("contrast", help="large minus small profile, aligned onto one set of units")
     p.add_argument("small", help="profile .jsonl of the small model")
@@ -183,7 +183,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_augment_numbers(p, copies=10)
     p.add_argument("--cache-dir", default=None)
 
-    p = sub.add_parser("finetune", help="LoRA continual pretraining on a 'text' column")
+    p = sub.add_parser("finetune", help="LoRA continual pretraining on a 'text' column (float32 weights)")
     p.add_argument("input", help=".csv or .jsonl with a 'text' column (e.g. from 'clues augment')")
     p.add_argument("-o", "--output", required=True, help="folder: checkpoints/, adapter/, train_log.json")
     _add_model(p, "smollm2-135m")
@@ -195,11 +195,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("qa", help="few-shot biography QA with EM / F1")
     p.add_argument("biographies", help="biographies .jsonl from 'clues biographies'")
     p.add_argument("-o", "--output", required=True, help="folder: predictions.jsonl, scores.json")
-    _add_model(p, "smollm2-135m")
     p.add_argument("--adapter", default=None, help="LoRA adapter folder to put on the model")
     p.add_argument("--seed", type=int, default=0, help="chooses the few-shot examples")
     _add_qa_options(p)
-    _add_common(p)
+    add_model_arguments(p)
 
     p = sub.add_parser("run", help="everything end to end (default)")
     _add_run_options(p)
@@ -263,7 +262,8 @@ def _run_profile(args: argparse.Namespace) -> int:
                 was = ", ".join(f"{k}={stored.get(k)!r}" for k in changed)
                 raise UsageError(f"{out} was profiled with other settings ({was} in record {i}); resume with the "
                                  f"same --layers/--heads/--reduce/--max-length or choose another --output")
-    model, tokenizer = load_model(args.model, device=args.device, cache=args.cache_dir)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                                  cache=args.cache_dir)
     check_model_config(model.config, config, args.model)   # before anything is profiled or written
     records = list(done)
     try:
@@ -372,7 +372,8 @@ def _run_qa(args: argparse.Namespace) -> int:
 
     bios = [from_record(r) for r in read_jsonl(args.biographies)]
     items = build_items(bios, shots=args.shots, seed=args.seed)
-    model, tokenizer = load_model(args.model, device=args.device, cache=args.cache_dir)
+    model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                                  cache=args.cache_dir)
     if args.adapter:
         model = load_adapter(model, args.adapter)
     answers = generate_answers(model, tokenizer, [i.prompt for i in items], batch_size=args.qa_batch_size,

@@ -1,6 +1,6 @@
 """Reading and writing the clues pipeline's files (CSV / JSONL with a ``text`` column, JSON).
 
-Every write is atomic (a temporary file in the same folder, then ``os.replace``), so an
+Every write is atomic (``attn_transition.evaluation.fileio``: a temporary file, then a rename), so an
 interrupted run never leaves a half-written file where a finished one is expected.
 """
 
@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from attn_transition.errors import UsageError
+
+from ..fileio import atomic_write, write_text_atomic
+from ..fileio import read_json as _read_json
 
 __all__ = ["SUFFIXES", "read_rows", "read_texts", "write_rows", "read_jsonl", "write_jsonl", "write_json",
            "write_text", "read_json", "json_safe"]
@@ -89,22 +90,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
     rows = list(rows)
-    _atomic_write(Path(path), lambda h: h.writelines(json.dumps(json_safe(r), ensure_ascii=False) + "\n"
+    atomic_write(Path(path), lambda h: h.writelines(json.dumps(json_safe(r), ensure_ascii=False) + "\n"
                                                      for r in rows))
 
 
@@ -127,22 +115,19 @@ def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
         for row in rows:
             writer.writerow({k: cell(row.get(k)) for k in columns})
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    _atomic_write(Path(path), lambda h: h.write(json.dumps(json_safe(data), indent=2, ensure_ascii=False) + "\n"))
+    atomic_write(Path(path), lambda h: h.write(json.dumps(json_safe(data), indent=2, ensure_ascii=False) + "\n"))
 
 
 def write_text(path: str | Path, text: str) -> None:
-    _atomic_write(Path(path), lambda h: h.write(text))
+    write_text_atomic(path, text)
 
 
 def read_json(path: str | Path) -> Any:
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"file {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON ({exc.msg}); delete it to recompute") from None
+        return _read_json(path)
+    except UsageError as exc:
+        raise UsageError(f"{exc}; delete it to recompute") from None
