@@ -153,7 +153,8 @@ def finetune(model: Any, tokenizer: Any, texts: Sequence[str], out_dir: str | Pa
         weight_decay=config.weight_decay, logging_strategy="steps", logging_steps=config.logging_steps,
         logging_first_step=True, save_strategy="epoch", save_total_limit=config.save_total_limit,
         report_to="none", seed=config.seed, data_seed=config.seed, dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=not progress)
+        remove_unused_columns=False, disable_tqdm=not progress,
+        dataloader_pin_memory=next(model.parameters()).device.type == "cuda")   # pinning helps only a GPU
     trainer = Trainer(model=peft_model, args=args, train_dataset=data, data_collator=Collator(pad_id))
     checkpoint = latest_checkpoint(out_dir / "checkpoints") if resume else None
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
