@@ -145,14 +145,35 @@ def detect_shard() -> Shard:
     return Shard(rank, world, local)
 
 
+_OWN_GROUP = False     # the process group was created here (not by accelerate): destroy it at the end
+
+
+def _close_group(shard: Shard) -> None:
+    """Every rank waits here until rank 0 has written the results; then a group created by
+    :func:`_gather` is torn down in order (a gloo group left to the interpreter's exit can abort
+    a process whose peer is still busy)."""
+    global _OWN_GROUP
+    if shard.world == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        if _OWN_GROUP:
+            dist.destroy_process_group()
+            _OWN_GROUP = False
+
+
 def _gather(shard: Shard, obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (a list of one without distribution)."""
     if shard.world == 1:
         return [obj]
     import torch.distributed as dist
 
+    global _OWN_GROUP
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
+        _OWN_GROUP = True
     out: list[Any] = [None] * shard.world
     dist.all_gather_object(out, obj)
     return out
@@ -327,6 +348,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     mine_ids = {p.item_id for p in mine}
     parts = _gather(shard, {k: v for k, v in work.done.items() if k[0] in mine_ids})
     if shard.rank != 0:
+        _close_group(shard)
         return None
     outcomes: dict[tuple[str, str], dict[str, Any]] = {}
     for recs in parts:
@@ -342,6 +364,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
 
         report.write_markdown(results, out / "summary.md")
         report.write_plots(results, out)
+    _close_group(shard)
     return results
 
 
