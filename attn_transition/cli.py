@@ -74,8 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     module = _load(name)
     sub = OneLineParser(prog=f"attn-transition {name}", description=SUBCOMMANDS[name][1],
-                                  epilog=getattr(module, "EPILOG", None),
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+                        epilog=getattr(module, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
     try:
         args = sub.parse_args(argv[1:])      # exits 2 (one line) on its own errors, 0 after --help

@@ -299,15 +299,24 @@ def test_log_round_trip_and_corruption_is_reported_with_the_line(tmp_path):
         store.check_identity(path, header, {"model": "m", "seed": 1})
 
 
-def test_log_refuses_to_append_after_an_unfinished_line(tmp_path):
+def test_readers_skip_an_unfinished_last_line_and_only_its_writer_repairs_it(tmp_path):
+    """Under data parallel every rank reads every log while the others may be appending: reading
+    must never modify a file; the log's own RecordLog finishes the repair before it appends."""
     path = tmp_path / "records.jsonl"
-    store.RecordLog(path, {"model": "m"})
+    store.RecordLog(path, {"model": "m"}).append([{"item": "a", "config": "stock", "output": "1", "correct": True}])
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write('{"type": "record"')
+        fh.write('{"type": "record", "item": "b"')                  # cut mid-write
     before = path.read_bytes()
-    with pytest.raises(UsageError, match="unfinished line"):
-        store.RecordLog(path, {"model": "m"})
-    assert path.read_bytes() == before
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a"]
+    assert path.read_bytes() == before                              # reading changed nothing
+    store.RecordLog(path, {"model": "m"}).append([{"item": "c", "config": "stock", "output": "2", "correct": False}])
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "c"]
+    # an unfinished line that is not the last one is damage, not an interrupted append
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write('{"type": "record", "item": "d"\n{"type": "record", "item": "e", "config": "s", "output": "", '
+                 '"correct": false}\n')
+    with pytest.raises(UsageError, match="line 4 is not valid JSON"):
+        store.read_log(path)
 
 
 def test_repair_tail_drops_an_unfinished_line_and_completes_a_whole_one(tmp_path):

@@ -303,11 +303,6 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
                 "dtype": str(param.dtype).replace("torch.", ""), "device_type": param.device.type}
     out.mkdir(parents=True, exist_ok=True)
     work = _Work()
-    if resume:
-        for path in sorted(out.glob("records*.jsonl")):
-            note = store.repair_tail(path)
-            if note:
-                print(f"resume: {note}", file=sys.stderr)
     existing = store.read_logs(out) if resume else []
     if not resume and (log_path.exists() or (out / "results.json").exists()):
         raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "

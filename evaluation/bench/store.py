@@ -6,14 +6,16 @@ version, prompt format, generation settings); every later line is one finished
 record. Records are appended one batch at a time with a single write and an fsync, so
 an interrupted run loses at most the batch in flight. ``--resume`` reads every log in
 the output folder, checks the identity, and skips the pairs already there. The only
-repair ever made is to an unfinished last line (a write cut short by Ctrl-C or a crash);
-any other unreadable line stops the resume with an error that says which line to fix.
+repair ever made is to an unfinished last line (a write cut short by Ctrl-C or a crash):
+readers skip it, and the process that owns the log finishes or drops it before appending
+again; any other unreadable line stops the resume with an error that says which line to fix.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -35,30 +37,33 @@ def read_log(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     records: list[dict[str, Any]] = []
     hint = f"fix or delete that line (or move {path.name} away and start again)"
     with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"--resume: {path} line {lineno} is not valid JSON (an interrupted write?); "
-                                 f"{hint}") from None
-            if not isinstance(obj, dict) or obj.get("type") not in ("header", "record"):
-                raise UsageError(f"--resume: {path} line {lineno} is neither a header nor a record; {hint}")
-            if obj["type"] == "header":
-                if header is not None or records:
-                    raise UsageError(f"--resume: {path} line {lineno} is a second header; {hint}")
-                if obj.get("format") != LOG_FORMAT:
-                    raise UsageError(f"--resume: {path} line {lineno} is a header of an unknown format "
-                                     f"{obj.get('format')!r} (expected {LOG_FORMAT}); {hint}")
-                header = obj
-                continue
-            if header is None:
-                raise UsageError(f"--resume: {path} does not start with a header line; {hint}")
-            missing = [k for k in ("item", "config", "output", "correct") if k not in obj]
-            if missing:
-                raise UsageError(f"--resume: {path} line {lineno} lacks {', '.join(missing)}; {hint}")
-            records.append(obj)
+        lines = fh.readlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if lineno == len(lines) and not line.endswith("\n"):
+                break          # an append cut short: never counted as done (its writer repairs it)
+            raise UsageError(f"--resume: {path} line {lineno} is not valid JSON (an interrupted write?); "
+                             f"{hint}") from None
+        if not isinstance(obj, dict) or obj.get("type") not in ("header", "record"):
+            raise UsageError(f"--resume: {path} line {lineno} is neither a header nor a record; {hint}")
+        if obj["type"] == "header":
+            if header is not None or records:
+                raise UsageError(f"--resume: {path} line {lineno} is a second header; {hint}")
+            if obj.get("format") != LOG_FORMAT:
+                raise UsageError(f"--resume: {path} line {lineno} is a header of an unknown format "
+                                 f"{obj.get('format')!r} (expected {LOG_FORMAT}); {hint}")
+            header = obj
+            continue
+        if header is None:
+            raise UsageError(f"--resume: {path} does not start with a header line; {hint}")
+        missing = [k for k in ("item", "config", "output", "correct") if k not in obj]
+        if missing:
+            raise UsageError(f"--resume: {path} line {lineno} lacks {', '.join(missing)}; {hint}")
+        records.append(obj)
     if header is None:
         raise UsageError(f"--resume: {path} is empty or has no header; delete it and start again")
     return header, records
@@ -108,11 +113,9 @@ class RecordLog:
     def __init__(self, path: Path, identity: dict[str, Any]):
         self.path = Path(path)
         if self.path.exists() and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as fh:
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    raise UsageError(f"{self.path} ends in an unfinished line (an interrupted write?); delete "
-                                     f"that last line, then --resume")
+            note = repair_tail(self.path)          # only this process ever appends to this file
+            if note:
+                print(f"resume: {note}", file=sys.stderr)
         else:
             self._write([{"type": "header", "format": LOG_FORMAT, "identity": identity}])
 
