@@ -118,28 +118,37 @@ def plan_rows(plan: Sequence[Edit]) -> list[int]:
 
 
 def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, beta: float,
-                   strategy: str = "adding") -> torch.Tensor:
-    """Edit, in place, the rows of one classic block.
+                   strategy: str = "adding", *, first_row: Optional[int] = None,
+                   total: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Edit, in place, rows of one classic block ``[start, end)``.
 
-    ``rows`` holds query rows ``[start, end)`` only: shape ``(..., end - start, C)`` with
-    ``C >= end`` columns, float32. Columns ``>= end`` are not touched.
+    ``rows`` holds the contiguous query rows ``[first_row, first_row + r)`` of the block
+    (all of them by default: ``first_row = start``), shape ``(..., r, C)`` float32, with at
+    least ``first_row + r`` columns: a causal row sees no further, and columns it cannot
+    see may be omitted. Every step is row-wise, so editing the rows in chunks gives the
+    same result as editing them at once. ``total`` (``(..., r, 1)``, default 1) is each
+    row's mass before the edit (less than 1 when a model's attention sink takes a share).
     """
     width = end - start
-    assert rows.shape[-2] == width and rows.shape[-1] >= end, (rows.shape, start, end)
+    first_row = start if first_row is None else first_row
+    r = rows.shape[-2]
+    assert start <= first_row and first_row + r <= end, \
+        f"rows [{first_row}, {first_row + r}) are not inside the block [{start}, {end})"
+    assert rows.shape[-1] >= first_row + r, f"rows {tuple(rows.shape)} need >= {first_row + r} columns"
     assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
-    block = rows[..., :end]                                   # (..., I, e) view
+    block = rows[..., :end]                                   # (..., r, <= e) view
     block.mul_(block >= threshold)                            # 1. elimination
     block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
-    removed = 1.0 - block.sum(-1, keepdim=True)               # 3. (..., I, 1)
+    removed = (1.0 if total is None else total) - block.sum(-1, keepdim=True)   # 3. (..., r, 1)
     if strategy == "adding":
         if start != width:
-            region = block[..., start - 2 * width:end - width]                     # (..., I, 2I)
+            region = block[..., start - 2 * width:end - width]                     # (..., r, 2I)
             m = torch.where(region >= threshold, 1.0, 0.01)
             a = beta * removed / m.sum(-1, keepdim=True)
             block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 0.7
             block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 0.3
         else:
-            region = block[..., 0:end - width]                                     # (..., I, I)
+            region = block[..., 0:end - width]                                     # (..., r, I)
             m = torch.where(region >= threshold, 1.0, 0.001)
             a = beta * removed / m.sum(-1, keepdim=True)
             block[..., start - width:end - width] += 10 * a * m[..., -width:]
@@ -153,34 +162,43 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
 
 
 def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, threshold: float,
-                  strength: float) -> torch.Tensor:
+                  strength: float, *, total: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SRA's ``redistribute``, in place, on rows of shape ``(..., r, C)`` (float32).
 
     Only (head, row) pairs with some weight in the target strictly above ``threshold``
     are edited: entries below the threshold are zeroed and the removed mass, times
     ``strength``, is added onto the target with weight 100 on strong entries and 5 on
-    the others. Rows that are not selected come back bitwise unchanged.
+    the others. Rows that are not selected come back bitwise unchanged. Row-wise, so
+    any subset of rows can be edited on its own. ``total`` as in :func:`classic_block_`.
     """
     target = slice(target_start, target_end)
     selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
     keep = rows >= threshold                                           # (..., r, C)
-    if not bool(selected.all()):
-        keep |= ~selected                                              # unselected rows keep everything
+    keep |= ~selected                                                  # unselected rows keep everything
     rows.mul_(keep)                                                    # eliminate (x * 1 == x exactly)
-    removed = 1.0 - rows.sum(-1, keepdim=True)                         # (..., r, 1)
+    del keep
+    removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
     m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)
     return rows
 
 
-def apply_edit_(rows: torch.Tensor, edit: Edit) -> torch.Tensor:
-    """Apply one edit in place to its own rows: ``(..., edit.end - edit.start, C)`` float32,
-    ``C >= edit.end`` columns counted from the first real token. Columns a row cannot see
-    (``>= edit.end`` for every edit) may be omitted: no edit reads or writes them."""
-    assert rows.shape[-2] == edit.end - edit.start, (tuple(rows.shape), edit)
+def apply_edit_(rows: torch.Tensor, edit: Edit, *, first_row: Optional[int] = None,
+                total: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Apply one edit in place to some of its rows.
+
+    ``rows``: ``(..., r, C)`` float32 holding the contiguous rows ``[first_row, first_row + r)``
+    of the edit (default: all of them, ``first_row = edit.start``), columns counted from the
+    first real token; at least ``first_row + r`` columns (a causal row sees no further; no
+    edit reads or writes a column beyond its own row). ``total``: see :func:`classic_block_`.
+    """
+    first_row = edit.start if first_row is None else first_row
+    assert edit.start <= first_row and first_row + rows.shape[-2] <= edit.end, \
+        (tuple(rows.shape), first_row, edit)
     if isinstance(edit, ClassicBlock):
-        return classic_block_(rows, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy)
-    return redistribute_(rows, edit.target_start, edit.target_end, edit.threshold, edit.strength)
+        return classic_block_(rows, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy,
+                              first_row=first_row, total=total)
+    return redistribute_(rows, edit.target_start, edit.target_end, edit.threshold, edit.strength, total=total)
 
 
 def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:

@@ -4,8 +4,8 @@ Installed as ``attn_transition.patches``. Knows transformers; knows nothing abou
 evaluation.
 """
 
-from .api import STATE_ATTR, TransitionState, disable, enable, enabled, get_state, is_enabled
+from .api import DEFAULT_MAX_CHUNK_MIB, STATE_ATTR, TransitionState, disable, enable, enabled, get_state, is_enabled
 from .families import FAMILIES, family_for
 
 __all__ = ["enable", "disable", "enabled", "is_enabled", "get_state", "TransitionState", "FAMILIES",
-           "family_for", "STATE_ATTR"]
+           "family_for", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB"]

@@ -1,7 +1,10 @@
 """enable / disable / enabled: attach attention transition to a loaded model and remove it.
 
-All state lives in one attribute, ``model._attn_transition`` (a :class:`TransitionState`);
-``disable`` removes it and switches the model back to the attention implementation it
+All state is one :class:`TransitionState` object, ``model._attn_transition``. The same
+object is referenced from the modules that need it at run time (the decoder, whose
+forward pre-hook plans each call, and each attention module), so a copy of the model
+(``copy.deepcopy``, pickle) carries a working copy of it. ``disable`` removes every
+reference and the hook and switches the model back to the attention implementation it
 had, so its logits are bitwise those of the untouched model.
 """
 
@@ -9,32 +12,67 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
+
+import torch
 
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
 from attn_transition.errors import ConfigError, NotACausalLMError
 
 from . import attention
+from .attention import DEFAULT_MAX_CHUNK_MIB, STATE_ATTR
+from .calls import CallPlan, plan_call
 from .compat import allow_generate_switch
-from .families import family_for, num_decoder_layers
+from .families import family_for, schedule_layout
 
-__all__ = ["TransitionState", "enable", "disable", "enabled", "is_enabled", "get_state", "STATE_ATTR"]
+__all__ = ["TransitionState", "enable", "disable", "enabled", "is_enabled", "get_state", "STATE_ATTR",
+           "DEFAULT_MAX_CHUNK_MIB"]
 
 logger = logging.getLogger("attn_transition")
-STATE_ATTR = "_attn_transition"
+_UNSET: Any = object()
 
 
-@dataclass
+@dataclass(eq=False)
 class TransitionState:
-    """What ``enable`` attached to a model (``model._attn_transition``)."""
+    """What ``enable`` attached to a model (``model._attn_transition``).
+
+    Args:
+        config: The schedule applied by calls that do not choose one.
+        num_layers: Layers the schedule spreads over.
+        schedule_index: Attention module ``layer_idx`` -> its layer in the schedule (only
+            where the two differ, e.g. hybrid models that count attention layers only).
+        previous_implementation: The attention implementation ``disable`` restores.
+        base_implementation: ``sdpa`` or ``eager``: what unedited rows run on.
+        full_matrix: Compute every row explicitly (slow; for comparison).
+        active: Whether calls without ``attn_transition=`` are edited.
+        max_chunk_mib: Memory budget of one chunk of edited rows, per layer (None: unbounded).
+    """
 
     config: TransitionConfig
     num_layers: int
+    schedule_index: dict
     previous_implementation: str
     base_implementation: str
     full_matrix: bool = False
+    active: bool = True
+    max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB
+    call: Optional[CallPlan] = field(default=None, repr=False)
+    warned_continuation: bool = field(default=False, repr=False)
+    warned_packed: bool = field(default=False, repr=False)
+
+    @property
+    def implementation(self) -> str:
+        return attention.implementation_name(self.base_implementation)
+
+    def __setstate__(self, values: dict) -> None:
+        # An unpickled (or deep-copied) model needs the registry entries in this process too.
+        self.__dict__.update(values)
+        self.call = None
+        attention.register()
+        allow_generate_switch()
 
 
 def _check_model(model: Any) -> None:
@@ -50,89 +88,165 @@ def _check_model(model: Any) -> None:
             f"so its attention cannot be patched at run time")
 
 
+def _check_options(config: Any, active: Any, max_chunk_mib: Any, full_matrix: Any) -> None:
+    if not isinstance(config, (ClassicConfig, SRAConfig)):
+        raise ConfigError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
+    for name, value in (("active", active), ("full_matrix", full_matrix)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"enable({name}=...) must be True or False, got {value!r}")
+    if max_chunk_mib is not None and (isinstance(max_chunk_mib, bool) or not isinstance(max_chunk_mib, (int, float))
+                                      or not math.isfinite(max_chunk_mib) or max_chunk_mib <= 0):
+        raise ConfigError(f"enable(max_chunk_mib=...) must be a number in (0, inf) (MiB of edited rows per "
+                          f"layer) or None for no bound, got {max_chunk_mib!r}")
+
+
 def get_state(model: Any) -> Optional[TransitionState]:
     return getattr(model, STATE_ATTR, None)
 
 
+def _config_implementation(model: Any) -> Optional[str]:
+    return getattr(model.config, "_attn_implementation", None)
+
+
 def is_enabled(model: Any) -> bool:
-    return get_state(model) is not None
+    """True when ``model`` carries a state *and* still runs the library's attention function
+    (an implementation changed by hand with ``set_attn_implementation`` reads as not enabled)."""
+    state = get_state(model)
+    return state is not None and _config_implementation(model) == state.implementation
 
 
-def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False) -> Any:
+def _decoder(model: Any) -> torch.nn.Module:
+    get = getattr(model, "get_decoder", None)
+    try:
+        decoder = get() if callable(get) else model
+    except (AttributeError, NotImplementedError, ValueError):
+        decoder = model
+    return decoder if isinstance(decoder, torch.nn.Module) else model
+
+
+@torch.compiler.disable
+def _before_decoder(module: torch.nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook of the decoder: plan this call once for all its layers."""
+    state = getattr(module, STATE_ATTR, None)
+    if state is None:
+        return None
+    state.call = plan_call(state, args, kwargs)
+    return args, kwargs
+
+
+def _attach(model: Any, state: TransitionState) -> None:
+    decoder = _decoder(model)
+    object.__setattr__(model, STATE_ATTR, state)
+    object.__setattr__(decoder, STATE_ATTR, state)
+    for module in decoder.modules():
+        if hasattr(module, "layer_idx"):
+            object.__setattr__(module, STATE_ATTR, state)
+    decoder.register_forward_pre_hook(_before_decoder, with_kwargs=True)
+
+
+def _detach(model: Any) -> None:
+    for module in model.modules():
+        module.__dict__.pop(STATE_ATTR, None)
+        # The hook is found by identity so that a copy of the model removes its own.
+        hooks = module._forward_pre_hooks
+        for key in [k for k, fn in hooks.items() if fn is _before_decoder]:
+            del hooks[key]
+            module._forward_pre_hooks_with_kwargs.pop(key, None)
+    model.__dict__.pop(STATE_ATTR, None)
+
+
+def _implementation_changed(model: Any, state: TransitionState) -> bool:
+    current = _config_implementation(model)
+    if current == state.implementation:
+        return False
+    warnings.warn(f"attn_transition: the attention implementation was changed by hand to {current!r} while "
+                  f"enabled; the transition was not running since then", stacklevel=3)
+    return True
+
+
+def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
+           active: bool = True, max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB) -> Any:
     """Turn attention transition on for ``model`` and return it.
 
     Args:
         model: A loaded transformers causal LM of a supported family.
         config: :class:`ClassicConfig` (default) or :class:`SRAConfig`.
-        full_matrix: Compute every layer's full attention matrix explicitly, as the
-            reference did (slow, O(n^2) memory; for comparison and debugging). By default
-            only the rows a schedule edits are computed explicitly.
+        full_matrix: Compute every row of every layer explicitly, as the reference did
+            (slow; for comparison and debugging). By default only the rows a schedule
+            edits are computed explicitly.
+        active: If False the patch is installed but calls run the stock attention unless
+            they ask for the edit (``attn_transition=True`` or a config, per call).
+        max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer
+            (default 64). The extra memory per layer stays near this bound at every prompt
+            length (one row over all keys is the smallest chunk); None computes each edit
+            in one piece. Larger values mean fewer, larger matrix products (faster on GPUs).
 
-    Enabling a model that is already enabled replaces its config and keeps the original
-    attention implementation to restore. Nothing on the model changes if it is not
-    supported.
+    Enabling a model that is already enabled replaces these settings and keeps the
+    original attention implementation to restore. Nothing on the model changes if it is
+    not supported.
     """
     config = ClassicConfig() if config is None else config
-    if not isinstance(config, (ClassicConfig, SRAConfig)):
-        raise ConfigError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
+    _check_options(config, active, max_chunk_mib, full_matrix)
     _check_model(model)
     family_for(model.config)                      # raises UnsupportedModelError before any change
-    num_layers = num_decoder_layers(model.config)
+    num_layers, schedule_index = schedule_layout(model.config)
     attention.register()
     allow_generate_switch()
 
     state = get_state(model)
-    if state is not None:
+    if state is not None and not _implementation_changed(model, state):
         logger.info("attn_transition: model already enabled; replacing %r with %r", state.config, config)
-        state.config = config
-        state.full_matrix = full_matrix
+        state.config, state.full_matrix, state.active, state.max_chunk_mib = config, full_matrix, active, max_chunk_mib
+        state.call = None
         return model
+    if state is not None:                         # stale: start again from the implementation set by hand
+        _detach(model)
 
-    previous = model.config._attn_implementation or "eager"
+    previous = _config_implementation(model) or "eager"
     base = previous if previous in attention.BASE_IMPLEMENTATIONS else "sdpa"
-    if base != previous:
+    if base != previous and not previous.startswith("attn_transition_"):
         warnings.warn(f"attn_transition: the model uses {previous!r}; while enabled, rows the schedule does "
                       f"not edit go through 'sdpa' instead ({previous!r} comes back on disable)", stacklevel=2)
-    state = TransitionState(config=config, num_layers=num_layers, previous_implementation=previous,
-                            base_implementation=base, full_matrix=full_matrix)
-    model.set_attn_implementation(attention.implementation_name(base))
-    object.__setattr__(model, STATE_ATTR, state)
-    for module in model.modules():
-        if hasattr(module, "layer_idx"):
-            attention.STATES[module] = state
+    state = TransitionState(config=config, num_layers=num_layers, schedule_index=schedule_index,
+                            previous_implementation=previous, base_implementation=base,
+                            full_matrix=full_matrix, active=active, max_chunk_mib=max_chunk_mib)
+    model.set_attn_implementation(state.implementation)
+    _attach(model, state)
     return model
 
 
 def disable(model: Any) -> Any:
     """Remove attention transition from ``model`` and restore its attention implementation.
 
-    A model that was never enabled is left as it is (with a warning).
+    A model that was never enabled is left as it is (with a warning). If the implementation
+    was changed by hand while enabled, that choice is kept (with a warning).
     """
     state = get_state(model)
     if state is None:
         warnings.warn("attn_transition.disable: this model was not enabled; nothing to undo", stacklevel=2)
         return model
-    for module in model.modules():
-        attention.STATES.pop(module, None)
-    model.set_attn_implementation(state.previous_implementation)
-    object.__delattr__(model, STATE_ATTR)
+    changed = _implementation_changed(model, state)
+    _detach(model)
+    if not changed:
+        model.set_attn_implementation(state.previous_implementation)
     return model
 
 
 @contextlib.contextmanager
-def enabled(model: Any, config: Optional[TransitionConfig] = None, *,
-            full_matrix: bool = False) -> Iterator[Any]:
+def enabled(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
+            active: bool = True, max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
     """Context manager: transition on inside the block, the previous state restored after it.
 
-    If the model was already enabled, its previous config comes back on exit.
+    If the model was already enabled, its previous settings come back on exit.
     """
-    before = get_state(model)
-    saved = (before.config, before.full_matrix) if before is not None else None
-    enable(model, config, full_matrix=full_matrix)
+    before = get_state(model) if is_enabled(model) else None
+    saved = None if before is None else dict(config=before.config, full_matrix=before.full_matrix,
+                                             active=before.active, max_chunk_mib=before.max_chunk_mib)
+    enable(model, config, full_matrix=full_matrix, active=active, max_chunk_mib=max_chunk_mib)
     try:
         yield model
     finally:
         if saved is None:
             disable(model)
         else:
-            enable(model, saved[0], full_matrix=saved[1])
+            enable(model, saved.pop("config"), **saved)

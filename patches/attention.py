@@ -1,34 +1,42 @@
 """The attention function registered in transformers' ``AttentionInterface``.
 
-One function per *base* implementation (``sdpa`` or ``eager``). On a prefill it first
-runs the base implementation on the whole input (fused SDPA for the stock model),
-then recomputes only the query rows the schedule edits, explicitly and in float32,
-edits them with :mod:`attn_transition.schedules`, and writes their outputs back. Extra
-memory is O(edited rows x n) per layer, never O(n^2). Decoding steps (a query shorter
-than the keys) go to the base implementation untouched.
+One function per *base* implementation (``sdpa`` or ``eager``). When a call edits
+(see :mod:`.calls`), it first runs the base implementation on the whole input (fused
+SDPA for the stock model), then recomputes only the query rows the schedule edits,
+explicitly and in float32, edits them with :mod:`attn_transition.schedules` and writes
+their outputs back. The edited rows are computed in chunks of rows sized from a memory
+budget (``max_chunk_mib``, per layer), so the extra memory stays bounded whatever the
+prompt length; every step of both schedules is row-wise, so chunking changes nothing in
+the result. Calls that edit nothing (decoding steps, stock calls) go straight to the
+base implementation.
+
+The function is excluded from ``torch.compile`` graphs (it reads Python state and sizes
+its loops from the prompt): a compiled model runs it eagerly, once per layer, and the
+rest of the model compiled.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-import warnings
-import weakref
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from attn_transition.schedules import apply_edit_, layer_plan, real_spans
+from attn_transition.schedules import apply_edit_, layer_plan
 
-__all__ = ["BASE_IMPLEMENTATIONS", "implementation_name", "register", "STATES"]
+from .calls import CallPlan, plan_from_mask
 
-# Attention module -> the owning model's TransitionState. Weak keys: nothing here keeps a
-# model alive, and a module removed from the table is simply not edited.
-STATES: "weakref.WeakKeyDictionary[torch.nn.Module, Any]" = weakref.WeakKeyDictionary()
+__all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "implementation_name", "register",
+           "row_weights", "weighted_values", "rows_per_chunk"]
 
+STATE_ATTR = "_attn_transition"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 _PREFIX = "attn_transition_"
+DEFAULT_MAX_CHUNK_MIB = 64.0
+# Bytes held per (head, row, key) entry of a chunk: float32 weights plus two transient bool masks.
+_BYTES_PER_ENTRY = 6
 
 
 def implementation_name(base: str) -> str:
@@ -45,7 +53,14 @@ def _base_function(base: str, module: torch.nn.Module) -> Callable:
 def _eager_for(module_type: type) -> Callable:
     # "eager" lives in each model's own modeling file (it knows that family's quirks).
     eager = getattr(sys.modules.get(module_type.__module__), "eager_attention_forward", None)
-    return eager if eager is not None else _explicit_attention
+    return eager if eager is not None else _plain_attention
+
+
+def rows_per_chunk(heads: int, keys: int, max_chunk_mib: Optional[float]) -> int:
+    """How many query rows over ``keys`` keys fit in ``max_chunk_mib`` (at least one; all if None)."""
+    if max_chunk_mib is None:
+        return 1 << 62
+    return max(1, int(max_chunk_mib * 2**20) // (_BYTES_PER_ENTRY * heads * max(keys, 1)))
 
 
 def _allowed(mask: torch.Tensor) -> torch.Tensor:
@@ -55,123 +70,222 @@ def _allowed(mask: torch.Tensor) -> torch.Tensor:
     return mask > torch.finfo(mask.dtype).min / 2
 
 
-def _row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int,
-                 mask_rows: Optional[torch.Tensor], scaling: float,
-                 softcap: Optional[float]) -> torch.Tensor:
-    """Post-softmax float32 weights of the contiguous query rows ``[start, start + r)`` of one
-    sequence over its first ``c`` keys (``c >= start + r``; a causal row never sees further).
+def _key_blocks(keys: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                max_chunk_mib: Optional[float]) -> int:
+    """Keys per float32 up-cast block: whole when already float32, else a quarter of the budget."""
+    if dtype == torch.float32 or max_chunk_mib is None:
+        return keys
+    return max(1, int(max_chunk_mib * 2**18) // (4 * kv_heads * head_dim))
 
-    q_rows: (heads, r, d); k: (kv_heads, c, d); mask_rows: (r, c) bool or additive float, or
-    None for plain causal. Returns (heads, r, c).
+
+def row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_rows: Optional[torch.Tensor],
+                scaling: float, softcap: Optional[float] = None, *, sinks: Optional[torch.Tensor] = None,
+                inplace: bool = True, max_chunk_mib: Optional[float] = None):
+    """Post-softmax float32 weights of contiguous query rows over their keys.
+
+    The rows are ``[start, start + r)`` counted in the key columns of ``k`` (a causal row
+    sees no column past its own); ``c >= start + r``.
+
+    Args:
+        q_rows: (heads, r, d) queries. k: (kv_heads, c, d) keys.
+        mask_rows: (r, c) bool or additive float mask, or None for plain causal.
+        scaling / softcap: the layer's own.
+        sinks: (heads,) attention-sink logits (gpt-oss) that join each row's softmax.
+        inplace: compute in place (no autograd through the result).
+        max_chunk_mib: bounds the float32 up-cast of non-float32 keys.
+
+    Returns:
+        ``(weights, total)``: weights (heads, r, c) float32; total (heads, r, 1), each row's
+        mass over the keys (1 - the sink's share), or None without sinks.
     """
     heads, r, d = q_rows.shape
     kv_heads, c, _ = k.shape
     assert c >= start + r, f"rows [{start}, {start + r}) need at least {start + r} keys, got {c}"
     groups = heads // kv_heads
     q = (q_rows.float() * scaling).reshape(kv_heads, groups * r, d)      # (kv_heads, g*r, d), scaled
-    scores = torch.matmul(q, k.float().transpose(-1, -2))                # (kv_heads, g*r, c)
+    block = _key_blocks(c, kv_heads, d, k.dtype, max_chunk_mib)
+    if block >= c:
+        scores = torch.matmul(q, k.float().transpose(-1, -2))            # (kv_heads, g*r, c)
+    else:
+        scores = q.new_empty(kv_heads, groups * r, c)                    # (kv_heads, g*r, c)
+        for j in range(0, c, block):
+            scores[..., j:j + block] = torch.matmul(q, k[:, j:j + block].float().transpose(-1, -2))
     scores = scores.view(heads, r, c)                                    # (heads, r, c)
     if softcap is not None:
-        scores = scores.div_(softcap).tanh_().mul_(softcap)
+        scores = scores.div_(softcap).tanh_().mul_(softcap) if inplace else torch.tanh(scores / softcap) * softcap
     if mask_rows is None:
         # Causal: row start+i hides keys > start+i, all of them in the last c - start columns.
         hidden = torch.ones(r, c - start, dtype=torch.bool, device=k.device).triu_(1)   # (r, c - start)
-        scores[..., start:].masked_fill_(hidden, float("-inf"))
-        return torch.softmax(scores, dim=-1)                             # every row sees itself
-    if mask_rows.dtype == torch.bool:
-        scores.masked_fill_(~mask_rows, float("-inf"))
-    else:
-        scores.add_(mask_rows.float())
-    return torch.softmax(scores, dim=-1).nan_to_num_(nan=0.0)            # fully masked rows -> 0
-
-
-def _weighted_values(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(heads, r, n) @ (kv_heads, n, d) -> (heads, r, d), without repeating v."""
-    heads, r, n = weights.shape
-    kv_heads = v.shape[0]
-    w = weights.reshape(kv_heads, (heads // kv_heads) * r, n)            # (kv_heads, g*r, n)
-    return torch.matmul(w, v.float()).view(heads, r, -1)                 # (heads, r, d)
-
-
-def _mask_spans(attention_mask: Optional[torch.Tensor], batch: int, n: int):
-    if attention_mask is None:
-        return [(0, n)] * batch
-    diag = _allowed(attention_mask[:, 0]).diagonal(dim1=-2, dim2=-1)     # (batch', n)
-    return real_spans(diag.expand(batch, n))
-
-
-def _explicit_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
-                        scaling: Optional[float] = None, softcap: Optional[float] = None,
-                        **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain attention computed row by row in float32 (the fallback ``eager``)."""
-    return _transition(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap,
-                       base=None, state=None, want_weights=True, full=True)
-
-
-def _transition(module, query, key, value, attention_mask, *, scaling, softcap, base, state,
-                want_weights: bool, full: bool, **base_kwargs):
-    batch, heads, n, head_dim = query.shape                              # (batch, heads, q, d)
-    scaling = head_dim ** -0.5 if scaling is None else scaling
-    if base is not None and not full:
-        out, _ = base(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap,
-                      **base_kwargs)                                     # (batch, q, heads, d)
-    else:
-        out = query.new_zeros(batch, n, heads, value.shape[-1])          # (batch, q, heads, d)
-    weights_out = query.new_zeros(batch, heads, n, key.shape[2]) if want_weights else None
-    every_row = full or want_weights
-    for b, span in enumerate(_mask_spans(attention_mask, batch, n)):
-        if span is None:
-            warnings.warn("attn_transition: a batch row's real tokens are not contiguous (packed "
-                          "sequences?); that row is left unedited", stacklevel=3)
-            plan = ()
-            span = (0, n)
+        if inplace:
+            scores[..., start:].masked_fill_(hidden, float("-inf"))
         else:
-            plan = layer_plan(state.config, module.layer_idx, state.num_layers, span[1]) if state else ()
-        first, count = span
-        if count == 0:
+            scores = torch.cat([scores[..., :start], scores[..., start:].masked_fill(hidden, float("-inf"))], -1)
+    elif mask_rows.dtype == torch.bool:
+        scores = scores.masked_fill_(~mask_rows, float("-inf")) if inplace else scores.masked_fill(~mask_rows, float("-inf"))
+    else:
+        scores = scores.add_(mask_rows.float()) if inplace else scores + mask_rows.float()
+    # Softmax, with the sink as one more logit per row when the model has sinks.
+    top = scores.amax(-1, keepdim=True)                                  # (heads, r, 1)
+    sink = None if sinks is None else sinks.float().view(heads, 1, 1)
+    if sink is not None:
+        top = torch.maximum(top, sink)
+    top = torch.where(torch.isfinite(top), top, 0.0)                     # fully masked rows
+    e = scores.sub_(top).exp_() if inplace else (scores - top).exp()     # (heads, r, c)
+    denom = e.sum(-1, keepdim=True)                                      # (heads, r, 1)
+    if sink is not None:
+        denom = denom + (sink - top).exp()
+    weights = e.div_(denom) if inplace else e / denom
+    if mask_rows is not None and sink is None:                           # fully masked rows: 0/0 -> 0
+        weights = weights.nan_to_num_(nan=0.0) if inplace else weights.nan_to_num(nan=0.0)
+    total = None if sink is None else 1.0 - (sink - top).exp() / denom
+    return weights, total
+
+
+def weighted_values(weights: torch.Tensor, v: torch.Tensor, *, max_chunk_mib: Optional[float] = None) -> torch.Tensor:
+    """(heads, r, n) @ (kv_heads, n, dv) -> (heads, r, dv) in float32, without repeating v."""
+    heads, r, n = weights.shape
+    kv_heads, _, dv = v.shape
+    w = weights.reshape(kv_heads, (heads // kv_heads) * r, n)            # (kv_heads, g*r, n)
+    block = _key_blocks(n, kv_heads, dv, v.dtype, max_chunk_mib)
+    if block >= n:
+        return torch.matmul(w, v.float()).view(heads, r, dv)             # (heads, r, dv)
+    out = torch.zeros(kv_heads, w.shape[1], dv, dtype=torch.float32, device=w.device)
+    for j in range(0, n, block):
+        out += torch.matmul(w[..., j:j + block], v[:, j:j + block].float())
+    return out.view(heads, r, dv)                                        # (heads, r, dv)
+
+
+def _plain_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                     scaling: Optional[float] = None, softcap: Optional[float] = None,
+                     **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain attention with its weights, explicit in float32 (for ``output_attentions`` on sdpa,
+    and the eager base of a family whose modeling file has none)."""
+    batch, heads, q, d = query.shape                                     # (batch, heads, q, d)
+    k_len = key.shape[2]
+    scaling = d ** -0.5 if scaling is None else scaling
+    sinks = _sinks(module, kwargs)
+    out = query.new_zeros(batch, q, heads, value.shape[-1])             # (batch, q, heads, dv)
+    weights = query.new_zeros(batch, heads, q, k_len)                    # (batch, heads, q, k)
+    for b in range(batch):
+        if attention_mask is None:                                       # causal, queries are the last keys
+            mask_rows = torch.ones(q, k_len, dtype=torch.bool, device=query.device).tril_(k_len - q)
+        else:
+            mask_rows = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, :, :k_len]   # (q, k)
+        w, _ = row_weights(query[b], key[b], 0, mask_rows, scaling, softcap, sinks=sinks,
+                           inplace=not _needs_grad(query, key, value))
+        if dropout > 0:
+            w = torch.nn.functional.dropout(w, p=dropout, training=True)
+        out[b] = weighted_values(w, value[b]).transpose(0, 1).to(out.dtype)   # (q, heads, dv)
+        weights[b] = w.to(weights.dtype)
+    return out, weights
+
+
+def _sinks(module: torch.nn.Module, kwargs: dict) -> Optional[torch.Tensor]:
+    # gpt-oss passes its per-head sink logits as ``s_aux`` (its eager function reads module.sinks).
+    sinks = kwargs.get("s_aux")
+    return sinks if sinks is not None else getattr(module, "sinks", None)
+
+
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _transition(module, query, key, value, attention_mask, call: CallPlan, state, *, scaling, softcap,
+                dropout: float, base: Optional[Callable], want_weights: bool, **base_kwargs):
+    """The base attention, then the edited rows of this call recomputed, edited and written back."""
+    batch, heads, q, head_dim = query.shape                              # (batch, heads, q, d)
+    k_len = key.shape[2]
+    scaling = head_dim ** -0.5 if scaling is None else scaling
+    sinks = _sinks(module, base_kwargs)
+    grad = _needs_grad(query, key, value)
+    every_row = base is None or want_weights
+    if base is not None:
+        out, _ = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                      softcap=softcap, **base_kwargs)                    # (batch, q, heads, dv)
+        if grad:
+            out = out.clone()                                            # written to below
+    else:
+        out = query.new_zeros(batch, q, heads, value.shape[-1])          # (batch, q, heads, dv)
+    weights_out = query.new_zeros(batch, heads, q, k_len) if want_weights else None
+    # Absolute position of key index 0: caches that keep a window hold only the last keys.
+    shift = call.offset + q - k_len if k_len <= call.offset + q else 0
+    layer = state.schedule_index.get(module.layer_idx, module.layer_idx)
+    budget = state.max_chunk_mib
+    for b, row in enumerate(call.rows):
+        plan = layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
+        if not plan and not every_row:
             continue
-        # Segments of contiguous query rows [start, end), each computed over keys [0, end) only (a
-        # causal row sees nothing further): one per edit, or all real rows when every row is wanted.
-        segments = [(0, count, plan)] if every_row else [(e.start, e.end, (e,)) for e in plan]
-        for start, end, edits in segments:
-            rows, cols = slice(first + start, first + end), slice(first, first + end)
-            mask_rows = None if attention_mask is None else \
-                attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, rows, cols]   # (r, end)
-            w = _row_weights(query[b, :, rows], key[b, :, cols], start, mask_rows,
-                             scaling, softcap)                            # (heads, r, end)
-            for edit in edits:
-                apply_edit_(w[:, edit.start - start:edit.end - start], edit)
-            if edits and mask_rows is not None:                           # keep windows / padding
-                w.mul_(_allowed(mask_rows))
-            o = _weighted_values(w, value[b, :, cols])                    # (heads, r, d)
-            out[b, rows] = o.transpose(0, 1).to(out.dtype)                # (r, heads, d)
-            if weights_out is not None:
-                weights_out[b, :, rows, cols] = w.to(weights_out.dtype)
+        # This call's real query rows, counted from the row's first real token.
+        lo = max(call.offset, row.first) - row.first
+        hi = min(call.offset + q, row.real_end) - row.first
+        if every_row:
+            segments = [(lo, hi)] if hi > lo else []
+        else:
+            segments = [(max(e.start, lo), min(e.end, hi)) for e in plan if max(e.start, lo) < min(e.end, hi)]
+        mb = b if attention_mask is not None and attention_mask.shape[0] > 1 else 0
+        for seg_start, seg_end in segments:
+            step = rows_per_chunk(heads, seg_end, budget)
+            for a in range(seg_start, seg_end, step):
+                c = min(seg_end, a + step)                               # rows [a, c) see keys [0, c)
+                qi = slice(row.first + a - call.offset, row.first + c - call.offset)
+                k0 = max(row.first - shift, 0)                           # key index of the first column
+                pad = k0 + shift - row.first                             # columns a windowed cache dropped
+                ki = slice(k0, row.first + c - shift)
+                mask_rows = None if attention_mask is None else attention_mask[mb, 0, qi, ki]   # (r, c - pad)
+                w, total = row_weights(query[b, :, qi], key[b, :, ki], a - pad, mask_rows, scaling, softcap,
+                                       sinks=sinks, inplace=not grad, max_chunk_mib=budget)   # (heads, r, c - pad)
+                if grad:
+                    w = w.clone()
+                edits = [(e, max(e.start, a), min(e.end, c)) for e in plan if max(e.start, a) < min(e.end, c)]
+                if edits:
+                    full = w if pad == 0 else torch.cat([w.new_zeros(heads, c - a, pad), w], -1)   # (heads, r, c)
+                    for edit, i0, i1 in edits:
+                        apply_edit_(full[:, i0 - a:i1 - a], edit, first_row=i0,
+                                    total=None if total is None else total[:, i0 - a:i1 - a])
+                    w = full[..., pad:]
+                    if mask_rows is not None:                            # keep windows / padding
+                        w = w.mul_(_allowed(mask_rows)) if not grad else w * _allowed(mask_rows)
+                if dropout > 0:
+                    w = torch.nn.functional.dropout(w, p=dropout, training=True)
+                o = weighted_values(w, value[b, :, ki], max_chunk_mib=budget)          # (heads, r, dv)
+                out[b, qi] = o.transpose(0, 1).to(out.dtype)                           # (r, heads, dv)
+                if weights_out is not None:
+                    weights_out[b, :, qi, ki] = w.to(weights_out.dtype)
     return out, weights_out
 
 
+def _current_call(state, query: torch.Tensor, key: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor]) -> Optional[CallPlan]:
+    """The plan of the call this layer runs in, or None when it edits nothing."""
+    call = state.call
+    batch, q = query.shape[0], query.shape[2]
+    if call is not None and call.batch == batch and call.q_len == q:
+        return call if call.config is not None else None
+    # No plan from the decoder (a layer called on its own): a one-shot prefill is read from its mask.
+    if state.active and q == key.shape[2] and q > 1:
+        return plan_from_mask(state.config, attention_mask, batch, q)
+    return None
+
+
 def _make_attention(base_name: str) -> Callable:
+    @torch.compiler.disable
     def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: Optional[torch.Tensor], dropout: float = 0.0,
                   scaling: Optional[float] = None, **kwargs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        switch = kwargs.pop("attn_transition", True)
-        state = STATES.get(module)
+        state = getattr(module, STATE_ATTR, None)
         base = _base_function(base_name, module)
+        call = None if state is None else _current_call(state, query, key, attention_mask)
         want_weights = bool(kwargs.get("output_attentions", False))
-        is_prefill = query.shape[2] == key.shape[2]
-        active = (state is not None and switch is not False and is_prefill
-                  and not (module.training and dropout > 0))
-        if not active:
+        if call is None:
             if want_weights and base_name == "sdpa":
                 # sdpa returns no weights; compute them plainly so output_attentions still works.
-                return _transition(module, query, key, value, attention_mask, scaling=scaling,
-                                   softcap=kwargs.get("softcap"), base=None, state=None,
-                                   want_weights=True, full=True)
+                return _plain_attention(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, **kwargs)
             return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
         softcap = kwargs.pop("softcap", None)
-        return _transition(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap,
-                           base=base, state=state, want_weights=want_weights,
-                           full=state.full_matrix, dropout=dropout, **kwargs)
+        return _transition(module, query, key, value, attention_mask, call, state, scaling=scaling,
+                           softcap=softcap, dropout=dropout, want_weights=want_weights,
+                           base=None if state.full_matrix else base, **kwargs)
 
     attention.__name__ = f"attn_transition_{base_name}_attention"
     attention.__qualname__ = attention.__name__
@@ -195,3 +309,4 @@ def register() -> None:
         # Without a mask function under the same name transformers would pass mask=None.
         AttentionMaskInterface.register(implementation_name(base), masks[base])
     _REGISTERED = True
+

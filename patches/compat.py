@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import functools
 
+# The per-call keywords: the switch (on / off / a config) and the whole prompt's width for a
+# prefill fed in chunks. Both are read (and removed) by the decoder pre-hook in calls.py.
 SWITCH_KWARG = "attn_transition"
+LENGTH_KWARG = "attn_transition_prompt_length"
+CALL_KWARGS = (SWITCH_KWARG, LENGTH_KWARG)
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,6 +31,7 @@ def allow_generate_switch() -> bool:
     keys = getattr(TransformersKwargs, "__optional_keys__", None)
     if keys is None:  # pragma: no cover
         return False
-    if SWITCH_KWARG not in keys:
-        TransformersKwargs.__optional_keys__ = frozenset(keys | {SWITCH_KWARG})
+    missing = set(CALL_KWARGS) - set(keys)
+    if missing:
+        TransformersKwargs.__optional_keys__ = frozenset(keys | missing)
     return True

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import attn_transition as at
-from attn_transition.patches.attention import STATES, implementation_name
+from attn_transition.patches.attention import STATE_ATTR, implementation_name
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_real_model_enable_disable_and_both_paths(loaded):
         seen = _capture_layer(model, ids, layer_idx=layer)
         for config in (at.ClassicConfig(), at.SRAConfig()):
             at.enable(model, config)
-            assert seen["module"] in STATES
+            assert getattr(seen["module"], STATE_ATTR) is at.get_state(model)
             rows_out, _ = fn(seen["module"], seen["q"], seen["k"], seen["v"], seen["mask"], **seen["kwargs"])
             at.enable(model, config, full_matrix=True)
             full_out, _ = fn(seen["module"], seen["q"], seen["k"], seen["v"], seen["mask"], **seen["kwargs"])

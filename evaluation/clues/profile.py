@@ -160,7 +160,7 @@ def _profile_attention(module, query, key, value, attention_mask, dropout: float
     import torch
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from attn_transition.patches.attention import _row_weights, _weighted_values
+    from attn_transition.patches.attention import row_weights, weighted_values
 
     collector = _ACTIVE
     layer = getattr(module, "layer_idx", None)
@@ -177,8 +177,8 @@ def _profile_attention(module, query, key, value, attention_mask, dropout: float
     for start in range(0, n, _CHUNK):
         end = min(n, start + _CHUNK)                               # rows [start, end) see keys [0, end)
         mask_rows = None if attention_mask is None else attention_mask[0, 0, start:end, :end]   # (r, end)
-        w = _row_weights(query[0, :, start:end], key[0, :, :end], start, mask_rows, scaling, softcap)  # (heads, r, end)
-        out[0, start:end] = _weighted_values(w, value[0, :, :end]).transpose(0, 1).to(out.dtype)  # (r, heads, d)
+        w, _ = row_weights(query[0, :, start:end], key[0, :, :end], start, mask_rows, scaling, softcap)  # (heads, r, end)
+        out[0, start:end] = weighted_values(w, value[0, :, :end]).transpose(0, 1).to(out.dtype)  # (r, heads, d)
         column_sums[:, :end] += w.sum(dim=1)
         column_sums[:, start:end] -= w[:, :, start:].diagonal(dim1=-2, dim2=-1)    # only queries i > j count
     later = (n - 1 - torch.arange(n, device=query.device)).clamp(min=1).float()          # (n,)
