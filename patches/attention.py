@@ -26,7 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from attn_transition.schedules import apply_edit_, layer_plan
 
-from .calls import CallPlan, plan_from_mask
+from .calls import CallPlan, bool_mask, plan_from_mask
 
 __all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "implementation_name", "register",
            "row_weights", "weighted_values", "rows_per_chunk"]
@@ -61,13 +61,6 @@ def rows_per_chunk(heads: int, keys: int, max_chunk_mib: Optional[float]) -> int
     if max_chunk_mib is None:
         return 1 << 62
     return max(1, int(max_chunk_mib * 2**20) // (_BYTES_PER_ENTRY * heads * max(keys, 1)))
-
-
-def _allowed(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean view of a transformers 4D mask (bool, or additive float with dtype-min)."""
-    if mask.dtype == torch.bool:
-        return mask
-    return mask > torch.finfo(mask.dtype).min / 2
 
 
 def _key_blocks(keys: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
@@ -244,7 +237,7 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
                                     total=None if total is None else total[:, i0 - a:i1 - a])
                     w = full[..., pad:]
                     if mask_rows is not None:                            # keep windows / padding
-                        w = w.mul_(_allowed(mask_rows)) if not grad else w * _allowed(mask_rows)
+                        w = w.mul_(bool_mask(mask_rows)) if not grad else w * bool_mask(mask_rows)
                 if dropout > 0:
                     w = torch.nn.functional.dropout(w, p=dropout, training=True)
                 o = weighted_values(w, value[b, :, ki], max_chunk_mib=budget)          # (heads, r, dv)

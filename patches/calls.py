@@ -35,7 +35,7 @@ from attn_transition.errors import ConfigError
 
 from .compat import LENGTH_KWARG, SWITCH_KWARG
 
-__all__ = ["RowPrompt", "CallPlan", "plan_call", "plan_from_mask", "resolve_switch"]
+__all__ = ["RowPrompt", "CallPlan", "plan_call", "plan_from_mask", "resolve_switch", "bool_mask"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,11 @@ def _check_length(length: Any) -> Optional[int]:
     return length
 
 
+def bool_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Boolean view of a transformers mask (bool, or additive float with dtype-min)."""
+    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
+
+
 def _spans(mask2d: torch.Tensor) -> list[tuple[int, int, bool]]:
     """(first real position, real count, contiguous) per row of a (batch, width) 0/1 mask; one sync."""
     real = mask2d.to(torch.bool)                                               # (batch, width)
@@ -124,13 +129,19 @@ def plan_call(state: Any, args: tuple, kwargs: dict) -> CallPlan:
     if config is None or q <= 1:                   # stock call, or a decoding step: no tensor work
         return CallPlan(None, batch, q, 0, ())
     mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-        mask = None                                # none, or a custom 4D mask: every token is real
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
-    if mask is not None:
-        offset = int(mask.shape[1]) - q
+    if isinstance(mask, dict):                     # prepared per layer type (e.g. Gemma 3 under generate)
+        mask = mask.get("full_attention", next(iter(mask.values()), None))
+    if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+        offset = int(mask.shape[1]) - q           # generate passes the mask of the whole sequence so far
     else:
         offset = int(cache.get_seq_length()) if cache is not None and hasattr(cache, "get_seq_length") else 0
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+            # A prepared 4D mask (static caches, compiled generate): the last query row sees every
+            # real key before it (padding masks keys, not queries).
+            mask = bool_mask(mask[:, 0, -1, :offset + q])                          # (batch, offset + q)
+        else:
+            mask = None                            # no mask: every token is real
     if offset > 0 and (length is None or offset >= length):
         if length is None and not state.warned_continuation:
             state.warned_continuation = True
@@ -160,9 +171,7 @@ def plan_from_mask(config: TransitionConfig, attention_mask: Optional[torch.Tens
     """A one-shot prefill read from a layer's own 4D mask (for a layer called without its decoder)."""
     if attention_mask is None:
         return CallPlan(config, batch, n, 0, (RowPrompt(0, n, n),) * batch)
-    allowed = attention_mask[:, 0] if attention_mask.dtype == torch.bool else \
-        attention_mask[:, 0] > torch.finfo(attention_mask.dtype).min / 2
-    diag = allowed.diagonal(dim1=-2, dim2=-1).expand(batch, n)                 # (batch, n) real tokens
+    diag = bool_mask(attention_mask[:, 0]).diagonal(dim1=-2, dim2=-1).expand(batch, n)                 # (batch, n) real tokens
     rows = []
     for first, count, contiguous in _spans(diag):
         rows.append(RowPrompt(first, first + count, count if contiguous else 0))

@@ -1,0 +1,217 @@
+"""Long prompts: memory-bounded chunks of edited rows, and every way a prompt is prefilled
+(one shot, static cache, in chunks with a cache, a continuation of a cached sequence)."""
+
+import inspect
+import warnings
+
+import pytest
+import torch
+
+import attn_transition as at
+from attn_transition.patches.attention import rows_per_chunk
+from tiny_models import ids, tiny_model
+
+CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
+SRA = at.SRAConfig(begin_length=4, threshold_len=24)
+STRONG = at.ClassicConfig(min_length=0, alpha=1.5, beta=1.5)   # a visible effect inside mistral's window
+N = 150
+# 1e-9 MiB: one row per chunk; 0.02 MiB: a few rows (boundaries fall inside edit blocks).
+BUDGETS = [1e-9, 0.02]
+
+
+def _cache_kw():
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def _run(model, x, **kw):
+    with torch.no_grad():
+        return model(x, **kw)
+
+
+def test_rows_per_chunk_respects_the_budget():
+    for heads, keys, mib in [(9, 16384, 64), (32, 131072, 256), (4, 150, 0.02), (32, 10**6, 1)]:
+        rows = rows_per_chunk(heads, keys, mib)
+        assert rows >= 1
+        if rows > 1:
+            assert rows * heads * keys * 6 <= mib * 2**20, (heads, keys, mib, rows)
+        assert (rows + 1) * heads * keys * 6 > mib * 2**20          # the largest that fits
+    assert rows_per_chunk(9, 4096, None) > 10**9
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])
+@pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
+def test_chunked_rows_equal_unchunked(family, config):
+    """Padded batch, sliding windows (mistral, gemma3), output_attentions: every budget, 1e-6."""
+    model = tiny_model(family)
+    x = ids(2, N, seed=4)
+    mask = torch.ones_like(x)
+    mask[1, :23] = 0
+    at.enable(model, config, max_chunk_mib=None)
+    whole = _run(model, x, attention_mask=mask, output_attentions=True)
+    stock_like = whole.logits
+    for budget in BUDGETS:
+        at.enable(model, config, max_chunk_mib=budget)
+        got = _run(model, x, attention_mask=mask, output_attentions=True)
+        assert (got.logits - whole.logits).abs().max() < 1e-6, (family, budget)
+        for a, b in zip(got.attentions, whole.attentions):
+            assert (a - b).abs().max() < 1e-6, (family, budget)
+        at.enable(model, config, max_chunk_mib=budget)
+        plain = _run(model, x, attention_mask=mask).logits        # edited rows only (no weights wanted)
+        assert (plain - whole.logits).abs().max() < 1e-5, (family, budget)
+    at.disable(model)
+    assert not torch.allclose(_run(model, x, attention_mask=mask).logits, stock_like, atol=1e-4)
+
+
+def test_chunked_rows_equal_unchunked_with_softcap_and_eager_base():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = tiny_model("gemma3_text", attn_implementation="eager")
+    module = model.model.layers[2].self_attn
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, N, 8, generator=g) * s for h, s in ((4, 3), (2, 3), (2, 1)))
+    outs = []
+    for budget in [None] + BUDGETS:
+        at.enable(model, CLASSIC, max_chunk_mib=budget)
+        fn = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+        outs.append(fn(module, q, k, v, None, scaling=1.0, softcap=2.0, output_attentions=True))
+    at.disable(model)
+    for out, weights in outs[1:]:
+        assert (out - outs[0][0]).abs().max() < 1e-6 and (weights - outs[0][1]).abs().max() < 1e-6
+
+
+def test_non_float32_keys_are_upcast_in_blocks():
+    """bfloat16 inputs: the key/value up-cast in blocks (small budget) equals the one-piece path."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    model = tiny_model("llama").to(torch.bfloat16)
+    module = model.model.layers[2].self_attn
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, h, N, 8, generator=g).to(torch.bfloat16) for h in (4, 2, 2))
+    res = []
+    for budget in (None, 1e-4):
+        at.enable(model, CLASSIC, max_chunk_mib=budget)
+        fn = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
+        res.append(fn(module, q, k, v, None, scaling=1.0)[0].float())
+    at.disable(model)
+    assert (res[0] - res[1]).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), "64", True])
+def test_bad_budget_is_named(bad):
+    model = tiny_model("llama")
+    with pytest.raises(at.ConfigError, match="max_chunk_mib"):
+        at.enable(model, CLASSIC, max_chunk_mib=bad)
+    assert not at.is_enabled(model)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_static_cache_prefill_is_edited_like_a_dynamic_one(family):
+    model = tiny_model(family)
+    x = ids(2, N, seed=8)
+    mask = torch.ones_like(x)
+    mask[0, :17] = 0
+    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, attention_mask=mask,
+               return_dict_in_generate=True, output_logits=True)
+    stock = model.generate(x, **gen)
+    at.enable(model, CLASSIC)
+    dynamic = model.generate(x, **gen)
+    static = model.generate(x, cache_implementation="static", **gen)
+    at.disable(model)
+    assert not torch.allclose(dynamic.logits[0], stock.logits[0], atol=1e-4)
+    for a, b in zip(static.logits, dynamic.logits):
+        assert (a - b).abs().max() < 1e-4
+    assert torch.equal(static.sequences, dynamic.sequences)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])
+@pytest.mark.parametrize("config", [STRONG, SRA], ids=["classic", "sra"])
+def test_prefill_in_chunks_equals_one_shot(family, config):
+    """generate(prefill_chunk_size=...) with the declared prompt width equals the one-shot prefill
+    (windowed caches of mistral / gemma3 included)."""
+    model = tiny_model(family)
+    x = ids(2, N, seed=9)
+    mask = torch.ones_like(x)
+    mask[1, :30] = 0
+    gen = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, attention_mask=mask,
+               return_dict_in_generate=True, output_logits=True)
+    at.enable(model, config)
+    one = model.generate(x, **gen)
+    chunked = model.generate(x, prefill_chunk_size=32, attn_transition_prompt_length=x.shape[1], **gen)
+    at.disable(model)
+    stock = model.generate(x, **gen)
+    effect = (one.logits[0] - stock.logits[0]).abs().max()
+    assert effect > 1e-3
+    for a, b in zip(chunked.logits, one.logits):
+        assert (a - b).abs().max() < 1e-4 * max(1.0, float(effect))
+
+
+def test_prompt_fed_in_two_pieces_with_a_cache():
+    model = tiny_model("llama")
+    x = ids(1, 1000 // 5, seed=10)
+    n, cut = x.shape[1], 120
+    kw = _cache_kw()
+    at.enable(model, CLASSIC)
+    one = _run(model, x).logits[:, -1]
+    first = _run(model, x[:, :cut], use_cache=True, attn_transition_prompt_length=n)
+    second = _run(model, x[:, cut:], use_cache=True, attn_transition_prompt_length=n,
+                  **{kw: _cache_of(first)})
+    assert (second.logits[:, -1] - one).abs().max() < 1e-5
+    # Without the declared length the continuation is left unedited, with one warning.
+    first = _run(model, x[:, :cut], use_cache=True)
+    with pytest.warns(UserWarning, match="attn_transition_prompt_length"):
+        cont = _run(model, x[:, cut:], use_cache=True, **{kw: _cache_of(first)})
+    at.disable(model)
+    first_stock_cache = None
+    with torch.no_grad():
+        at.enable(model, CLASSIC)
+        first = model(x[:, :cut], use_cache=True)
+        at.disable(model)
+        first_stock_cache = _cache_of(first)
+        stock_tail = model(x[:, cut:], use_cache=True, **{kw: first_stock_cache}).logits[:, -1]
+    assert (cont.logits[:, -1] - stock_tail).abs().max() < 1e-5
+    assert (cont.logits[:, -1] - one).abs().max() > 1e-4
+
+
+def test_decoding_steps_plan_nothing():
+    """A decode step's plan is built without tensor work, and names no config."""
+    model = tiny_model("llama")
+    x = ids(1, N, seed=13)
+    at.enable(model, CLASSIC)
+    state = at.get_state(model)
+    model.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert state.call.q_len == 1 and state.call.config is None and state.call.rows == ()
+    at.disable(model)
+
+
+def test_bad_prompt_length_is_named():
+    model = tiny_model("llama")
+    at.enable(model, CLASSIC)
+    with pytest.raises(at.ConfigError, match="attn_transition_prompt_length"):
+        _run(model, ids(1, 20), attn_transition_prompt_length=-3)
+    at.disable(model)
+
+
+def test_device_map_model_equals_single_device():
+    """Layers placed by a device map (all on CPU here): the same result as the plain model."""
+    from transformers import AutoModelForCausalLM
+    import tempfile
+
+    model = tiny_model("llama")
+    x = ids(1, N, seed=14)
+    at.enable(model, CLASSIC)
+    want = _run(model, x).logits
+    at.disable(model)
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        mapped = AutoModelForCausalLM.from_pretrained(d, device_map="auto", attn_implementation="sdpa").eval()
+    at.enable(mapped, CLASSIC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = _run(mapped, x).logits
+    assert (got - want).abs().max() < 1e-5
