@@ -63,10 +63,15 @@ def rows_per_chunk(heads: int, keys: int, max_chunk_mib: Optional[float]) -> int
     return max(1, int(max_chunk_mib * 2**20) // (_BYTES_PER_ENTRY * heads * max(keys, 1)))
 
 
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """float32 at least (float64 stays float64, e.g. for finite-difference checks)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _key_blocks(keys: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
                 max_chunk_mib: Optional[float]) -> int:
     """Keys per float32 up-cast block: whole when already float32, else a quarter of the budget."""
-    if dtype == torch.float32 or max_chunk_mib is None:
+    if dtype in (torch.float32, torch.float64) or max_chunk_mib is None:
         return keys
     return max(1, int(max_chunk_mib * 2**18) // (4 * kv_heads * head_dim))
 
@@ -95,14 +100,14 @@ def row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_rows: Op
     kv_heads, c, _ = k.shape
     assert c >= start + r, f"rows [{start}, {start + r}) need at least {start + r} keys, got {c}"
     groups = heads // kv_heads
-    q = (q_rows.float() * scaling).reshape(kv_heads, groups * r, d)      # (kv_heads, g*r, d), scaled
+    q = (_upcast(q_rows) * scaling).reshape(kv_heads, groups * r, d)      # (kv_heads, g*r, d), scaled
     block = _key_blocks(c, kv_heads, d, k.dtype, max_chunk_mib)
     if block >= c:
-        scores = torch.matmul(q, k.float().transpose(-1, -2))            # (kv_heads, g*r, c)
+        scores = torch.matmul(q, _upcast(k).transpose(-1, -2))            # (kv_heads, g*r, c)
     else:
         scores = q.new_empty(kv_heads, groups * r, c)                    # (kv_heads, g*r, c)
         for j in range(0, c, block):
-            scores[..., j:j + block] = torch.matmul(q, k[:, j:j + block].float().transpose(-1, -2))
+            scores[..., j:j + block] = torch.matmul(q, _upcast(k[:, j:j + block]).transpose(-1, -2))
     scores = scores.view(heads, r, c)                                    # (heads, r, c)
     if softcap is not None:
         scores = scores.div_(softcap).tanh_().mul_(softcap) if inplace else torch.tanh(scores / softcap) * softcap
@@ -118,8 +123,8 @@ def row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_rows: Op
     else:
         scores = scores.add_(mask_rows.float()) if inplace else scores + mask_rows.float()
     # Softmax, with the sink as one more logit per row when the model has sinks.
-    top = scores.amax(-1, keepdim=True)                                  # (heads, r, 1)
-    sink = None if sinks is None else sinks.float().view(heads, 1, 1)
+    top = scores.amax(-1, keepdim=True).detach()                         # (heads, r, 1)
+    sink = None if sinks is None else sinks.to(scores.dtype).view(heads, 1, 1)
     if sink is not None:
         top = torch.maximum(top, sink)
     top = torch.where(torch.isfinite(top), top, 0.0)                     # fully masked rows
@@ -141,10 +146,10 @@ def weighted_values(weights: torch.Tensor, v: torch.Tensor, *, max_chunk_mib: Op
     w = weights.reshape(kv_heads, (heads // kv_heads) * r, n)            # (kv_heads, g*r, n)
     block = _key_blocks(n, kv_heads, dv, v.dtype, max_chunk_mib)
     if block >= n:
-        return torch.matmul(w, v.float()).view(heads, r, dv)             # (heads, r, dv)
-    out = torch.zeros(kv_heads, w.shape[1], dv, dtype=torch.float32, device=w.device)
+        return torch.matmul(w, _upcast(v).to(w.dtype)).view(heads, r, dv)             # (heads, r, dv)
+    out = torch.zeros(kv_heads, w.shape[1], dv, dtype=w.dtype, device=w.device)
     for j in range(0, n, block):
-        out += torch.matmul(w[..., j:j + block], v[:, j:j + block].float())
+        out += torch.matmul(w[..., j:j + block], _upcast(v[:, j:j + block]).to(w.dtype))
     return out.view(heads, r, dv)                                        # (heads, r, dv)
 
 
