@@ -215,3 +215,27 @@ def test_device_map_model_equals_single_device():
         warnings.simplefilter("ignore")
         got = _run(mapped, x).logits
     assert (got - want).abs().max() < 1e-5
+
+
+def test_tensor_parallel_two_cpu_ranks_equal_one_process(tmp_path):
+    """tp_plan="auto" under torchrun (2 CPU processes, gloo): heads split across ranks, same logits."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    model = tiny_model("llama")
+    x = ids(1, N, seed=14)
+    model.save_pretrained(tmp_path)
+    at.enable(model, CLASSIC)
+    want = _run(model, x).logits
+    at.disable(model)
+    worker = os.path.join(os.path.dirname(__file__), "helpers", "tp_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--standalone", worker, str(tmp_path), str(N)],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "tp_heads.json").read_text()) == [2, 2], "each rank holds half the heads"
+    got = torch.load(tmp_path / "tp_logits.pt")
+    assert (got - want).abs().max() < 1e-5
