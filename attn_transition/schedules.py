@@ -137,7 +137,7 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
     assert rows.shape[-1] >= first_row + r, f"rows {tuple(rows.shape)} need >= {first_row + r} columns"
     assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
     block = rows[..., :end]                                   # (..., r, <= e) view
-    block.mul_(block >= threshold)                            # 1. elimination
+    block.masked_fill_(block < threshold, 0.0)                # 1. elimination
     block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
     removed = (1.0 if total is None else total) - block.sum(-1, keepdim=True)   # 3. (..., r, 1)
     if strategy == "adding":
@@ -173,10 +173,10 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     """
     target = slice(target_start, target_end)
     selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
-    keep = rows >= threshold                                           # (..., r, C)
-    keep |= ~selected                                                  # unselected rows keep everything
-    rows.mul_(keep)                                                    # eliminate (x * 1 == x exactly)
-    del keep
+    drop = rows < threshold                                            # (..., r, C)
+    drop &= selected                                                   # unselected rows keep everything
+    rows.masked_fill_(drop, 0.0)                                       # eliminate
+    del drop
     removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
     m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)

@@ -35,8 +35,9 @@ STATE_ATTR = "_attn_transition"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 _PREFIX = "attn_transition_"
 DEFAULT_MAX_CHUNK_MIB = 64.0
-# Bytes held per (head, row, key) entry of a chunk: float32 weights plus two transient bool masks.
-_BYTES_PER_ENTRY = 6
+# Bytes held per (head, row, key) entry of a chunk: float32 scores and weights (the softmax is
+# out of place) and a transient bool mask.
+_BYTES_PER_ENTRY = 9
 
 
 def implementation_name(base: str) -> str:
@@ -122,21 +123,19 @@ def row_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_rows: Op
         scores = scores.masked_fill_(~mask_rows, float("-inf")) if inplace else scores.masked_fill(~mask_rows, float("-inf"))
     else:
         scores = scores.add_(mask_rows.float()) if inplace else scores + mask_rows.float()
-    # Softmax, with the sink as one more logit per row when the model has sinks.
-    top = scores.amax(-1, keepdim=True).detach()                         # (heads, r, 1)
-    sink = None if sinks is None else sinks.to(scores.dtype).view(heads, 1, 1)
-    if sink is not None:
-        top = torch.maximum(top, sink)
-    top = torch.where(torch.isfinite(top), top, 0.0)                     # fully masked rows
+    if sinks is None:
+        weights = torch.softmax(scores, dim=-1)                          # (heads, r, c), one fused pass
+        del scores
+        if mask_rows is not None:                                        # fully masked rows: NaN -> 0
+            weights = weights.nan_to_num_(nan=0.0) if inplace else weights.nan_to_num(nan=0.0)
+        return weights, None
+    # The sink is one more logit per row: it takes its share of the softmax and is then dropped.
+    sink = sinks.to(scores.dtype).view(heads, 1, 1)
+    top = torch.maximum(scores.amax(-1, keepdim=True).detach(), sink)    # (heads, r, 1)
     e = scores.sub_(top).exp_() if inplace else (scores - top).exp()     # (heads, r, c)
-    denom = e.sum(-1, keepdim=True)                                      # (heads, r, 1)
-    if sink is not None:
-        denom = denom + (sink - top).exp()
+    denom = e.sum(-1, keepdim=True) + (sink - top).exp()                 # (heads, r, 1)
     weights = e.div_(denom) if inplace else e / denom
-    if mask_rows is not None and sink is None:                           # fully masked rows: 0/0 -> 0
-        weights = weights.nan_to_num_(nan=0.0) if inplace else weights.nan_to_num(nan=0.0)
-    total = None if sink is None else 1.0 - (sink - top).exp() / denom
-    return weights, total
+    return weights, 1.0 - (sink - top).exp() / denom
 
 
 def weighted_values(weights: torch.Tensor, v: torch.Tensor, *, max_chunk_mib: Optional[float] = None) -> torch.Tensor:
@@ -242,7 +241,8 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
                                     total=None if total is None else total[:, i0 - a:i1 - a])
                     w = full[..., pad:]
                     if mask_rows is not None:                            # keep windows / padding
-                        w = w.mul_(bool_mask(mask_rows)) if not grad else w * bool_mask(mask_rows)
+                        hidden = ~bool_mask(mask_rows)
+                        w = w.masked_fill_(hidden, 0.0) if not grad else w.masked_fill(hidden, 0.0)
                 if dropout > 0:
                     w = torch.nn.functional.dropout(w, p=dropout, training=True)
                 o = weighted_values(w, value[b, :, ki], max_chunk_mib=budget)          # (heads, r, dv)

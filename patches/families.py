@@ -13,7 +13,7 @@ from typing import Any
 
 from attn_transition.errors import UnsupportedModelError
 
-__all__ = ["Family", "FAMILIES", "family_for", "num_decoder_layers"]
+__all__ = ["Family", "FAMILIES", "family_for", "num_decoder_layers", "schedule_layout"]
 
 
 @dataclass(frozen=True)
@@ -54,3 +54,9 @@ def family_for(config: Any) -> Family:
 def num_decoder_layers(config: Any) -> int:
     family = family_for(config)
     return int(getattr(config, family.layers_field))
+
+
+def schedule_layout(config: Any) -> tuple[int, dict[int, int]]:
+    """Layers the schedule spreads over, and attention ``layer_idx`` -> schedule layer where they
+    differ (empty for ordinary decoders: every layer is an attention layer)."""
+    return num_decoder_layers(config), {}

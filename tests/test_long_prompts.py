@@ -39,8 +39,8 @@ def test_rows_per_chunk_respects_the_budget():
         rows = rows_per_chunk(heads, keys, mib)
         assert rows >= 1
         if rows > 1:
-            assert rows * heads * keys * 6 <= mib * 2**20, (heads, keys, mib, rows)
-        assert (rows + 1) * heads * keys * 6 > mib * 2**20          # the largest that fits
+            assert rows * heads * keys * 9 <= mib * 2**20, (heads, keys, mib, rows)
+        assert (rows + 1) * heads * keys * 9 > mib * 2**20          # the largest that fits
     assert rows_per_chunk(9, 4096, None) > 10**9
 
 

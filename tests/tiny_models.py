@@ -51,3 +51,171 @@ def tiny_model(family: str = "llama", *, seed: int = 0, attn_implementation: str
 def ids(batch: int, n: int, *, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(3, VOCAB, (batch, n), generator=g)
+
+
+# ---------------------------------------------------------------------------------------------
+# Every family in patches/families.py (tests/test_families.py). Kept apart from family_configs()
+# so the six-family suite in test_patch.py stays fast.
+
+# Field values shared by every tiny config; a family's config class only receives the fields it
+# declares (so one table serves Llama-, MoE-, MLA- and Mamba-style configs alike).
+_TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=5,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=4096,
+             pad_token_id=0, bos_token_id=1, eos_token_id=2,
+             # mixture of experts
+             num_experts=4, num_local_experts=4, n_routed_experts=4, num_experts_per_tok=2,
+             moe_intermediate_size=32, shared_expert_intermediate_size=32, n_shared_experts=1,
+             n_group=1, topk_group=1, first_k_dense_replace=1)
+_SWA = 48            # sliding / chunked windows, shorter than the test prompts
+_HYBRID_TYPES = ["linear_attention", "full_attention", "linear_attention", "full_attention",
+                 "full_attention", "full_attention"]     # 4 softmax layers out of 6
+
+
+def _field_names(cls) -> set:
+    import dataclasses
+    import inspect
+
+    try:
+        return {f.name for f in dataclasses.fields(cls)}
+    except TypeError:                    # configs that are not dataclasses (older transformers)
+        return set(inspect.signature(cls.__init__).parameters)
+
+
+def _tiny(model_type: str, **overrides):
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    cls = CONFIG_MAPPING[model_type]
+    names = _field_names(cls)
+    kwargs = {k: v for k, v in _TINY.items() if k in names}
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def _sliding(pattern: str, n: int = 5) -> list:
+    """``"ssf"`` -> sliding, sliding, full, repeated to ``n`` layers."""
+    kind = {"s": "sliding_attention", "f": "full_attention", "c": "chunked_attention"}
+    return [kind[pattern[i % len(pattern)]] for i in range(n)]
+
+
+# model_type -> overrides of _TINY (only families available in the installed transformers are built).
+_FAMILY_OVERRIDES = {
+    "llama": {},
+    "llama4_text": dict(intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1,
+                        attention_chunk_size=_SWA, layer_types=_sliding("cccf"),
+                        no_rope_layers=[1, 1, 1, 0, 1], floor_scale=32, attn_scale=0.1),
+    "mistral": dict(sliding_window=_SWA),
+    "ministral": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "ministral3": dict(sliding_window=_SWA),
+    "mixtral": dict(sliding_window=_SWA),
+    "qwen2": dict(use_sliding_window=True, sliding_window=_SWA, max_window_layers=2),
+    "qwen2_moe": {},
+    "qwen3": {},
+    "qwen3_moe": {},
+    "qwen3_next": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
+                       linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
+    "qwen3_5_text": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
+                         linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
+    "qwen3_5_moe_text": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
+                             linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
+    "gemma": {},
+    "gemma2": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=30.0, layer_types=_sliding("sf")),
+    "gemma3_text": dict(sliding_window=_SWA, query_pre_attn_scalar=8, layer_types=_sliding("ssf")),
+    "gemma4_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
+                        hidden_size_per_layer_input=8, global_head_dim=16),
+    "vaultgemma": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
+                       layer_types=_sliding("sf")),
+    "phi": dict(partial_rotary_factor=0.5),
+    "phi3": {},
+    "phimoe": {},
+    "olmo": {},
+    "olmo2": {},
+    "olmo3": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
+    "olmoe": {},
+    "flex_olmo": {},
+    "granite": dict(attention_multiplier=0.25, embedding_multiplier=2.0, residual_multiplier=0.5,
+                    logits_scaling=2.0),
+    "granitemoe": dict(attention_multiplier=0.25),
+    "granitemoeshared": dict(attention_multiplier=0.25, shared_intermediate_size=32),
+    "cohere": {},
+    "cohere2": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
+    "cohere2_moe": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
+    "glm": {},
+    "glm4": {},
+    "glm4_moe": {},
+    "deepseek_v2": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6),
+    "deepseek_v3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6),
+    "gpt_oss": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "smollm3": dict(no_rope_layers=[1, 0, 1, 0, 1]),
+    "starcoder2": dict(sliding_window=_SWA),
+    "gpt_neox": dict(rotary_pct=0.5),
+    "stablelm": dict(partial_rotary_factor=0.5),
+    "persimmon": {},
+    "nemotron": {},
+    "helium": {},
+    "hunyuan_v1_dense": {},
+    "hunyuan_v1_moe": {},
+    "ernie4_5": {},
+    "ernie4_5_moe": {},
+    "seed_oss": {},
+    "exaone4": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
+    "apertus": {},
+    "arcee": {},
+    "bitnet": {},
+    "jetmoe": {},
+    "minimax_m2": {},
+    "dots1": {},
+    "diffllama": {},
+    "gpt_bigcode": dict(n_embd=32, n_layer=5, n_head=4, n_positions=4096, n_inner=64, multi_query=True),
+    "lfm2": dict(num_hidden_layers=6, layer_types=["conv", "full_attention", "conv", "full_attention",
+                                                    "full_attention", "full_attention"]),
+    "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=32),
+    "jamba": dict(num_hidden_layers=6, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False),
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "full_attention",
+                                          "moe", "full_attention", "full_attention"],
+                       num_hidden_layers=7, ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8, n_groups=1,
+                       chunk_size=32, moe_shared_expert_intermediate_size=32, use_mamba_kernels=False),
+    "bamba": dict(num_hidden_layers=6, attn_layer_indices=[1, 3, 4, 5], mamba_n_heads=8, mamba_d_head=8,
+                  mamba_d_state=8, mamba_chunk_size=32),
+    "granitemoehybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, mamba_n_heads=8, mamba_d_head=8,
+                             mamba_d_state=8, mamba_chunk_size=32, shared_intermediate_size=32),
+}
+
+
+def all_family_configs() -> dict:
+    """A tiny config for every family in the table, as far as the installed transformers has it."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    return {t: _tiny(t, **kw) for t, kw in _FAMILY_OVERRIDES.items() if t in CONFIG_MAPPING}
+
+
+_ATTENTION_WEIGHTS = ("q_proj.weight", "k_proj.weight", "qkv_proj.weight", "query_key_value.weight",
+                      "c_attn.weight", "Wqkv.weight")
+
+
+def sharpen(model, *, temperature: float = 8.0, weights: float = 6.0):
+    """Make a random model's attention sharp enough for the schedules to remove and move mass.
+
+    Random initialisation gives near-uniform rows. Projections are scaled where they exist (no
+    effect on families that normalise q/k), and every attention module's own ``scaling``
+    (the factor it passes to the attention function) is multiplied by ``temperature``.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(_ATTENTION_WEIGHTS):
+                p.mul_(weights)
+    for module in model.modules():
+        if hasattr(module, "layer_idx") and isinstance(getattr(module, "scaling", None), float):
+            module.scaling *= temperature
+    return model
+
+
+def family_model(family: str, *, seed: int = 0, attn_implementation=None):
+    """The tiny sharpened model of one family, on its default attention implementation."""
+    from transformers import AutoModelForCausalLM
+
+    config = _tiny(family, **_FAMILY_OVERRIDES[family])
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
+    return sharpen(model).eval()
