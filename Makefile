@@ -2,6 +2,9 @@
 #   make bench   set up, then run the main job (long-context benchmark, SmolLM2, CPU, < 10 min)
 #   make test    set up, then run every test (fast suite, then the real-model tests)
 #   make demo    set up, then one long prompt answered with and without the transition
+#   make prefill    set up, then the prefill/decode sweep (SmolLM2-135M shape, 2k..16k tokens, CPU)
+#   make gpu-check  set up, then benchmarks/gpu_check.sh on a CUDA machine (GPU_CHECK_OUT=folder;
+#                   GPU_CHECK_TINY=1 runs its CPU tiny mode)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +12,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup test test-fast test-slow bench demo prefill clean
+.PHONY: setup test test-fast test-slow bench demo prefill gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -42,8 +45,12 @@ bench: setup
 demo: setup
 	$(VENV)/bin/attn-transition demo
 
+# random:smollm2-135m is SmolLM2-135M's shape with random weights: the same cost, and no 8k context limit.
 prefill: setup
-	$(PY) benchmarks/prefill.py
+	$(PY) benchmarks/prefill.py --model random:smollm2-135m --tokens 2048,4096,8192,16384
+
+gpu-check: setup
+	GPU_CHECK_PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
