@@ -15,7 +15,7 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import torch
 
@@ -48,7 +48,8 @@ class TransitionState:
         base_implementation: ``sdpa`` or ``eager``: what unedited rows run on.
         full_matrix: Compute every row explicitly (slow; for comparison).
         active: Whether calls without ``attn_transition=`` are edited.
-        max_chunk_mib: Memory budget of one chunk of edited rows, per layer (None: unbounded).
+        max_chunk_mib: Memory budget of one chunk of edited rows, per layer ("auto", a number of
+            MiB, or None: unbounded).
     """
 
     config: TransitionConfig
@@ -58,7 +59,7 @@ class TransitionState:
     base_implementation: str
     full_matrix: bool = False
     active: bool = True
-    max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB
+    max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB
     call: Optional[CallPlan] = field(default=None, repr=False)
     warned_continuation: bool = field(default=False, repr=False)
     warned_packed: bool = field(default=False, repr=False)
@@ -94,10 +95,11 @@ def _check_options(config: Any, active: Any, max_chunk_mib: Any, full_matrix: An
     for name, value in (("active", active), ("full_matrix", full_matrix)):
         if not isinstance(value, bool):
             raise ConfigError(f"enable({name}=...) must be True or False, got {value!r}")
-    if max_chunk_mib is not None and (isinstance(max_chunk_mib, bool) or not isinstance(max_chunk_mib, (int, float))
-                                      or not math.isfinite(max_chunk_mib) or max_chunk_mib <= 0):
+    if max_chunk_mib is not None and max_chunk_mib != "auto" and (
+            isinstance(max_chunk_mib, bool) or not isinstance(max_chunk_mib, (int, float))
+            or not math.isfinite(max_chunk_mib) or max_chunk_mib <= 0):
         raise ConfigError(f"enable(max_chunk_mib=...) must be a number in (0, inf) (MiB of edited rows per "
-                          f"layer) or None for no bound, got {max_chunk_mib!r}")
+                          f"layer), 'auto' or None for no bound, got {max_chunk_mib!r}")
 
 
 def get_state(model: Any) -> Optional[TransitionState]:
@@ -165,7 +167,7 @@ def _implementation_changed(model: Any, state: TransitionState) -> bool:
 
 
 def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
-           active: bool = True, max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB) -> Any:
+           active: bool = True, max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB) -> Any:
     """Turn attention transition on for ``model`` and return it.
 
     Args:
@@ -176,10 +178,11 @@ def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix
             edits are computed explicitly.
         active: If False the patch is installed but calls run the stock attention unless
             they ask for the edit (``attn_transition=True`` or a config, per call).
-        max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer
-            (default 64). The extra memory per layer stays near this bound at every prompt
-            length (one row over all keys is the smallest chunk); None computes each edit
-            in one piece. Larger values mean fewer, larger matrix products (faster on GPUs).
+        max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer. The
+            extra memory per layer stays near this bound at every prompt length (one row
+            over all keys is the smallest chunk); None computes each edit in one piece.
+            "auto" (default): 64 MiB on the CPU, 512 MiB on an accelerator, where larger
+            chunks mean fewer kernel launches.
 
     Enabling a model that is already enabled replaces these settings and keeps the
     original attention implementation to restore. Nothing on the model changes if it is
@@ -234,7 +237,7 @@ def disable(model: Any) -> Any:
 
 @contextlib.contextmanager
 def enabled(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
-            active: bool = True, max_chunk_mib: Optional[float] = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
+            active: bool = True, max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
     """Context manager: transition on inside the block, the previous state restored after it.
 
     If the model was already enabled, its previous settings come back on exit.

@@ -28,13 +28,17 @@ from attn_transition.schedules import apply_edit_, layer_plan
 
 from .calls import CallPlan, bool_mask, plan_from_mask
 
-__all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "implementation_name", "register",
+__all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "AUTO_CHUNK_MIB", "chunk_budget",
+           "implementation_name", "register",
            "row_weights", "weighted_values", "rows_per_chunk"]
 
 STATE_ATTR = "_attn_transition"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 _PREFIX = "attn_transition_"
-DEFAULT_MAX_CHUNK_MIB = 64.0
+# The default budget ``max_chunk_mib="auto"``: small on the CPU (memory near stock), larger on an
+# accelerator, where one chunk of a few rows would make the edit launch-bound.
+DEFAULT_MAX_CHUNK_MIB = "auto"
+AUTO_CHUNK_MIB = {"cpu": 64.0, "accelerator": 512.0}
 # Bytes held per (head, row, key) entry of a chunk: float32 scores and weights (the softmax is
 # out of place) and a transient bool mask.
 _BYTES_PER_ENTRY = 9
@@ -55,6 +59,13 @@ def _eager_for(module_type: type) -> Callable:
     # "eager" lives in each model's own modeling file (it knows that family's quirks).
     eager = getattr(sys.modules.get(module_type.__module__), "eager_attention_forward", None)
     return eager if eager is not None else _plain_attention
+
+
+def chunk_budget(setting, device: torch.device) -> Optional[float]:
+    """The MiB budget in effect: the number given, None (unbounded), or "auto" by device."""
+    if setting != "auto":
+        return setting
+    return AUTO_CHUNK_MIB["cpu" if device.type == "cpu" else "accelerator"]
 
 
 def rows_per_chunk(heads: int, keys: int, max_chunk_mib: Optional[float]) -> int:
@@ -207,7 +218,7 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
     # Absolute position of key index 0: caches that keep a window hold only the last keys.
     shift = call.offset + q - k_len if k_len <= call.offset + q else 0
     layer = state.schedule_index.get(module.layer_idx, module.layer_idx)
-    budget = state.max_chunk_mib
+    budget = chunk_budget(state.max_chunk_mib, query.device)
     for b, row in enumerate(call.rows):
         plan = layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
         if not plan and not every_row:

@@ -102,6 +102,15 @@ def test_non_float32_keys_are_upcast_in_blocks():
     assert (res[0] - res[1]).abs().max() < 1e-2
 
 
+def test_auto_budget_depends_on_the_device():
+    from attn_transition.patches.attention import AUTO_CHUNK_MIB, chunk_budget
+
+    assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
+    assert chunk_budget("auto", torch.device("cpu")) == AUTO_CHUNK_MIB["cpu"] == 64
+    assert chunk_budget("auto", torch.device("meta")) == AUTO_CHUNK_MIB["accelerator"]
+    assert chunk_budget(8, torch.device("cpu")) == 8 and chunk_budget(None, torch.device("cpu")) is None
+
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "64", True])
 def test_bad_budget_is_named(bad):
     model = tiny_model("llama")
