@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("attn_transition.evaluation.report", "honest report over judged scores (CIs, oracle labelled)"),
     "clues": ("attn_transition.evaluation.clues.cli", "elusive clues: attention contrast, token dropout, LoRA, QA"),
     "convert": ("attn_transition.evaluation.models", "convert an embedded GGUF model once into the local cache"),
+    "lm-eval": ("attn_transition.evaluation.harness", "lm-evaluation-harness's CLI with the model 'attn-transition' registered"),
 }
 
 EPILOG = """quick start:
@@ -77,7 +78,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         epilog=getattr(module, "EPILOG", None), formatter_class=argparse.RawDescriptionHelpFormatter)
     module.add_arguments(sub)
     try:
-        args = sub.parse_args(argv[1:])      # exits 2 (one line) on its own errors, 0 after --help
+        if getattr(module, "PASSTHROUGH", False):   # hands its arguments, --help included, to another CLI
+            args = argparse.Namespace(passthrough=argv[1:])
+        else:
+            args = sub.parse_args(argv[1:])  # exits 2 (one line) on its own errors, 0 after --help
     except SystemExit as exc:
         return int(exc.code or 0)
     try:

@@ -1,0 +1,241 @@
+"""The lm-evaluation-harness model ``attn-transition`` and ``attn-transition lm-eval``.
+
+A tiny random Llama (tests/tiny_models.py) with a word-level tokenizer built here, saved to a
+folder, goes through lm_eval's own API: the registry, ``create_from_arg_string``,
+``loglikelihood`` and ``generate_until``. The schedule's thresholds are lowered so that
+prompts of 40-90 tokens are edited.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+lm_eval = pytest.importorskip("lm_eval")
+
+import attn_transition as at  # noqa: E402
+from tiny_models import VOCAB, tiny_model  # noqa: E402
+
+CONFIG = "classic:min_length=0;alpha=1.5;beta=1"    # a strong edit, on prompts of a few dozen tokens
+CONFIG_OBJ = at.ClassicConfig(min_length=0, alpha=1.5, beta=1.0)
+WORDS = [f"w{i}" for i in range(4, VOCAB)]
+
+
+@pytest.fixture(scope="module")
+def harness():
+    return pytest.importorskip("attn_transition.evaluation.harness")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {w: i for i, w in enumerate(["[PAD]", "<s>", "</s>", "[UNK]"] + WORDS)}
+    assert len(vocab) == VOCAB
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                        bos_token="<s>", eos_token="</s>")
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _text(n: int, seed: int) -> str:
+    g = torch.Generator().manual_seed(seed)
+    return " ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (n,), generator=g).tolist())
+
+
+# (context, continuation) pairs of different lengths, so a batch of them is right padded.
+PAIRS = [(_text(n, seed), " " + _text(k, seed + 100)) for seed, (n, k) in
+         enumerate([(88, 4), (61, 3), (47, 5), (75, 1), (40, 2)])]
+
+
+def _instances(kind: str, arguments: list) -> list:
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=i) for i, args in enumerate(arguments)]
+
+
+def _ours(folder: Path, transition: str, batch_size: int):
+    from lm_eval.api.registry import get_model
+
+    return get_model("attn-transition").create_from_arg_string(
+        f"pretrained={folder},transition={transition},dtype=float32,device=cpu,batch_size={batch_size}")
+
+
+def _plain(folder: Path, batch_size: int, config=None):
+    """lm_eval's own HFLM; with ``config``, on a model enabled by hand."""
+    from lm_eval.models.huggingface import HFLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if config is None:
+        return HFLM(pretrained=str(folder), dtype="float32", device="cpu", batch_size=batch_size)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    at.enable(model, config)
+    return HFLM(pretrained=model, tokenizer=AutoTokenizer.from_pretrained(folder), batch_size=batch_size)
+
+
+def _loglik(lm) -> list[tuple[float, bool]]:
+    return lm.loglikelihood(_instances("loglikelihood", PAIRS), disable_tqdm=True)
+
+
+def test_registry_name_resolves_to_an_hflm_subclass(harness):
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    cls = get_model("attn-transition")
+    assert cls is harness.AttnTransitionLM and issubclass(cls, HFLM)
+
+
+def test_enabled_equals_enable_by_hand_with_plain_hflm(folder):
+    reference = _loglik(_plain(folder, 1, CONFIG_OBJ))              # one row at a time: no padding
+    stock = _loglik(_plain(folder, 1))
+    alone = _ours(folder, CONFIG, 1)
+    assert at.is_enabled(alone.model) and alone.model._attn_transition.config == CONFIG_OBJ
+    assert _loglik(alone) == reference                              # same path, bitwise
+    batched = _loglik(_ours(folder, CONFIG, 5))                     # one right-padded batch of 5
+    for (got, greedy), (want, want_greedy) in zip(batched, reference):
+        assert got == pytest.approx(want, abs=1e-4) and greedy == want_greedy
+    # ... and the edit happened: the enabled numbers are not the stock ones.
+    assert max(abs(a - b) for (a, _), (b, _) in zip(reference, stock)) > 1e-2
+
+
+def test_plain_hflm_batches_would_edit_padded_rows_differently(folder):
+    """Why the mask is passed: lm_eval's own batching of an enabled model gives other numbers."""
+    reference = _loglik(_plain(folder, 1, CONFIG_OBJ))
+    unmasked = _loglik(_plain(folder, 5, CONFIG_OBJ))
+    assert max(abs(a - b) for (a, _), (b, _) in zip(reference, unmasked)) > 1e-3
+
+
+def test_transition_none_is_stock_exactly(folder):
+    for batch_size in (1, 5):
+        ours = _ours(folder, "none", batch_size)
+        assert not at.is_enabled(ours.model)
+        assert _loglik(ours) == _loglik(_plain(folder, batch_size))
+
+
+def test_right_padded_row_equals_the_row_alone():
+    model = at.enable(tiny_model("llama"), CONFIG_OBJ)
+    g = torch.Generator().manual_seed(1)
+    long_row = torch.randint(3, VOCAB, (1, 90), generator=g)
+    short_row = torch.randint(3, VOCAB, (1, 55), generator=g)
+    batch = torch.cat([long_row, torch.cat([short_row, torch.zeros(1, 35, dtype=torch.long)], 1)])
+    mask = torch.ones_like(batch)
+    mask[1, 55:] = 0
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask).logits
+        alone = model(short_row).logits
+        first_alone = model(long_row).logits
+        at.disable(model)
+        stock = model(short_row).logits
+    torch.testing.assert_close(padded[1, :55], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(padded[0], first_alone[0], atol=1e-5, rtol=1e-5)
+    assert (alone - stock).abs().max() > 1e-2                    # the row was edited
+
+
+def test_generate_until_batched_equals_one_at_a_time(folder):
+    gen = {"until": ["</s>"], "max_gen_toks": 6, "do_sample": False}
+    requests = [(ctx, dict(gen)) for ctx, _ in PAIRS]
+    reference = _plain(folder, 1, CONFIG_OBJ).generate_until(_instances("generate_until", requests),
+                                                               disable_tqdm=True)
+    batched = _ours(folder, CONFIG, 5).generate_until(_instances("generate_until", requests),
+                                                       disable_tqdm=True)
+    assert batched == reference and all(isinstance(s, str) and s for s in batched)
+
+
+def test_bad_transition_is_a_one_line_error_naming_transition(folder):
+    with pytest.raises(at.ConfigError) as err:
+        _ours(folder, "clasic:alpha=1", 1)
+    assert "transition" in str(err.value) and "did you mean 'classic'" in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(at.ConfigError, match="transition"):   # a comma-split value is caught too
+        _ours(folder, "classic:alpha=1,beta=0.5", 1)
+
+
+def test_transition_values(harness):
+    assert harness.parse_transition("none") is None and harness.parse_transition(None) is None
+    assert harness.parse_transition("classic:alpha=1;beta=0.5") == at.ClassicConfig(alpha=1.0, beta=0.5)
+    assert harness.parse_transition("classic:alpha=1,beta=0.5") == at.ClassicConfig(alpha=1.0, beta=0.5)
+    assert harness.parse_transition("sra") == at.SRAConfig()
+    with pytest.raises(at.ConfigError, match="transition"):
+        harness.parse_transition(3)
+
+
+def test_cli_help_points_at_lm_eval(capsys):
+    from attn_transition.cli import main
+
+    assert main(["lm-eval", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "transition=" in out and "--model_args" in out and "--tasks" in out
+
+
+@pytest.fixture
+def local_task(tmp_path) -> Path:
+    """A loglikelihood task on a local JSON file, for lm_eval's --include_path."""
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"context": c, "answer": a.strip()}) + "\n" for c, a in PAIRS))
+    (tmp_path / "tiny_task.yaml").write_text(
+        "task: tiny_local\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data}\n"
+        "test_split: test\n"
+        "output_type: loglikelihood\n"
+        "doc_to_text: '{{context}}'\n"
+        "doc_to_target: ' {{answer}}'\n"
+        "metric_list:\n  - metric: perplexity\n    aggregation: perplexity\n    higher_is_better: false\n"
+        "  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+    return tmp_path
+
+
+def test_cli_runs_a_local_task_end_to_end(folder, local_task):
+    """lm_eval's flags go through unchanged: a task from --include_path, a batch, logged samples."""
+    from attn_transition.cli import main
+
+    out_dir = local_task / "out"
+    code = main(["lm-eval", "--model", "attn-transition",
+                 "--model_args", f"pretrained={folder},transition='classic:min_length=0,alpha=1.5,beta=1',dtype=float32",
+                 "--device", "cpu", "--batch_size", "5", "--include_path", str(local_task),
+                 "--tasks", "tiny_local", "--output_path", str(out_dir), "--log_samples"])
+    assert code == 0
+    results = json.loads(next(out_dir.rglob("results_*.json")).read_text())
+    assert results["config"]["model"] == "attn-transition"
+    samples = [json.loads(line) for line in next(out_dir.rglob("samples_tiny_local_*.jsonl")).open()]
+    assert len(samples) == len(PAIRS)
+    reference = dict(zip((c for c, _ in PAIRS), _loglik(_plain(folder, 1, CONFIG_OBJ))))
+    for sample in samples:
+        got = float(sample["resps"][0][0][0])
+        assert got == pytest.approx(reference[sample["doc"]["context"]][0], abs=1e-4)
+
+
+def test_cli_bad_transition_exits_2_with_one_line(folder, local_task, capsys):
+    from attn_transition.cli import main
+
+    code = main(["lm-eval", "--model", "attn-transition", "--model_args",
+                 f"pretrained={folder},transition=clasic", "--device", "cpu",
+                 "--include_path", str(local_task), "--tasks", "tiny_local"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("attn-transition lm-eval: error: transition='clasic'"), err[-3:]
+
+
+@pytest.mark.slow
+def test_cli_ruler_niah_on_smollm2(tmp_path):
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "attn_transition.cli", "lm-eval", "--model", "attn-transition",
+         "--model_args", "pretrained=smollm2-135m,transition=classic,dtype=float32", "--device", "cpu",
+         "--tasks", "niah_single_1", "--limit", "2", "--metadata", '{"max_seq_lengths":[1024]}',
+         "--output_path", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
+    scores = results["results"]["niah_single_1"]
+    assert "1024,none" in scores and 0.0 <= scores["1024,none"] <= 1.0
+    print(f"niah_single_1, 2 samples at 1024 tokens: {time.perf_counter() - started:.0f} s")
