@@ -1,6 +1,8 @@
 # One-command set-up and runs. Each target creates the virtual environment it needs.
 #   make bench   set up, then run the main job (long-context benchmark, SmolLM2, CPU, < 10 min)
-#   make test    set up, then run every test (fast suite, then the real-model tests)
+#   make test    set up, then run every test (fast suite, the floor suite, then the real-model tests)
+#   make test-floor  only the floor suite: the patch tests (marker `patch`) in a second, small
+#                    environment (.venv-floor) with the lowest supported transformers
 #   make demo    set up, then one long prompt answered with and without the transition
 #   make prefill    set up, then the prefill/decode sweep (SmolLM2-135M shape, 2k..16k tokens, CPU)
 #   make gpu-check  set up, then benchmarks/gpu_check.sh on a CUDA machine (GPU_CHECK_OUT=folder;
@@ -9,10 +11,15 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The lowest supported transformers (setup.cfg's floor; tests/test_versions.py checks they agree).
+# 4.57.0 was yanked; 4.56 and older reject generate(..., attn_transition=...).
+FLOOR_TRANSFORMERS ?= 4.57.1
+FLOOR_VENV ?= .venv-floor
+FLOOR_PY := $(FLOOR_VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup test test-fast test-slow bench demo prefill gpu-check clean
+.PHONY: setup setup-floor test test-fast test-slow test-floor bench demo prefill gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -29,9 +36,35 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (attn_transition)" >/dev/null
 	touch $@
 
-test: setup
+# The floor environment: torch, the floor transformers, what the patch tests import, and this
+# package without its dependencies (editable: it tests the working tree). The stamp names the
+# version, so changing FLOOR_TRANSFORMERS rebuilds it from scratch.
+setup-floor: $(FLOOR_VENV)/.installed-transformers-$(FLOOR_TRANSFORMERS)
+
+$(FLOOR_VENV)/.installed-transformers-$(FLOOR_TRANSFORMERS): setup.cfg pyproject.toml
+	rm -rf $(FLOOR_VENV)
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_PY) -m pip install -q --upgrade pip
+	$(FLOOR_PY) -m pip install -q torch==2.13.0
+	$(FLOOR_PY) -m pip install -q transformers==$(FLOOR_TRANSFORMERS) pytest numpy sentencepiece
+	$(FLOOR_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The floor suite: the tests marked `patch` in these files (tests/test_versions.py checks that every
+# file using the marker is listed). A file list, not all of tests/: other test modules may need
+# packages or model types the floor environment does not have, even to be collected.
+FLOOR_TESTS := tests/test_patch.py tests/test_schedule_conformance.py tests/test_config.py \
+	tests/test_versions.py tests/test_classic_mass.py tests/test_long_prompts.py tests/test_settings.py
+# ATTN_TRANSITION_EXPECT_TRANSFORMERS makes tests/test_versions.py check the floor really is installed.
+FLOOR_RUN = ATTN_TRANSITION_EXPECT_TRANSFORMERS=$(FLOOR_TRANSFORMERS) $(FLOOR_PY) -m pytest -q -m "patch and not slow" $(FLOOR_TESTS)
+
+test: setup setup-floor
 	$(PY) -m pytest -q -m "not slow"
+	$(FLOOR_RUN)
 	$(PY) -m pytest -q -m slow
+
+test-floor: setup-floor
+	$(FLOOR_RUN)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
@@ -53,4 +86,4 @@ gpu-check: setup
 	GPU_CHECK_PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .pytest_cache

@@ -145,8 +145,8 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
             region = block[..., start - 2 * width:end - width]                     # (..., r, 2I)
             m = torch.where(region >= threshold, 1.0, 0.01)
             a = beta * removed / m.sum(-1, keepdim=True)
-            block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 0.7
-            block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 0.3
+            block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 7 shares
+            block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 3 shares
         else:
             region = block[..., 0:end - width]                                     # (..., r, I)
             m = torch.where(region >= threshold, 1.0, 0.001)

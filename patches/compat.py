@@ -13,16 +13,16 @@ CALL_KWARGS = (SWITCH_KWARG, LENGTH_KWARG)
 
 @functools.lru_cache(maxsize=None)
 def allow_generate_switch() -> bool:
-    """Let ``generate(..., attn_transition=False)`` through transformers' kwarg validation.
+    """Let ``generate(..., attn_transition=...)`` through transformers' kwarg validation.
 
     ``GenerationMixin._validate_model_kwargs`` rejects any model kwarg that is not a
-    parameter of ``forward`` nor a key of ``TransformersKwargs`` (checked against
-    transformers 5.x, ``generation/utils.py``). Registering
-    the key there is the only way to let a per-call switch reach the attention
-    function without rebinding ``generate`` or ``forward``: the kwarg then travels
-    through the model's ``**kwargs`` like ``output_attentions`` does. Adding a key is
-    harmless to other models (they ignore unknown attention kwargs).
-    Returns whether the key is accepted.
+    parameter of ``forward`` nor a key of ``TransformersKwargs``; the second rule exists
+    from transformers 4.57 (``generation/utils.py``; 4.56 and older accept signature
+    parameters only, hence the floor). Registering the keys there is the only way to let
+    the per-call keywords reach the decoder without rebinding ``generate`` or ``forward``:
+    they then travel through the model's ``**kwargs`` like ``output_attentions`` does, and
+    the decoder pre-hook removes them. Adding keys is harmless to other models (their
+    attention functions ignore unknown kwargs). Returns whether the keys are accepted.
     """
     try:
         from transformers.utils import TransformersKwargs

@@ -3,6 +3,8 @@ import pytest
 import attn_transition as at
 from attn_transition.config import parse_config
 
+pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+
 
 def test_defaults_are_the_reference_defaults():
     c = at.ClassicConfig()

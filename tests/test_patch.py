@@ -7,7 +7,10 @@ import torch
 
 import attn_transition as at
 from attn_transition.patches import STATE_ATTR
+from hf_compat import cache_kwarg, cache_of
 from tiny_models import family_configs, ids, tiny_model
+
+pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
 FAMILIES = list(family_configs())
 # Short tiny-model prompts: lower the thresholds so both schedules edit something.
@@ -157,12 +160,13 @@ def test_generate_edits_prefill_only():
         generated = model.generate(x, max_new_tokens=5, do_sample=False, pad_token_id=0)
         out = model(x, use_cache=True)
     at.disable(model)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache, token = cache_of(out), out.logits[:, -1:].argmax(-1)
+    assert cache is not None
     tokens = [token]
     with torch.no_grad():
         for _ in range(4):
-            step = model(token, past_key_values=cache, use_cache=True)
-            cache, token = step.past_key_values, step.logits[:, -1:].argmax(-1)
+            step = model(token, use_cache=True, **{cache_kwarg(model): cache})
+            cache, token = cache_of(step), step.logits[:, -1:].argmax(-1)
             tokens.append(token)
     assert torch.equal(generated[:, N:], torch.cat(tokens, 1))
 

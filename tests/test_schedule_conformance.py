@@ -13,6 +13,8 @@ from spec_oracle import (classic_block_row, classic_blocks, oracle_reweight, ran
 
 ATOL = 2e-6
 
+pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+
 
 def _check(cfg, n, L, layers=None, *, batch=1, heads=2, seed=0, peaky=3.0):
     w = random_causal_attention(batch, heads, n, seed=seed, peaky=peaky)

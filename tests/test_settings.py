@@ -11,6 +11,8 @@ import torch
 import attn_transition as at
 from tiny_models import ids, tiny_model
 
+pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+
 CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
 SRA = at.SRAConfig(begin_length=4, threshold_len=24)
 N = 150
