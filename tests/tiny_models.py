@@ -92,17 +92,20 @@ def _tiny(model_type: str, **overrides):
 
 
 def _sliding(pattern: str, n: int = 5) -> list:
-    """``"ssf"`` -> sliding, sliding, full, repeated to ``n`` layers."""
+    """``"ssf"`` -> sliding, sliding, full, repeated to ``n`` layers; the last layer is full
+    (several families require it)."""
     kind = {"s": "sliding_attention", "f": "full_attention", "c": "chunked_attention"}
-    return [kind[pattern[i % len(pattern)]] for i in range(n)]
+    return [kind[pattern[i % len(pattern)]] for i in range(n - 1)] + ["full_attention"]
 
 
 # model_type -> overrides of _TINY (only families available in the installed transformers are built).
 _FAMILY_OVERRIDES = {
     "llama": {},
+    # floor_scale as released: the temperature tuning of NoPE layers starts at 8192 tokens (it
+    # scales q by absolute index, so below that a left-padded row is its row alone).
     "llama4_text": dict(intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1,
                         attention_chunk_size=_SWA, layer_types=_sliding("cccf"),
-                        no_rope_layers=[1, 1, 1, 0, 1], floor_scale=32, attn_scale=0.1),
+                        no_rope_layers=[1, 1, 1, 0, 1], floor_scale=8192),
     "mistral": dict(sliding_window=_SWA),
     "ministral": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "ministral3": dict(sliding_window=_SWA),
@@ -143,8 +146,11 @@ _FAMILY_OVERRIDES = {
     "glm": {},
     "glm4": {},
     "glm4_moe": {},
-    "deepseek_v2": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6),
-    "deepseek_v3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6),
+    # multi-head latent attention: q/k heads of 8 + 4, value heads of 6, one key/value head per query head
+    "deepseek_v2": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
+                        num_key_value_heads=4),
+    "deepseek_v3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
+                        num_key_value_heads=4),
     "gpt_oss": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "smollm3": dict(no_rope_layers=[1, 0, 1, 0, 1]),
     "starcoder2": dict(sliding_window=_SWA),
@@ -170,7 +176,7 @@ _FAMILY_OVERRIDES = {
     "lfm2": dict(num_hidden_layers=6, layer_types=["conv", "full_attention", "conv", "full_attention",
                                                     "full_attention", "full_attention"]),
     "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=32),
-    "jamba": dict(num_hidden_layers=6, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+    "jamba": dict(num_hidden_layers=8, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
                   expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False),
     "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "full_attention",
                                           "moe", "full_attention", "full_attention"],
@@ -180,6 +186,74 @@ _FAMILY_OVERRIDES = {
                   mamba_d_state=8, mamba_chunk_size=32),
     "granitemoehybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, mamba_n_heads=8, mamba_d_head=8,
                              mamba_d_state=8, mamba_chunk_size=32, shared_intermediate_size=32),
+    # more dense / MoE decoders
+    "exaone": {},
+    "internlm3": {},
+    "iquestcoder": {},
+    "hyperclovax": {},
+    "jais2": {},
+    "solar_open": {},
+    "apertus1p5_text": {},
+    "aria_text": {},
+    "afmoe": dict(sliding_window=_SWA, layer_types=_sliding("sf"), num_dense_layers=1),
+    "exaone_moe": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "cwm": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "sarvam_moe": {},
+    "nanochat": dict(final_logit_softcapping=15.0),
+    "opt": dict(ffn_dim=64, word_embed_proj_dim=32, dropout=0.0),
+    "biogpt": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    "codegen": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_ctx=4096, n_inner=64),
+    "gptj": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_inner=64),
+    "ctrl": dict(n_embd=32, dff=64, n_layer=5, n_head=4, n_positions=4096, resid_pdrop=0.0, embd_pdrop=0.0),
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=5, max_seq_len=4096,
+                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2, hidden_size=32)),
+    # multi-head latent attention
+    "minicpm3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, dim_model_base=32),
+    "glm4_moe_lite": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 4),
+    "youtu": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4),
+    "sarvam_mla": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4),
+    # attention sinks
+    "granite_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "granitemoe_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "mimo_v2_flash": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    # more hybrids
+    "lfm2_moe": dict(num_hidden_layers=6, num_dense_layers=1,
+                     layer_types=["conv", "full_attention", "conv", "full_attention", "full_attention",
+                                  "full_attention"]),
+    "minimax": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, block_size=16),
+    "olmo_hybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
+                        linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8),
+    "kimi_linear": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, q_lora_rank=None, kv_lora_rank=16,
+                        qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4,
+                        linear_head_dim=8, linear_num_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 5),
+    "lara_mini": dict(num_hidden_layers=6, sliding_window=_SWA,
+                      layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention",
+                                   "sliding_attention", "full_attention"]),
+    "lfm3": dict(num_hidden_layers=6, sliding_window=_SWA,
+                 layer_types=["conv", "sliding_attention", "conv", "full_attention", "sliding_attention",
+                              "full_attention"]),
+    # decoders added in transformers 5.x
+    "beam": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "kolibri1": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "laguna": {},
+    "mellum": {},
+    "axk1": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 4),
+    "flint": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "gemma4_unified_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
+                                hidden_size_per_layer_input=8, global_head_dim=16),
+    "hy_v3": dict(mlp_layer_types=["dense"] + ["sparse"] * 4, num_shared_experts=1),
+    "doge": dict(keep_window_size=2048),
+    "modernbert-decoder": dict(local_attention=_SWA, layer_types=_sliding("sf")),
+    # six layers: with five, the two KV-sharing layers read keys the edited rows cannot reach
+    "gemma3n_text": dict(num_hidden_layers=6, sliding_window=_SWA, layer_types=_sliding("sf", 6),
+                         vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, laurel_rank=4,
+                         num_kv_shared_layers=2, activation_sparsity_pattern=[0.0] * 6, altup_num_inputs=2),
+    "longcat_flash": dict(num_layers=3, head_dim=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, ffn_hidden_size=64, expert_ffn_hidden_size=32, moe_topk=2,
+                          zero_expert_num=2),
+    "recurrent_gemma": dict(num_hidden_layers=6, lru_width=32, attention_window_size=_SWA,
+                            block_types=["recurrent", "attention", "recurrent", "attention", "attention",
+                                         "attention"]),
 }
 
 
@@ -190,24 +264,71 @@ def all_family_configs() -> dict:
     return {t: _tiny(t, **kw) for t, kw in _FAMILY_OVERRIDES.items() if t in CONFIG_MAPPING}
 
 
-_ATTENTION_WEIGHTS = ("q_proj.weight", "k_proj.weight", "qkv_proj.weight", "query_key_value.weight",
-                      "c_attn.weight", "Wqkv.weight")
+_OUT_WEIGHTS = ("o_proj.weight", "dense.weight", "c_proj.weight", "out_proj.weight")
+# Families whose attention output is small next to the residual stream (embedding scales, Granite's
+# residual multiplier): their attention output projection is scaled up.
+_SHARPEN = {
+    **{f: dict(output=6.0) for f in ("gemma", "granite", "biogpt")},
+    **{f: dict(output=4.0) for f in ("sarvam_mla", "sarvam_moe", "granitemoehybrid", "gpt_bigcode", "hy_v3")},
+    **{f: dict(output=12.0) for f in ("vaultgemma", "ctrl", "minicpm3")},
+    "minimax": dict(output=40.0),
+    "nanochat": dict(output=100.0),            # embeddings drawn with std 1
+}
+_CALIBRATION = "attn_transition_test_calibration"
 
 
-def sharpen(model, *, temperature: float = 8.0, weights: float = 6.0):
+def _score_spreads(model) -> dict:
+    """One stock forward; for every attention module, the standard deviation of its scaled
+    scores ``q k^T * scaling`` over the (query, key) pairs its mask allows."""
+    import sys
+
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    spreads: dict = {}
+
+    def measure(module, query, key, value, attention_mask, scaling=None, **kwargs):
+        k = key.repeat_interleave(query.shape[1] // key.shape[1], 1)
+        s = query.float() @ k.float().transpose(-1, -2) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+        allowed = torch.ones(s.shape[-2:], dtype=torch.bool).tril() if attention_mask is None else \
+            attention_mask[..., :key.shape[2]] > torch.finfo(attention_mask.dtype).min / 2
+        spreads[module] = float(s.masked_select(allowed.expand_as(s)).std())
+        eager = sys.modules[type(module).__module__].eager_attention_forward
+        return eager(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+
+    AttentionInterface.register(_CALIBRATION, measure)
+    AttentionMaskInterface.register(_CALIBRATION, eager_mask)
+    impl = model.config._attn_implementation
+    model.set_attn_implementation(_CALIBRATION)
+    try:
+        with torch.no_grad():
+            model(ids(1, 150, seed=99))
+    finally:
+        model.set_attn_implementation(impl)
+    return spreads
+
+
+def sharpen(model, *, spread: float = 4.0, output: float = 2.0, sinks: float = 2.0):
     """Make a random model's attention sharp enough for the schedules to remove and move mass.
 
-    Random initialisation gives near-uniform rows. Projections are scaled where they exist (no
-    effect on families that normalise q/k), and every attention module's own ``scaling``
-    (the factor it passes to the attention function) is multiplied by ``temperature``.
+    Random initialisation gives near-uniform rows. Each attention module's own ``scaling``
+    (the factor it passes to the attention function) is set so that its scaled scores have
+    standard deviation ``spread`` on a random prompt, whatever the family's projections and
+    q/k norms; ``output`` scales the attention output projection (zero-initialised ones are
+    first drawn like the others), and attention-sink logits (gpt-oss) are drawn with standard
+    deviation ``sinks`` so the sink takes a real share.
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith(_ATTENTION_WEIGHTS):
-                p.mul_(weights)
-    for module in model.modules():
-        if hasattr(module, "layer_idx") and isinstance(getattr(module, "scaling", None), float):
-            module.scaling *= temperature
+            if name.endswith(_OUT_WEIGHTS):
+                if not p.any():                      # zero-initialised (nanochat): attention would be mute
+                    p.normal_(0.0, 0.02)
+                p.mul_(output)
+        for module in model.modules():
+            if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):
+                module.sinks.normal_(0.0, sinks)
+    for module, measured in _score_spreads(model).items():
+        module.scaling = module.scaling * spread / measured
     return model
 
 
@@ -218,4 +339,4 @@ def family_model(family: str, *, seed: int = 0, attn_implementation=None):
     config = _tiny(family, **_FAMILY_OVERRIDES[family])
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
-    return sharpen(model).eval()
+    return sharpen(model.eval(), **_SHARPEN.get(family, {}))

@@ -20,10 +20,15 @@ def main(folder: str, n: int) -> None:
     from transformers import AutoModelForCausalLM
 
     torch.distributed.init_process_group("gloo")
+    import inspect
+
     try:
         from transformers.distributed import DistributedConfig
+    except ImportError:
+        DistributedConfig = None
+    if DistributedConfig is not None and "tp_plan" in inspect.signature(DistributedConfig).parameters:
         placement = dict(distributed_config=DistributedConfig(tp_plan="auto"))
-    except ImportError:                                   # older transformers
+    else:                                                 # transformers 4.x: the keyword itself
         placement = dict(tp_plan="auto")
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", **placement).eval()
     heads = []
