@@ -908,9 +908,9 @@ def run(args: argparse.Namespace) -> int:
 
     num_layers = None
     try:
-        from attn_transition.patches.families import num_decoder_layers
+        from attn_transition.patches.families import schedule_layout
 
-        num_layers = num_decoder_layers(model.config)
+        num_layers = schedule_layout(model.config)[0]   # hybrids: attention layers only
     except Exception:
         pass
     old_timings: dict[str, dict] = dict((old_meta or {}).get("timings", {}))

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional, Union
 import torch
 
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
-from attn_transition.errors import ConfigError, NotACausalLMError
+from attn_transition.errors import ConfigError, NotACausalLMError, UnsupportedModelError
 
 from . import attention
 from .attention import DEFAULT_MAX_CHUNK_MIB, STATE_ATTR
@@ -83,6 +83,7 @@ def _check_model(model: Any) -> None:
         raise NotACausalLMError(
             f"attn_transition.enable needs a transformers causal LM (e.g. from AutoModelForCausalLM), "
             f"got {type(model).__name__}")
+    family_for(model.config)                      # names the type (and why, if refused) before any change
     if not model._can_set_attn_implementation():
         raise NotACausalLMError(
             f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
@@ -117,13 +118,23 @@ def is_enabled(model: Any) -> bool:
     return state is not None and _config_implementation(model) == state.implementation
 
 
+def _has_attention(module: torch.nn.Module) -> bool:
+    return any(hasattr(m, "layer_idx") for m in module.modules())
+
+
 def _decoder(model: Any) -> torch.nn.Module:
+    """The module that owns the attention layers: ``get_decoder()`` when it holds them (some
+    models name their output projection ``decoder``), else the base model, else the model."""
     get = getattr(model, "get_decoder", None)
     try:
-        decoder = get() if callable(get) else model
+        decoder = get() if callable(get) else None
     except (AttributeError, NotImplementedError, ValueError):
-        decoder = model
-    return decoder if isinstance(decoder, torch.nn.Module) else model
+        decoder = None
+    for candidate in (decoder, getattr(model, "base_model", None), model):
+        if isinstance(candidate, torch.nn.Module) and _has_attention(candidate):
+            return candidate
+    raise UnsupportedModelError(f"{type(model).__name__} has no attention modules with a layer_idx under "
+                                f"its decoder, so the schedule cannot address its layers")
 
 
 @torch.compiler.disable
@@ -191,7 +202,7 @@ def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix
     config = ClassicConfig() if config is None else config
     _check_options(config, active, max_chunk_mib, full_matrix)
     _check_model(model)
-    family_for(model.config)                      # raises UnsupportedModelError before any change
+    _decoder(model)                               # a model whose layers cannot be found: before any change
     num_layers, schedule_index = schedule_layout(model.config)
     attention.register()
     allow_generate_switch()

@@ -6,7 +6,8 @@ edited-rows path equals the full-matrix path; both equal an independent referenc
 family's attention recomputed here from the query/key/value the model passes, with
 ``at.reweight`` applied to its post-softmax weights), which itself is checked to equal the
 family's own eager attention when nothing is edited; a left-padded row equals the row alone;
-batched ``generate`` works.
+batched ``generate`` works. Then the schedule layout of hybrids, the refusals with their reasons,
+and multimodal wrappers (refused with the way out; their text decoder edited alone).
 """
 
 from __future__ import annotations
@@ -19,23 +20,21 @@ import torch
 
 import attn_transition as at
 from attn_transition.patches import FAMILIES, STATE_ATTR
-from attn_transition.patches.families import REFUSED, family_for, schedule_layout
-from tiny_models import all_family_configs, family_model, ids
+from attn_transition.patches.families import REFUSED, family_for, num_decoder_layers, schedule_layout
+from tiny_models import VOCAB, all_family_configs, family_model, ids, sharpen
 
 CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
 SRA = at.SRAConfig(begin_length=4, threshold_len=24)
 SCHEDULES = [pytest.param(CLASSIC, id="classic"), pytest.param(SRA, id="sra")]
 N = 150
-# Left padding of a whole number of Llama 4's attention chunks (48 tokens in tiny_models): its
-# chunk grid is absolute, so only then is even the stock model's padded row its row alone.
-PAD = 48
+PAD = 37
 # The edit must move the logits by at least this fraction of their largest magnitude.
 MIN_EFFECT = 0.04
 
 CONFIGS = all_family_configs()
 FAMILY_TYPES = sorted(CONFIGS)
 
-# (family, check) -> why it is expected to fail until the attention function does its part.
+# (family, check) -> why it is expected to fail until the patch does its part (none today).
 XFAIL: dict[tuple[str, str], str] = {}
 
 
@@ -267,16 +266,19 @@ def test_disabled_is_stock_and_enabled_has_a_real_effect(family):
     impl = model.config._attn_implementation
     stock = _logits(model, x)
     for config in (CLASSIC, SRA):
-        at.enable(model, config)
-        first = _logits(model, x)
+        try:
+            at.enable(model, config)
+            first = _logits(model, x)
+            at.disable(model)
+            assert model.config._attn_implementation == impl and not hasattr(model, STATE_ATTR)
+            assert torch.equal(_logits(model, x), stock), "disable must restore the stock logits bitwise"
+            at.enable(model, config)
+            assert torch.equal(_logits(model, x), first), "re-enabling must reproduce the same logits"
+        finally:
+            if at.is_enabled(model):
+                at.disable(model)
         effect = (first - stock).abs().max() / stock.abs().max()
         assert effect > MIN_EFFECT, f"{family} {type(config).__name__}: logits moved by {effect:.4f} only"
-        at.disable(model)
-        assert model.config._attn_implementation == impl and not hasattr(model, STATE_ATTR)
-        assert torch.equal(_logits(model, x), stock), "disable must restore the stock logits bitwise"
-        at.enable(model, config)
-        assert torch.equal(_logits(model, x), first), "re-enabling must reproduce the same logits"
-        at.disable(model)
 
 
 @pytest.mark.parametrize("family", _families("rows_vs_full"))
@@ -319,7 +321,8 @@ def test_left_padded_row_equals_row_alone(family, config):
     mask[1, :PAD] = 0
     positions = (mask.cumsum(-1) - 1).clamp(min=0)      # as generate does (absolute-position families)
     stock = _logits(model, batch, attention_mask=mask, position_ids=positions)
-    assert (stock[1, PAD:] - _logits(model, short)[0]).abs().max() < 1e-4, "premise: the stock padded row is the row alone"
+    premise = (stock[1, PAD:] - _logits(model, short)[0]).abs().max()
+    assert premise < 1e-4, f"premise: even the stock padded row is off the row alone by {premise:.2e}"
     at.enable(model, config)
     try:
         both = _logits(model, batch, attention_mask=mask, position_ids=positions)
@@ -364,6 +367,32 @@ def test_schedule_layout_counts_softmax_attention_layers_only():
              "full_attention"]
     hybrid = Qwen3NextConfig(num_hidden_layers=6, layer_types=types, hidden_size=32, num_attention_heads=4)
     assert schedule_layout(hybrid) == (3, {1: 0, 4: 1, 5: 2})
+    assert num_decoder_layers(hybrid) == 6
+
+
+def test_schedule_layout_reads_each_hybrids_own_layer_pattern():
+    from transformers import FalconH1Config, JambaConfig, LongcatFlashConfig, NemotronHConfig
+
+    jamba = JambaConfig(num_hidden_layers=8, attn_layer_period=4, attn_layer_offset=2)
+    assert schedule_layout(jamba) == (2, {2: 0, 6: 1})
+    nemotron = NemotronHConfig(layers_block_type=["linear_attention", "mlp", "full_attention", "moe",
+                                                  "full_attention"], num_hidden_layers=5)
+    assert schedule_layout(nemotron) == (2, {2: 0, 4: 1})
+    assert schedule_layout(FalconH1Config(num_hidden_layers=3)) == (3, {0: 0, 1: 1, 2: 2})
+    # two attention sublayers per decoder layer, layer_idx 2i and 2i + 1
+    assert schedule_layout(LongcatFlashConfig(num_layers=3)) == (6, {i: i for i in range(6)})
+
+
+def test_a_hybrid_layer_type_nobody_knows_is_refused():
+    from transformers import Qwen3NextConfig
+
+    config = Qwen3NextConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4)
+    config.layer_types = ["full_attention", "retention"]
+    with pytest.raises(at.UnsupportedModelError, match="retention"):
+        schedule_layout(config)
+    config.layer_types = ["linear_attention", "linear_attention"]
+    with pytest.raises(at.UnsupportedModelError, match="no softmax-attention layer"):
+        schedule_layout(config)
 
 
 @pytest.mark.parametrize("family", sorted(f for f in FAMILY_TYPES if FAMILIES[f].hybrid))
@@ -379,7 +408,8 @@ def test_hybrid_tiny_models_mix_layer_kinds(family):
 
 @pytest.mark.parametrize("model_type, reason", [("bloom", "AttentionInterface"), ("mamba", "no softmax"),
                                                 ("deepseek_v32", "sparse"), ("zamba2", "shared"),
-                                                ("bert", "decoder-only")])
+                                                ("bert", "decoder-only"), ("hrm_text", "looped"),
+                                                ("deepseek_v4", "compressed"), ("inkling_text", "position bias")])
 def test_refused_families_say_why(model_type, reason):
     from transformers import AutoConfig
 
@@ -390,8 +420,75 @@ def test_refused_families_say_why(model_type, reason):
 
 
 def test_an_unknown_family_lists_the_supported_ones():
-    from transformers import GPT2Config
+    from transformers import MoshiConfig
 
-    with pytest.raises(at.UnsupportedModelError, match="'gpt2'") as info:
-        family_for(GPT2Config())
+    with pytest.raises(at.UnsupportedModelError, match="'moshi'") as info:
+        family_for(MoshiConfig())
     assert all(f in str(info.value) for f in ("llama", "gpt_oss", "jamba"))
+
+
+# ----------------------------------------------------------------------------- multimodal models
+
+def _gemma3_multimodal():
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=28, patch_size=14)
+    config = Gemma3Config(text_config=CONFIGS["gemma3_text"].to_dict(), vision_config=vision.to_dict(),
+                          mm_tokens_per_image=4, boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2,
+                          image_token_index=VOCAB - 1)
+    return Gemma3ForConditionalGeneration(config), [VOCAB - 3] + [VOCAB - 1] * 4 + [VOCAB - 2]
+
+
+def _llava():
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=28, patch_size=14, projection_dim=32)
+    config = LlavaConfig(text_config=CONFIGS["llama"].to_dict(), vision_config=vision.to_dict(),
+                         image_token_index=VOCAB - 1, vision_feature_layer=-1)
+    return LlavaForConditionalGeneration(config), [VOCAB - 1] * 4
+
+
+@pytest.mark.parametrize("build", [_gemma3_multimodal, _llava], ids=["gemma3", "llava"])
+def test_multimodal_model_edits_its_text_decoder_only(build):
+    """A multimodal wrapper is refused with the way out in the message; enabling its text
+    decoder edits the prompt (image tokens included) and leaves the vision tower bitwise alone."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model, image_tokens = build()
+    model.eval()
+    with pytest.raises(at.UnsupportedModelError, match=r"at\.enable\(model\.get_decoder\(\)\)"):
+        at.enable(model)
+    assert not at.is_enabled(model)
+    decoder = model.get_decoder()
+    sharpen(decoder)
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(3, VOCAB - 3, (1, N), generator=g)
+    x = torch.cat([text[:, :60], torch.tensor([image_tokens]), text[:, 60:]], 1)
+    pixels = torch.randn(1, 3, 28, 28, generator=g)
+    tower = model.model.vision_tower
+    gen = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        stock = model(input_ids=x, pixel_values=pixels).logits
+        stock_vision = tower(pixel_values=pixels).last_hidden_state
+        stock_gen = model.generate(input_ids=x, pixel_values=pixels, **gen)
+        at.enable(decoder, CLASSIC)
+        try:
+            edited = model(input_ids=x, pixel_values=pixels).logits
+            vision = tower(pixel_values=pixels).last_hidden_state
+            off = model.generate(input_ids=x, pixel_values=pixels, attn_transition=False, **gen)
+        finally:
+            at.disable(decoder)
+        after = model(input_ids=x, pixel_values=pixels).logits
+    assert (edited - stock).abs().max() / stock.abs().max() > MIN_EFFECT
+    assert torch.equal(vision, stock_vision), "the vision tower must not change"
+    assert torch.equal(off, stock_gen) and torch.equal(after, stock)
+
+
+def test_multimodal_model_with_an_unsupported_text_decoder_says_so():
+    from transformers import AutoConfig
+
+    with pytest.raises(at.UnsupportedModelError, match="qwen2_5_vl_text.*not supported"):
+        family_for(AutoConfig.for_model("qwen2_5_vl"))

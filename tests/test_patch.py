@@ -296,15 +296,24 @@ def test_enable_twice_replaces_config():
 
 
 def test_unsupported_model_is_named_and_left_alone():
-    from transformers import AutoModelForCausalLM, GPT2Config
+    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50))
+    model = tiny_model("llama")
+    model.config.model_type = "my_own_llama"                  # a type the family table does not know
     impl = model.config._attn_implementation
-    with pytest.raises(at.UnsupportedModelError, match="'gpt2'") as info:
+    with pytest.raises(at.UnsupportedModelError, match="'my_own_llama'") as info:
         at.enable(model)
     assert "llama" in str(info.value) and "gemma3_text" in str(info.value)
     assert isinstance(info.value, ValueError)
     assert model.config._attn_implementation == impl and not hasattr(model, STATE_ATTR)
+    # A refused family says why.
+    from transformers import MambaConfig
+
+    mamba = AutoModelForCausalLM.from_config(MambaConfig(num_hidden_layers=2, hidden_size=16, vocab_size=50,
+                                                         state_size=4))
+    with pytest.raises(at.UnsupportedModelError, match="'mamba'.*softmax"):
+        at.enable(mamba)
+    assert not hasattr(mamba, STATE_ATTR)
 
 
 def test_not_a_model():

@@ -98,159 +98,160 @@ def _sliding(pattern: str, n: int = 5) -> list:
     return [kind[pattern[i % len(pattern)]] for i in range(n - 1)] + ["full_attention"]
 
 
-# model_type -> overrides of _TINY (only families available in the installed transformers are built).
+# Multi-head latent attention: q/k heads of 8 + 4, value heads of 6, one key/value head per query head.
+_MLA = dict(q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=6,
+            num_key_value_heads=4)
+_DELTANET = dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2, linear_num_value_heads=4,
+                 linear_key_head_dim=8, linear_value_head_dim=8)
+_MAMBA2 = dict(mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=32)
+
+# model_type -> overrides of _TINY (only families available in the installed transformers are built);
+# grouped as in patches/families.py.
 _FAMILY_OVERRIDES = {
+    # dense decoders of the Llama kind
     "llama": {},
-    # floor_scale as released: the temperature tuning of NoPE layers starts at 8192 tokens (it
-    # scales q by absolute index, so below that a left-padded row is its row alone).
-    "llama4_text": dict(intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1,
-                        attention_chunk_size=_SWA, layer_types=_sliding("cccf"),
-                        no_rope_layers=[1, 1, 1, 0, 1], floor_scale=8192),
     "mistral": dict(sliding_window=_SWA),
     "ministral": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "ministral3": dict(sliding_window=_SWA),
-    "mixtral": dict(sliding_window=_SWA),
     "qwen2": dict(use_sliding_window=True, sliding_window=_SWA, max_window_layers=2),
-    "qwen2_moe": {},
     "qwen3": {},
-    "qwen3_moe": {},
-    "qwen3_next": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
-                       linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
-    "qwen3_5_text": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
-                         linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
-    "qwen3_5_moe_text": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
-                             linear_num_value_heads=4, linear_key_head_dim=8, linear_value_head_dim=8),
-    "gemma": {},
-    "gemma2": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
-                   final_logit_softcapping=30.0, layer_types=_sliding("sf")),
-    "gemma3_text": dict(sliding_window=_SWA, query_pre_attn_scalar=8, layer_types=_sliding("ssf")),
-    "gemma4_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
-                        hidden_size_per_layer_input=8, global_head_dim=16),
-    "vaultgemma": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
-                       layer_types=_sliding("sf")),
-    "phi": dict(partial_rotary_factor=0.5),
-    "phi3": {},
-    "phimoe": {},
     "olmo": {},
     "olmo2": {},
     "olmo3": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
-    "olmoe": {},
-    "flex_olmo": {},
     "granite": dict(attention_multiplier=0.25, embedding_multiplier=2.0, residual_multiplier=0.5,
                     logits_scaling=2.0),
-    "granitemoe": dict(attention_multiplier=0.25),
-    "granitemoeshared": dict(attention_multiplier=0.25, shared_intermediate_size=32),
     "cohere": {},
     "cohere2": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
-    "cohere2_moe": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
     "glm": {},
     "glm4": {},
-    "glm4_moe": {},
-    # multi-head latent attention: q/k heads of 8 + 4, value heads of 6, one key/value head per query head
-    "deepseek_v2": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
-                        num_key_value_heads=4),
-    "deepseek_v3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6,
-                        num_key_value_heads=4),
-    "gpt_oss": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "smollm3": dict(no_rope_layers=[1, 0, 1, 0, 1]),
     "starcoder2": dict(sliding_window=_SWA),
-    "gpt_neox": dict(rotary_pct=0.5),
+    "phi3": {},
     "stablelm": dict(partial_rotary_factor=0.5),
     "persimmon": {},
     "nemotron": {},
     "helium": {},
     "hunyuan_v1_dense": {},
-    "hunyuan_v1_moe": {},
     "ernie4_5": {},
-    "ernie4_5_moe": {},
     "seed_oss": {},
-    "exaone4": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
-    "apertus": {},
-    "arcee": {},
-    "bitnet": {},
-    "jetmoe": {},
-    "minimax_m2": {},
-    "dots1": {},
-    "diffllama": {},
-    "gpt_bigcode": dict(n_embd=32, n_layer=5, n_head=4, n_positions=4096, n_inner=64, multi_query=True),
-    "lfm2": dict(num_hidden_layers=6, layer_types=["conv", "full_attention", "conv", "full_attention",
-                                                    "full_attention", "full_attention"]),
-    "falcon_h1": dict(mamba_d_ssm=64, mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=32),
-    "jamba": dict(num_hidden_layers=8, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
-                  expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False),
-    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "full_attention",
-                                          "moe", "full_attention", "full_attention"],
-                       num_hidden_layers=7, ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8, n_groups=1,
-                       chunk_size=32, moe_shared_expert_intermediate_size=32, use_mamba_kernels=False),
-    "bamba": dict(num_hidden_layers=6, attn_layer_indices=[1, 3, 4, 5], mamba_n_heads=8, mamba_d_head=8,
-                  mamba_d_state=8, mamba_chunk_size=32),
-    "granitemoehybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, mamba_n_heads=8, mamba_d_head=8,
-                             mamba_d_state=8, mamba_chunk_size=32, shared_intermediate_size=32),
-    # more dense / MoE decoders
     "exaone": {},
+    "exaone4": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
     "internlm3": {},
     "iquestcoder": {},
     "hyperclovax": {},
     "jais2": {},
-    "solar_open": {},
+    "apertus": {},
     "apertus1p5_text": {},
-    "aria_text": {},
-    "afmoe": dict(sliding_window=_SWA, layer_types=_sliding("sf"), num_dense_layers=1),
-    "exaone_moe": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    "cwm": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    "sarvam_moe": {},
+    "arcee": {},
+    "bitnet": {},
     "nanochat": dict(final_logit_softcapping=15.0),
-    "opt": dict(ffn_dim=64, word_embed_proj_dim=32, dropout=0.0),
-    "biogpt": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
-    "codegen": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_ctx=4096, n_inner=64),
-    "gptj": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_inner=64),
-    "ctrl": dict(n_embd=32, dff=64, n_layer=5, n_head=4, n_positions=4096, resid_pdrop=0.0, embd_pdrop=0.0),
-    "dbrx": dict(d_model=32, n_heads=4, n_layers=5, max_seq_len=4096,
-                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
-                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2, hidden_size=32)),
-    # multi-head latent attention
-    "minicpm3": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, dim_model_base=32),
-    "glm4_moe_lite": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 4),
-    "youtu": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4),
-    "sarvam_mla": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4),
-    # attention sinks
-    "granite_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    "granitemoe_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    "mimo_v2_flash": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    # more hybrids
-    "lfm2_moe": dict(num_hidden_layers=6, num_dense_layers=1,
-                     layer_types=["conv", "full_attention", "conv", "full_attention", "full_attention",
-                                  "full_attention"]),
-    "minimax": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, block_size=16),
-    "olmo_hybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
-                        linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8),
-    "kimi_linear": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, q_lora_rank=None, kv_lora_rank=16,
-                        qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4,
-                        linear_head_dim=8, linear_num_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 5),
-    "lara_mini": dict(num_hidden_layers=6, sliding_window=_SWA,
-                      layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention",
-                                   "sliding_attention", "full_attention"]),
-    "lfm3": dict(num_hidden_layers=6, sliding_window=_SWA,
-                 layer_types=["conv", "sliding_attention", "conv", "full_attention", "sliding_attention",
-                              "full_attention"]),
-    # decoders added in transformers 5.x
+    "cwm": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "beam": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "kolibri1": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
     "laguna": {},
-    "mellum": {},
-    "axk1": dict(q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 4),
-    "flint": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
-    "gemma4_unified_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
-                                hidden_size_per_layer_input=8, global_head_dim=16),
-    "hy_v3": dict(mlp_layer_types=["dense"] + ["sparse"] * 4, num_shared_experts=1),
+    "diffllama": {},
     "doge": dict(keep_window_size=2048),
-    "modernbert-decoder": dict(local_attention=_SWA, layer_types=_sliding("sf")),
+    # Gemma
+    "gemma": {},
+    "gemma2": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
+                   final_logit_softcapping=30.0, layer_types=_sliding("sf")),
+    "gemma3_text": dict(sliding_window=_SWA, query_pre_attn_scalar=8, layer_types=_sliding("ssf")),
     # six layers: with five, the two KV-sharing layers read keys the edited rows cannot reach
     "gemma3n_text": dict(num_hidden_layers=6, sliding_window=_SWA, layer_types=_sliding("sf", 6),
                          vocab_size_per_layer_input=VOCAB, hidden_size_per_layer_input=8, laurel_rank=4,
                          num_kv_shared_layers=2, activation_sparsity_pattern=[0.0] * 6, altup_num_inputs=2),
-    "longcat_flash": dict(num_layers=3, head_dim=4, q_lora_rank=16, kv_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=6, num_key_value_heads=4, ffn_hidden_size=64, expert_ffn_hidden_size=32, moe_topk=2,
-                          zero_expert_num=2),
+    "gemma4_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
+                        hidden_size_per_layer_input=8, global_head_dim=16),
+    "gemma4_unified_text": dict(sliding_window=_SWA, layer_types=_sliding("ssf"), vocab_size_per_layer_input=VOCAB,
+                                hidden_size_per_layer_input=8, global_head_dim=16),
+    "vaultgemma": dict(sliding_window=_SWA, query_pre_attn_scalar=8, attn_logit_softcapping=5.0,
+                       layer_types=_sliding("sf")),
+    # older absolute-position / fused-qkv decoders
+    "gpt_neox": dict(rotary_pct=0.5),
+    "phi": dict(partial_rotary_factor=0.5),
+    "gpt_bigcode": dict(n_embd=32, n_layer=5, n_head=4, n_positions=4096, n_inner=64, multi_query=True),
+    "gpt2": dict(n_embd=32, n_layer=5, n_head=4, n_positions=4096, n_inner=64),
+    "gptj": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_inner=64),
+    "codegen": dict(n_embd=32, n_layer=5, n_head=4, rotary_dim=4, n_positions=4096, n_ctx=4096, n_inner=64),
+    "ctrl": dict(n_embd=32, dff=64, n_layer=5, n_head=4, n_positions=4096, resid_pdrop=0.0, embd_pdrop=0.0),
+    "opt": dict(ffn_dim=64, word_embed_proj_dim=32, dropout=0.0),
+    "biogpt": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+    # mixture of experts
+    # floor_scale as released: the temperature tuning of NoPE layers starts at 8192 tokens (it scales q
+    # by absolute index, padding included, so with it on even the stock model is not padding-invariant)
+    "llama4_text": dict(intermediate_size_mlp=64, num_local_experts=2, num_experts_per_tok=1,
+                        attention_chunk_size=_SWA, layer_types=_sliding("cccf"), no_rope_layers=[1, 1, 1, 0, 1],
+                        floor_scale=8192),
+    "mixtral": dict(sliding_window=_SWA),
+    "qwen2_moe": {},
+    "qwen3_moe": {},
+    "phimoe": {},
+    "olmoe": {},
+    "flex_olmo": {},
+    "granitemoe": dict(attention_multiplier=0.25),
+    "granitemoeshared": dict(attention_multiplier=0.25, shared_intermediate_size=32),
+    "cohere2_moe": dict(sliding_window=_SWA, layer_types=_sliding("ssf")),
+    "glm4_moe": {},
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=5, max_seq_len=4096,
+                 attn_config=dict(kv_n_heads=2, rope_theta=10000.0, clip_qkv=8.0),
+                 ffn_config=dict(ffn_hidden_size=64, moe_num_experts=4, moe_top_k=2, hidden_size=32)),
+    "jetmoe": {},
+    "minimax_m2": {},
+    "dots1": {},
+    "hunyuan_v1_moe": {},
+    "hy_v3": dict(mlp_layer_types=["dense"] + ["sparse"] * 4, num_shared_experts=1),
+    "ernie4_5_moe": {},
+    "aria_text": {},
+    "afmoe": dict(sliding_window=_SWA, layer_types=_sliding("sf"), num_dense_layers=1),
+    "exaone_moe": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "sarvam_moe": {},
+    "solar_open": {},
+    "mellum": {},
+    # multi-head latent attention
+    "deepseek_v2": _MLA,
+    "deepseek_v3": _MLA,
+    "glm4_moe_lite": dict(_MLA, mlp_layer_types=["dense"] + ["sparse"] * 4),
+    "minicpm3": dict(_MLA, dim_model_base=32),
+    "youtu": _MLA,
+    "sarvam_mla": _MLA,
+    "axk1": dict(_MLA, mlp_layer_types=["dense"] + ["sparse"] * 4),
+    "longcat_flash": dict(_MLA, num_layers=3, head_dim=4, ffn_hidden_size=64, expert_ffn_hidden_size=32,
+                          moe_topk=2, zero_expert_num=2),
+    # attention sinks
+    "gpt_oss": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "granite_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "granitemoe_swa": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "mimo_v2_flash": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    "flint": dict(sliding_window=_SWA, layer_types=_sliding("sf")),
+    # hybrids, each with four or more softmax-attention layers among other kinds
+    "qwen3_next": _DELTANET,
+    "qwen3_5_text": _DELTANET,
+    "qwen3_5_moe_text": _DELTANET,
+    "jamba": dict(num_hidden_layers=8, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
+                  expert_layer_offset=1, mamba_d_state=8, mamba_dt_rank=8, use_mamba_kernels=False),
+    "bamba": dict(_MAMBA2, num_hidden_layers=6, attn_layer_indices=[1, 3, 4, 5]),
+    "granitemoehybrid": dict(_MAMBA2, num_hidden_layers=6, layer_types=_HYBRID_TYPES, shared_intermediate_size=32),
+    "nemotron_h": dict(layers_block_type=["linear_attention", "full_attention", "mlp", "full_attention", "moe",
+                                          "full_attention", "full_attention"],
+                       num_hidden_layers=7, ssm_state_size=8, mamba_num_heads=8, mamba_head_dim=8, n_groups=1,
+                       chunk_size=32, moe_shared_expert_intermediate_size=32, use_mamba_kernels=False),
+    "falcon_h1": dict(_MAMBA2, mamba_d_ssm=64),
+    "lfm2": dict(num_hidden_layers=6, layer_types=["conv", "full_attention", "conv", "full_attention",
+                                                    "full_attention", "full_attention"]),
+    "lfm2_moe": dict(num_hidden_layers=6, num_dense_layers=1,
+                     layer_types=["conv", "full_attention", "conv", "full_attention", "full_attention",
+                                  "full_attention"]),
+    "lfm3": dict(num_hidden_layers=6, sliding_window=_SWA,
+                 layer_types=["conv", "sliding_attention", "conv", "full_attention", "sliding_attention",
+                              "full_attention"]),
+    "minimax": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, block_size=16),
+    "olmo_hybrid": dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_heads=2,
+                        linear_num_value_heads=2, linear_key_head_dim=8, linear_value_head_dim=8),
+    "kimi_linear": dict(_MLA, num_hidden_layers=6, layer_types=_HYBRID_TYPES, q_lora_rank=None, linear_head_dim=8,
+                        linear_num_heads=4, mlp_layer_types=["dense"] + ["sparse"] * 5),
+    "lara_mini": dict(num_hidden_layers=6, sliding_window=_SWA,
+                      layer_types=["linear_attention", "sliding_attention", "linear_attention", "full_attention",
+                                   "sliding_attention", "full_attention"]),
     "recurrent_gemma": dict(num_hidden_layers=6, lru_width=32, attention_window_size=_SWA,
                             block_types=["recurrent", "attention", "recurrent", "attention", "attention",
                                          "attention"]),
@@ -265,14 +266,14 @@ def all_family_configs() -> dict:
 
 
 _OUT_WEIGHTS = ("o_proj.weight", "dense.weight", "c_proj.weight", "out_proj.weight")
-# Families whose attention output is small next to the residual stream (embedding scales, Granite's
-# residual multiplier): their attention output projection is scaled up.
+# Families whose attention output is small next to the residual stream (scaled or unit-variance
+# embeddings, Granite's residual multiplier): their attention output projection is scaled up more.
 _SHARPEN = {
     **{f: dict(output=6.0) for f in ("gemma", "granite", "biogpt")},
-    **{f: dict(output=4.0) for f in ("sarvam_mla", "sarvam_moe", "granitemoehybrid", "gpt_bigcode", "hy_v3")},
+    **{f: dict(output=4.0) for f in ("sarvam_mla", "sarvam_moe", "granitemoehybrid", "gpt_bigcode", "gpt2", "hy_v3")},
     **{f: dict(output=12.0) for f in ("vaultgemma", "ctrl", "minicpm3")},
     "minimax": dict(output=40.0),
-    "nanochat": dict(output=100.0),            # embeddings drawn with std 1
+    "nanochat": dict(output=100.0),            # its embeddings are drawn with std 1
 }
 _CALIBRATION = "attn_transition_test_calibration"
 
@@ -314,15 +315,13 @@ def sharpen(model, *, spread: float = 4.0, output: float = 2.0, sinks: float = 2
     Random initialisation gives near-uniform rows. Each attention module's own ``scaling``
     (the factor it passes to the attention function) is set so that its scaled scores have
     standard deviation ``spread`` on a random prompt, whatever the family's projections and
-    q/k norms; ``output`` scales the attention output projection (zero-initialised ones are
-    first drawn like the others), and attention-sink logits (gpt-oss) are drawn with standard
-    deviation ``sinks`` so the sink takes a real share.
+    q/k norms; ``output`` scales the attention output projection so that attention moves the
+    residual stream, and attention-sink logits (gpt-oss) are drawn with standard deviation
+    ``sinks`` so the sink takes a real share.
     """
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(_OUT_WEIGHTS):
-                if not p.any():                      # zero-initialised (nanochat): attention would be mute
-                    p.normal_(0.0, 0.02)
                 p.mul_(output)
         for module in model.modules():
             if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):

@@ -271,7 +271,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     ``on_records`` is called after each batch is saved (tests use it to interrupt a run).
     """
     import attn_transition as at
-    from attn_transition.patches.families import num_decoder_layers
+    from attn_transition.patches.families import schedule_layout
 
     started = time.perf_counter()
     shard = shard or Shard()
@@ -279,7 +279,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     check_lengths(model, settings)
     chat = resolve_format(settings.prompt_format, tokenizer)
     configs = parse_configs(settings.configs)
-    num_layers = num_decoder_layers(model.config)
+    num_layers = schedule_layout(model.config)[0]   # hybrids: attention layers only
 
     samples = make_samples(settings.tasks, settings.lengths, settings.depths, settings.per_cell, settings.seed)
     by_id = {s.item_id: s for s in samples}
