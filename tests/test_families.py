@@ -21,12 +21,10 @@ import torch
 import attn_transition as at
 from attn_transition.patches import FAMILIES, STATE_ATTR
 from attn_transition.patches.families import REFUSED, family_for, num_decoder_layers, schedule_layout
-from tiny_models import VOCAB, all_family_configs, family_model, ids, sharpen
+from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, ids, sharpen
 
-CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
-SRA = at.SRAConfig(begin_length=4, threshold_len=24)
+CLASSIC, SRA = edit_configs()
 SCHEDULES = [pytest.param(CLASSIC, id="classic"), pytest.param(SRA, id="sra")]
-N = 150
 PAD = 37
 # The edit must move the logits by at least this fraction of their largest magnitude.
 MIN_EFFECT = 0.04

@@ -9,14 +9,12 @@ import torch
 import attn_transition as at
 from attn_transition.patches.attention import rows_per_chunk
 from hf_compat import cache_kwarg, cache_of
-from tiny_models import ids, tiny_model
+from tiny_models import N, edit_configs, ids, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
-CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
-SRA = at.SRAConfig(begin_length=4, threshold_len=24)
+CLASSIC, SRA = edit_configs()
 STRONG = at.ClassicConfig(min_length=0, alpha=1.5, beta=1.5)   # a visible effect inside mistral's window
-N = 150
 # 1e-9 MiB: one row per chunk; 0.02 MiB: a few rows (boundaries fall inside edit blocks).
 BUDGETS = [1e-9, 0.02]
 

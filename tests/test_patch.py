@@ -8,20 +8,12 @@ import torch
 import attn_transition as at
 from attn_transition.patches import STATE_ATTR
 from hf_compat import cache_kwarg, cache_of
-from tiny_models import family_configs, ids, tiny_model
+from tiny_models import N, edit_configs, logits as _logits, family_configs, ids, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
 FAMILIES = list(family_configs())
-# Short tiny-model prompts: lower the thresholds so both schedules edit something.
-CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
-SRA = at.SRAConfig(begin_length=4, threshold_len=24)
-N = 150
-
-
-def _logits(model, x, **kw):
-    with torch.no_grad():
-        return model(x, **kw).logits
+CLASSIC, SRA = edit_configs()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -9,18 +9,11 @@ import pytest
 import torch
 
 import attn_transition as at
-from tiny_models import ids, tiny_model
+from tiny_models import N, edit_configs, logits as _logits, ids, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
-CLASSIC = at.ClassicConfig(min_length=0, beta=0.5)
-SRA = at.SRAConfig(begin_length=4, threshold_len=24)
-N = 150
-
-
-def _logits(model, x, **kw):
-    with torch.no_grad():
-        return model(x, **kw).logits
+CLASSIC, SRA = edit_configs()
 
 
 def _edited(config, x, family="llama"):

@@ -5,6 +5,20 @@ from __future__ import annotations
 import torch
 
 VOCAB = 97
+N = 150                                      # prompt length of the tiny-model tests
+
+
+def edit_configs():
+    """Both schedules with thresholds lowered so that a ``N``-token prompt gets edited."""
+    import attn_transition as at
+
+    return at.ClassicConfig(min_length=0, beta=0.5), at.SRAConfig(begin_length=4, threshold_len=24)
+
+
+def logits(model, x, **kw) -> torch.Tensor:
+    """One forward pass without gradients; its logits."""
+    with torch.no_grad():
+        return model(x, **kw).logits
 
 
 def _common(**extra):
