@@ -21,7 +21,7 @@ import torch
 import attn_transition as at
 from attn_transition.patches import FAMILIES, STATE_ATTR
 from attn_transition.patches.families import REFUSED, family_for, num_decoder_layers, schedule_layout
-from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, ids, sharpen
+from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, greedy, ids, left_padded, sharpen
 
 CLASSIC, SRA = edit_configs()
 SCHEDULES = [pytest.param(CLASSIC, id="classic"), pytest.param(SRA, id="sra")]
@@ -336,11 +336,8 @@ def test_left_padded_row_equals_row_alone(family, config):
 @pytest.mark.parametrize("family", _families("generate"))
 def test_batched_generate(family):
     model = _model(family)
-    x = ids(2, N, seed=7)
-    mask = torch.ones_like(x)
-    mask[1, :20] = 0
-    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, attention_mask=mask,
-               return_dict_in_generate=True, output_logits=True)
+    x, mask = left_padded(2, N, row=1, pad=20, seed=7)
+    gen = greedy(mask, 4)
     with torch.no_grad():
         stock = model.generate(x, **gen)
         at.enable(model, CLASSIC)

@@ -9,7 +9,7 @@ import torch
 import attn_transition as at
 from attn_transition.patches.attention import rows_per_chunk
 from hf_compat import cache_kwarg, cache_of
-from tiny_models import N, edit_configs, ids, tiny_model
+from tiny_models import N, edit_configs, greedy, ids, left_padded, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
@@ -39,23 +39,20 @@ def test_rows_per_chunk_respects_the_budget():
 def test_chunked_rows_equal_unchunked(family, config):
     """Padded batch, sliding windows (mistral, gemma3), output_attentions: every budget, 1e-6."""
     model = tiny_model(family)
-    x = ids(2, N, seed=4)
-    mask = torch.ones_like(x)
-    mask[1, :23] = 0
+    x, mask = left_padded(2, N, row=1, pad=23, seed=4)
     at.enable(model, config, max_chunk_mib=None)
     whole = _run(model, x, attention_mask=mask, output_attentions=True)
-    stock_like = whole.logits
     for budget in BUDGETS:
         at.enable(model, config, max_chunk_mib=budget)
         got = _run(model, x, attention_mask=mask, output_attentions=True)
         assert (got.logits - whole.logits).abs().max() < 1e-6, (family, budget)
         for a, b in zip(got.attentions, whole.attentions):
             assert (a - b).abs().max() < 1e-6, (family, budget)
-        at.enable(model, config, max_chunk_mib=budget)
         plain = _run(model, x, attention_mask=mask).logits        # edited rows only (no weights wanted)
         assert (plain - whole.logits).abs().max() < 1e-5, (family, budget)
     at.disable(model)
-    assert not torch.allclose(_run(model, x, attention_mask=mask).logits, stock_like, atol=1e-4)
+    stock = _run(model, x, attention_mask=mask).logits
+    assert not torch.allclose(whole.logits, stock, atol=1e-4), "the configs must edit this prompt"
 
 
 def test_chunked_rows_equal_unchunked_with_softcap_and_eager_base():
@@ -112,11 +109,8 @@ def test_bad_budget_is_named(bad):
 @pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 def test_static_cache_prefill_is_edited_like_a_dynamic_one(family):
     model = tiny_model(family)
-    x = ids(2, N, seed=8)
-    mask = torch.ones_like(x)
-    mask[0, :17] = 0
-    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, attention_mask=mask,
-               return_dict_in_generate=True, output_logits=True)
+    x, mask = left_padded(2, N, row=0, pad=17, seed=8)
+    gen = greedy(mask, 4)
     stock = model.generate(x, **gen)
     at.enable(model, CLASSIC)
     dynamic = model.generate(x, **gen)
@@ -139,11 +133,8 @@ def test_prefill_in_chunks_equals_one_shot(family, config):
         pytest.skip("transformers 4.x's chunked prefill ignores left padding in position_ids "
                     "(the stock model's padded row differs from its one-shot prefill too)")
     model = tiny_model(family)
-    x = ids(2, N, seed=9)
-    mask = torch.ones_like(x)
-    mask[1, :30] = 0
-    gen = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, attention_mask=mask,
-               return_dict_in_generate=True, output_logits=True)
+    x, mask = left_padded(2, N, row=1, pad=30, seed=9)
+    gen = greedy(mask, 3)
     at.enable(model, config)
     one = model.generate(x, **gen)
     chunked = model.generate(x, prefill_chunk_size=32, attn_transition_prompt_length=x.shape[1], **gen)
@@ -157,7 +148,7 @@ def test_prefill_in_chunks_equals_one_shot(family, config):
 
 def test_prompt_fed_in_two_pieces_with_a_cache():
     model = tiny_model("llama")
-    x = ids(1, 1000 // 5, seed=10)
+    x = ids(1, 200, seed=10)
     n, cut = x.shape[1], 120
     kw = cache_kwarg(model)
     at.enable(model, CLASSIC)
@@ -170,14 +161,10 @@ def test_prompt_fed_in_two_pieces_with_a_cache():
     first = _run(model, x[:, :cut], use_cache=True)
     with pytest.warns(UserWarning, match="attn_transition_prompt_length"):
         cont = _run(model, x[:, cut:], use_cache=True, **{kw: cache_of(first)})
+    # The reference: the same edited first piece, then the tail through the stock model.
+    first = _run(model, x[:, :cut], use_cache=True)
     at.disable(model)
-    first_stock_cache = None
-    with torch.no_grad():
-        at.enable(model, CLASSIC)
-        first = model(x[:, :cut], use_cache=True)
-        at.disable(model)
-        first_stock_cache = cache_of(first)
-        stock_tail = model(x[:, cut:], use_cache=True, **{kw: first_stock_cache}).logits[:, -1]
+    stock_tail = _run(model, x[:, cut:], use_cache=True, **{kw: cache_of(first)}).logits[:, -1]
     assert (cont.logits[:, -1] - stock_tail).abs().max() < 1e-5
     assert (cont.logits[:, -1] - one).abs().max() > 1e-4
 

@@ -8,7 +8,7 @@ import torch
 import attn_transition as at
 from attn_transition.patches import STATE_ATTR
 from hf_compat import cache_kwarg, cache_of
-from tiny_models import N, edit_configs, logits as _logits, family_configs, ids, tiny_model
+from tiny_models import N, edit_configs, family_configs, greedy, ids, left_padded, logits as _logits, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
@@ -126,11 +126,8 @@ def test_short_prompt_is_left_unchanged():
 
 def test_per_call_switch_and_generate_greedy_batch():
     model = tiny_model("llama")
-    x = ids(2, N, seed=7)
-    mask = torch.ones_like(x)
-    mask[1, :20] = 0
-    gen = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, attention_mask=mask,
-               return_dict_in_generate=True, output_logits=True)
+    x, mask = left_padded(2, N, row=1, pad=20, seed=7)
+    gen = greedy(mask, 6)
     stock = model.generate(x, **gen)
     at.enable(model, CLASSIC)
     off = model.generate(x, attn_transition=False, **gen)

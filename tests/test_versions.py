@@ -22,7 +22,7 @@ from packaging.version import Version
 
 import attn_transition as at
 from hf_compat import NEW, OLD, cache_kwarg, cache_of
-from tiny_models import ids, tiny_model
+from tiny_models import greedy, ids, left_padded, tiny_model
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
@@ -141,11 +141,8 @@ def _decode_by_hand(model, x, steps):
 
 def test_patch_paths_do_not_use_the_deprecated_cache_name():
     model = tiny_model("llama")
-    x = ids(2, N, seed=7)
-    mask = torch.ones_like(x)
-    mask[1, :20] = 0
-    gen = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, attention_mask=mask,
-               return_dict_in_generate=True)
+    x, mask = left_padded(2, N, row=1, pad=20, seed=7)
+    gen = greedy(mask, 4)
     with _notices_about(OLD) as found:
         at.enable(model, CLASSIC)
         edited = model.generate(x, **gen)

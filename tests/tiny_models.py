@@ -15,6 +15,20 @@ def edit_configs():
     return at.ClassicConfig(min_length=0, beta=0.5), at.SRAConfig(begin_length=4, threshold_len=24)
 
 
+def left_padded(batch: int, n: int, *, row: int, pad: int, seed: int = 0):
+    """Random ids ``(batch, n)`` and their 0/1 mask with ``pad`` left-padding positions in ``row``."""
+    x = ids(batch, n, seed=seed)
+    mask = torch.ones_like(x)
+    mask[row, :pad] = 0
+    return x, mask
+
+
+def greedy(mask: torch.Tensor, new_tokens: int, **extra) -> dict:
+    """``generate`` keywords of a greedy batch run that returns its logits."""
+    return dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0, attention_mask=mask,
+                return_dict_in_generate=True, output_logits=True, **extra)
+
+
 def logits(model, x, **kw) -> torch.Tensor:
     """One forward pass without gradients; its logits."""
     with torch.no_grad():
