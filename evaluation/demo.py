@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from attn_transition.commands import register_command
 from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import UsageError, did_you_mean
 
@@ -154,3 +155,6 @@ def run(args: argparse.Namespace) -> int:
     print(verdict(result))
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
+
+register_command('demo', help='answer one long prompt with and without the transition',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
+from attn_transition.commands import register_command
 from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError, UsageError, did_you_mean
 
@@ -1017,3 +1018,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         _note(dist, f"nothing was missing: {output} is unchanged (metadata {mpath.name} written)")
     return 0
+
+register_command('generate', help="XSum-style generation into the seed's JSON format",
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 
 import attn_transition as at
+from attn_transition.commands import register_command
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
 from attn_transition.errors import ConfigError, UsageError
 
@@ -47,10 +48,9 @@ except ImportError as exc:                                  # pragma: no cover -
 from .models import EMBEDDED, resolve_model
 
 __all__ = ["MODEL_NAME", "AttnTransitionLM", "parse_transition", "add_arguments", "run", "main",
-           "PASSTHROUGH", "EPILOG"]
+           "EPILOG"]
 
 MODEL_NAME = "attn-transition"
-PASSTHROUGH = True          # the CLI hands this command's arguments over unparsed
 
 # Fields of the configs: a model_arg with one of these names is a piece of a transition value
 # that lm_eval's comma splitting cut off.
@@ -196,7 +196,7 @@ class AttnTransitionLM(HFLM):
 # -- attn-transition lm-eval ------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Nothing of its own: every argument goes to lm_eval (see ``PASSTHROUGH``)."""
+    """Nothing of its own: every argument goes to lm_eval (a passthrough command)."""
 
 
 def _split_items(text: str) -> list[str]:
@@ -295,3 +295,6 @@ def main(argv: Sequence[str]) -> int:
 
 def run(args: argparse.Namespace) -> int:
     return main(getattr(args, "passthrough", []))
+
+register_command('lm-eval', help="lm-evaluation-harness's CLI with the model 'attn-transition' registered",
+                 add_arguments=add_arguments, run=run, epilog=EPILOG, passthrough=True)

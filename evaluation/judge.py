@@ -61,6 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
 from .judge_client import (DEFAULT_BASE_URL, Aborted, JudgeCache, JudgeClient, Rejected, RetryPolicy, file_sha256,
@@ -542,3 +543,6 @@ def run(args: argparse.Namespace) -> int:
     if u["cost_usd"] is None:
         print(f"note: {u['cost_note']}")
     return 0
+
+register_command('judge', help='score generations with an LLM judge (OpenAI-compatible API)',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
+from attn_transition.commands import register_command
 from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["EmbeddedModel", "EMBEDDED", "DEFAULT_MODEL", "cache_dir", "convert", "load_model",
@@ -244,3 +245,6 @@ def run(args: argparse.Namespace) -> int:
     for name in args.names:
         print(convert(name, args.cache_dir, force=args.force))
     return 0
+
+register_command('convert', help='convert an embedded GGUF model once into the local cache',
+                 add_arguments=add_arguments, run=run)

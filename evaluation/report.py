@@ -81,6 +81,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
 from .judge_client import import_optional
@@ -675,3 +676,6 @@ def run(args: argparse.Namespace) -> int:
         for p in write_plots(report, args.plots):
             print(f"wrote {p}")
     return 0
+
+register_command('report', help='honest report over judged scores (CIs, oracle labelled)',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

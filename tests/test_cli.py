@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attn_transition.cli import SUBCOMMANDS, main
+from attn_transition.cli import main
+from attn_transition.commands import command_names
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -16,7 +17,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_help_lists_every_command_with_quick_start_examples(capsys):
     code, out, _ = _run(capsys, "--help")
     assert code == 0
-    for name in SUBCOMMANDS:
+    for name in command_names():
         assert name in out
     assert "quick start:" in out and "attn-transition bench" in out
 
@@ -42,3 +43,39 @@ def test_argument_errors_are_one_line_with_exit_2(capsys, argv, message):
 def test_subcommand_help_exits_0(capsys):
     code, out, _ = _run(capsys, "bench", "--help")
     assert code == 0 and "--per-cell" in out
+
+
+def test_registry_refuses_a_second_module_for_one_name_and_words_errors_with_flags():
+    from attn_transition import commands
+
+    def run(args):
+        return 0
+
+    run.__module__ = "somewhere.else"
+    with pytest.raises(ValueError, match="'bench' is already registered by"):
+        commands.register_command("bench", help="x", add_arguments=lambda p: None, run=run)
+    cmd = commands.Command("probe", help="probe", add_arguments=lambda p: None, run=run,
+                           flags={"lengths": "--lengths", "max_new_tokens": "--max-new-tokens"})
+    assert cmd.word("lengths must be positive; max_new_tokens=0; lengths_x stays") == \
+        "--lengths must be positive; --max-new-tokens=0; lengths_x stays"
+    with pytest.raises(ValueError, match="one non-empty line"):
+        commands.Command("bad", help="two\nlines", add_arguments=lambda p: None, run=run)
+
+
+def test_a_command_registered_in_process_runs_and_its_library_errors_name_flags(capsys):
+    from attn_transition import commands
+    from attn_transition.errors import UsageError
+
+    def add(parser):
+        parser.add_argument("--lengths")
+
+    def run(args):
+        raise UsageError(f"lengths {args.lengths!r} must be a list of integers")
+
+    commands.register_command("probe-cmd", help="a test command", add_arguments=add, run=run,
+                              flags={"lengths": "--lengths"})
+    try:
+        code, _, err = _run(capsys, "probe-cmd", "--lengths", "x")
+        assert code == 2 and err == "attn-transition probe-cmd: error: --lengths 'x' must be a list of integers\n"
+    finally:
+        commands._COMMANDS.pop("probe-cmd")

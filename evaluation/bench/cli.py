@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
 from .runner import (DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, Shard, _gather, check_lengths, detect_shard,
@@ -185,3 +186,6 @@ def _print_summary(results: dict, out: Path) -> None:
         print(f"  ORACLE UPPER BOUND (per-item best config, not a result): "
               f"{100 * o['accuracy']['accuracy']:.1f}%")
     print(f"results: {out / 'results.json'}, {out / 'summary.md'}, plots in {out}")
+
+register_command('bench', help='long-context benchmark: stock vs transition on the same prompts',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.models import add_model_arguments
 
@@ -413,3 +414,6 @@ RUNNERS = {"biographies": _run_biographies, "profile": _run_profile, "contrast":
 
 def run(args: argparse.Namespace) -> int:
     return RUNNERS[getattr(args, "step", None) or "run"](args)
+
+register_command('clues', help='elusive clues: attention contrast, token dropout, LoRA, QA',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)
