@@ -68,7 +68,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(command.run(args) or 0)
     except AttnTransitionError as exc:
-        print(f"{prog}: error: {command.word(str(exc))}", file=sys.stderr)
+        print(f"{prog}: error: {command.word(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished work was saved", file=sys.stderr)

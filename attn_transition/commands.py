@@ -12,7 +12,8 @@ installed package can add a command the same way.
 
 ``run(args)`` returns an exit code. A library error (:class:`~attn_transition.errors.AttnTransitionError`)
 names the field that is wrong; a command maps field names to its flags with ``flags=``
-(``{"lengths": "--lengths"}``), and the CLI prints the message with the flag names.
+(``{"lengths": "--lengths"}``), and the CLI prints the message with the flag in place of the
+error's ``field``.
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ class Command:
         if not self.help or "\n" in self.help:
             raise ValueError(f"command {self.name!r}: help must be one non-empty line")
 
-    def word(self, message: str) -> str:
-        """A library message with field names replaced by this command's flags
-        (``lengths`` -> ``--lengths``, only where the name stands as a whole word)."""
-        for name, flag in self.flags.items():
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", flag, message)
+    def word(self, error: Exception) -> str:
+        """The message of a library error, its field (``error.field``, see
+        :class:`~attn_transition.errors.AttnTransitionError`) worded as this command's flag:
+        ``lengths must be ...`` -> ``--lengths must be ...``."""
+        message, name = str(error), getattr(error, "field", None)
+        if name in self.flags:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", self.flags[name], message, count=1)
         return message
 
 

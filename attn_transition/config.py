@@ -1,8 +1,18 @@
-"""Configuration of the two attention-transition schedules.
+"""Configuration of the two attention-transition schedules, and their one text codec.
 
 Both configs are frozen dataclasses validated on construction: a wrong type or a
 value out of range raises :class:`~attn_transition.errors.ConfigError` naming the
 field, the value and what is allowed. Defaults are the reference defaults.
+
+Text forms (parse once at the boundary; everything past it holds config objects):
+
+- the spec, ``classic``, ``sra``, ``classic:alpha=1,beta=0.5``: :func:`parse_config`, and
+  :func:`format_config` (canonical: non-default fields only; ``parse_config(format_config(c)) == c``),
+  also the label of a config in bench logs and tables; :func:`parse_configs` for a list;
+- the grid, ``alpha=0.5,1;beta=0.1,0.5`` (the product of the values; ``sra:...``; ``seed``):
+  :func:`parse_grid`;
+- the seed's output key, ``decode_al_05_be_01_lay_2`` / ``decode_sra_thr_64``: the named codec
+  :func:`seed_key` / :func:`parse_seed_key` (``decode_or`` is the plain model).
 """
 
 from __future__ import annotations
@@ -10,11 +20,15 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Union
+import itertools
+import re
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 from .errors import ConfigError, did_you_mean
 
-__all__ = ["ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "SCHEDULES"]
+__all__ = ["ClassicConfig", "SRAConfig", "TransitionConfig", "SCHEDULES", "parse_config", "format_config",
+           "parse_configs", "parse_grid", "seed_grid", "SEED_GRID", "config_dict", "SEED_PLAIN_KEY", "seed_key",
+           "parse_seed_key"]
 
 
 def _check_number(owner: str, name: str, value: Any, *, low: float, high: float = math.inf,
@@ -134,6 +148,26 @@ TransitionConfig = Union[ClassicConfig, SRAConfig]
 SCHEDULES: dict[str, type] = {"classic": ClassicConfig, "sra": SRAConfig}
 
 
+# --------------------------------------------------------------------------- specs
+
+def _schedule(name: str, where: str) -> type:
+    """The config class of a schedule name; ConfigError with a hint otherwise."""
+    key = name.strip().lower()
+    if key not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {key!r} in {where}; use one of {sorted(SCHEDULES)}"
+                          f"{did_you_mean(key, SCHEDULES)}")
+    return SCHEDULES[key]
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    """The field ``name`` of a config class; ConfigError with a hint otherwise."""
+    by_name = {f.name: f for f in fields(cls)}
+    if name not in by_name:
+        raise ConfigError(f"{cls.__name__} has no field {name!r}{did_you_mean(name, by_name)}; "
+                          f"fields: {', '.join(by_name)}")
+    return by_name[name]
+
+
 def _coerce(owner: str, field: dataclasses.Field, text: str) -> Any:
     """Turn the text of a ``key=value`` pair into the field's type."""
     default = field.default
@@ -155,6 +189,21 @@ def _coerce(owner: str, field: dataclasses.Field, text: str) -> Any:
     return text
 
 
+def _pairs(items: str, where: str) -> list[tuple[str, str]]:
+    """``"a=1,b=2"`` -> ``[("a", "1"), ("b", "2")]``."""
+    out = []
+    for item in filter(None, (p.strip() for p in items.split(","))):
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise ConfigError(f"config item {item!r} in {where} must look like key=value")
+        out.append((key.strip(), text.strip()))
+    return out
+
+
+def _build(cls: type, pairs: Sequence[tuple[str, str]]) -> TransitionConfig:
+    return cls(**{key: _coerce(cls.__name__, _field(cls, key), text) for key, text in pairs})
+
+
 def parse_config(spec: str) -> TransitionConfig:
     """Build a config from a compact string such as ``"classic"``, ``"sra"`` or
     ``"classic:alpha=1,beta=0.5,intervals_per_layer=2"``.
@@ -164,20 +213,198 @@ def parse_config(spec: str) -> TransitionConfig:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"a config spec must be a non-empty string like 'classic:alpha=1', got {spec!r}")
     head, _, tail = spec.strip().partition(":")
-    head = head.strip().lower()
-    if head not in SCHEDULES:
-        extra = did_you_mean(head, SCHEDULES)
-        raise ConfigError(f"unknown schedule {head!r} in config {spec!r}; use one of {sorted(SCHEDULES)}{extra}")
-    cls = SCHEDULES[head]
-    by_name = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in tail.split(","))):
-        key, eq, text = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise ConfigError(f"config item {item!r} in {spec!r} must look like key=value")
-        if key not in by_name:
-            extra = did_you_mean(key, by_name)
-            raise ConfigError(f"{cls.__name__} has no field {key!r}{extra}; fields: {', '.join(by_name)}")
-        values[key] = _coerce(cls.__name__, by_name[key], text.strip())
-    return cls(**values)
+    where = f"config {spec!r}"
+    return _build(_schedule(head, where), _pairs(tail, where))
+
+
+def _text(value: Any) -> str:
+    """A field value as the spec writes it: ``1`` for 1.0 (as ``:g`` does) unless that loses digits."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        short = f"{value:g}"
+        return short if float(short) == value else repr(value)
+    return str(value)
+
+
+def format_config(config: TransitionConfig) -> str:
+    """The canonical spec of a config: the schedule and its non-default fields, e.g.
+    ``classic:alpha=1`` (the inverse of :func:`parse_config`; also the config's label in logs)."""
+    default = type(config)()
+    changed = [f"{f.name}={_text(getattr(config, f.name))}" for f in fields(config)
+               if getattr(config, f.name) != getattr(default, f.name)]
+    return config.schedule + (":" + ",".join(changed) if changed else "")
+
+
+def parse_configs(specs: Sequence[str]) -> dict[str, TransitionConfig]:
+    """``label -> config`` for several specs, in order, duplicates (same config) dropped."""
+    out: dict[str, TransitionConfig] = {}
+    for spec in specs:
+        config = parse_config(spec)
+        out.setdefault(format_config(config), config)
+    return out
+
+
+def config_dict(config: TransitionConfig) -> dict[str, Any]:
+    """``{"schedule": ..., field: value, ...}`` (as run metadata stores a config)."""
+    return {"schedule": config.schedule, **dataclasses.asdict(config)}
+
+
+# --------------------------------------------------------------------------- grids
+
+# The seed's released grid (63 configs; its published files hold a subset of them).
+SEED_GRID: dict[str, tuple[float, ...]] = {
+    "alpha": (0.5, 1, 1.5),
+    "beta": (0.1, 0.3, 0.5, 0.8, 1, 1.2, 1.5),
+    "intervals_per_layer": (1, 2, 3),
+}
+
+
+def seed_grid() -> list[ClassicConfig]:
+    """The seed's grid: alpha x beta x intervals_per_layer (63 classic configs)."""
+    return [ClassicConfig(alpha=a, beta=b, intervals_per_layer=k)
+            for a, b, k in itertools.product(*SEED_GRID.values())]
+
+
+def parse_grid(spec: str) -> list[TransitionConfig]:
+    """Configs of a grid spec.
+
+    ``seed`` is :func:`seed_grid`; ``none`` is empty; otherwise ``name=v1,v2;name=v3`` over
+    the fields of a schedule (``classic`` unless the spec starts with ``sra:``), e.g.
+    ``alpha=0.5,1;beta=0.1,0.5;intervals_per_layer=2`` (the product, first field outermost).
+    Every combination is validated like ``parse_config``; bad ones raise ConfigError.
+    """
+    text = spec.strip()
+    if text.lower() == "seed":
+        return seed_grid()
+    if text.lower() in ("none", ""):
+        return []
+    head, colon, body = text.partition(":")
+    try:
+        cls = _schedule(head, f"grid {spec!r}") if colon else ClassicConfig
+        axes: dict[str, list[str]] = {}
+        for part in filter(None, (p.strip() for p in (body if colon else text).split(";"))):
+            name, eq, values = part.partition("=")
+            name = name.strip()
+            if not eq:
+                raise ConfigError(f"{part!r} must look like name=value1,value2")
+            _field(cls, name)
+            if name in axes:
+                raise ConfigError(f"field {name!r} appears twice; list all its values once")
+            axes[name] = [v.strip() for v in values.split(",") if v.strip()]
+            if not axes[name]:
+                raise ConfigError(f"field {name!r} has no values")
+        return [_build(cls, list(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+    except ConfigError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith("unknown schedule") else f"grid {spec!r}: {message}") \
+            from None
+
+
+# --------------------------------------------------------------------------- the seed's output keys
+
+SEED_PLAIN_KEY = "decode_or"
+_CLASSIC_KEY = re.compile(r"^decode_al_(\d+)_be_(\d+)_lay_(\d+)((?:_[a-z]+\d*)*)$")
+_SRA_ABBREV = {  # field -> short name used in keys, only written when not the default
+    "begin_length": "beg", "threshold_len": "thr", "elimi_factor_inter": "ei", "elimi_factor_outer": "eo",
+    "strengthen_factor_inter": "si", "strengthen_factor_outer": "so", "dyna_div": "div",
+}
+
+
+def _num(x: float) -> str:
+    """0.5 -> '05', 1.0 -> '1', 1.5 -> '15', 0.1 -> '01' (the seed drops the decimal point)."""
+    return f"{float(x):g}".replace(".", "")
+
+
+def _unnum(text: str) -> float:
+    """Inverse of ``_num`` for the seed's values: a leading 0 means '0.'; '15' means 1.5."""
+    if text.startswith("0") and len(text) > 1:
+        return float("0." + text[1:])
+    if len(text) >= 2:
+        return float(text[0] + "." + text[1:])
+    return float(text)
+
+
+def _pnum(x: float) -> str:
+    """SRA keys spell the decimal point as 'p' (0.5 -> '0p5', 10 -> '10'): unambiguous."""
+    return f"{x:g}".replace(".", "p")
+
+
+def _seed_key(config: TransitionConfig) -> str:
+    if isinstance(config, ClassicConfig):
+        key = f"decode_al_{_num(config.alpha)}_be_{_num(config.beta)}_lay_{config.intervals_per_layer}"
+        if config.strategy != "adding":
+            key += f"_{config.strategy}"
+        if config.min_length != ClassicConfig.min_length:
+            key += f"_min{config.min_length}"
+        return key
+    if isinstance(config, SRAConfig):
+        parts = ["decode_sra"]
+        for f in fields(SRAConfig):
+            value = getattr(config, f.name)
+            if value == f.default:
+                continue
+            if f.name in _SRA_ABBREV:
+                parts.append(f"{_SRA_ABBREV[f.name]}_{_pnum(value)}")
+            else:  # booleans
+                parts.append(f.name.replace("_", "") if value else f"no{f.name.replace('_', '')}")
+        return "_".join(parts)
+    raise TypeError(f"not a transition config: {config!r}")
+
+
+def seed_key(config: TransitionConfig, *, strict: bool = False) -> str:
+    """The seed-format output key of a config, e.g. ``decode_al_05_be_01_lay_2`` or ``decode_sra``.
+
+    Classic keys drop the decimal point, so not every value can be written: with ``strict``,
+    a config whose key does not read back as itself raises ConfigError."""
+    key = _seed_key(config)
+    if strict and parse_seed_key(key) != config:
+        raise ConfigError(f"config {format_config(config)!r} cannot be named in the seed's output-key scheme: "
+                          f"{key!r} reads back as {format_config(parse_seed_key(key))!r}; classic keys write "
+                          f"values without the decimal point, so each must be below 10 with at most 3 decimals")
+    return key
+
+
+def _parse_sra_key(key: str) -> SRAConfig:
+    tokens = key.split("_")[2:]
+    by_abbrev = {v: k for k, v in _SRA_ABBREV.items()}
+    flags = {f.name.replace("_", ""): f.name for f in fields(SRAConfig) if isinstance(f.default, bool)}
+    kwargs: dict[str, Any] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok in by_abbrev and i + 1 < len(tokens):
+            name = by_abbrev[tok]
+            try:
+                kwargs[name] = _coerce("SRAConfig", _field(SRAConfig, name), tokens[i + 1].replace("p", "."))
+            except ConfigError:
+                raise ConfigError(f"bad value {tokens[i + 1]!r} for {name} in output key {key!r}") from None
+            i += 2
+        elif tok in flags or (tok.startswith("no") and tok[2:] in flags):
+            kwargs[flags[tok] if tok in flags else flags[tok[2:]]] = tok in flags
+            i += 1
+        else:
+            raise ConfigError(f"unrecognised part {tok!r} in output key {key!r}")
+    return SRAConfig(**kwargs)
+
+
+def parse_seed_key(key: str) -> Optional[TransitionConfig]:
+    """The config of a seed-format output key; ``None`` for the plain ``decode_or``."""
+    if key == SEED_PLAIN_KEY:
+        return None
+    m = _CLASSIC_KEY.match(key)
+    if m:
+        kwargs: dict[str, Any] = {"alpha": _unnum(m.group(1)), "beta": _unnum(m.group(2)),
+                                  "intervals_per_layer": int(m.group(3))}
+        for extra in filter(None, m.group(4).split("_")):
+            if extra in ClassicConfig.STRATEGIES:
+                kwargs["strategy"] = extra
+            elif extra.startswith("min") and extra[3:].isdigit():
+                kwargs["min_length"] = int(extra[3:])
+            else:
+                raise ConfigError(f"unrecognised suffix {extra!r} in output key {key!r}")
+        return ClassicConfig(**kwargs)
+    if key == "decode_sra" or key.startswith("decode_sra_"):
+        return _parse_sra_key(key)
+    raise ConfigError(f"output key {key!r} is neither {SEED_PLAIN_KEY!r}, a classic key like "
+                      f"'decode_al_05_be_01_lay_2' nor an SRA key like 'decode_sra'")

@@ -6,11 +6,19 @@ The subclasses also derive from the matching built-in type (``ValueError``,
 ``TypeError``) so code written against plain Python exceptions keeps working.
 """
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 
 class AttnTransitionError(Exception):
-    """Base class of every error raised on purpose by attn_transition."""
+    """Base class of every error raised on purpose by attn_transition.
+
+    ``field`` (optional) is the name of the setting that is wrong, as the message writes it
+    (``"lengths"``): a command line rewords it as its flag (``--lengths``).
+    """
+
+    def __init__(self, *args: object, field: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.field = field
 
 
 class ConfigError(AttnTransitionError, ValueError):

@@ -339,10 +339,10 @@ def test_repair_tail_drops_an_unfinished_line_and_completes_a_whole_one(tmp_path
 def test_repeated_depths_lengths_or_tasks_are_refused():
     from attn_transition.evaluation.bench.runner import BenchSettings
 
-    for kwargs, message in ((dict(depths=(0.25, 0.254)), "--depths has repeated values (depths are told apart "
+    for kwargs, message in ((dict(depths=(0.25, 0.254)), "depths has repeated values (depths are told apart "
                                                          "in whole percents): 25,25.4"),
-                            (dict(lengths=(512, 512)), "--lengths has repeated values"),
-                            (dict(tasks=("kv", "kv")), "--tasks has repeated values")):
+                            (dict(lengths=(512, 512)), "lengths has repeated values"),
+                            (dict(tasks=("kv", "kv")), "tasks has repeated values")):
         with pytest.raises(UsageError, match=re.escape(message)):
             BenchSettings(**kwargs)
 

@@ -14,7 +14,8 @@ import torch
 import attn_transition as at
 from attn_transition.cli import main
 from attn_transition.evaluation.bench import store
-from attn_transition.evaluation.bench.runner import (BenchSettings, Shard, config_label, detect_shard,
+from attn_transition.config import format_config as config_label
+from attn_transition.evaluation.bench.runner import (BenchSettings, Shard, detect_shard,
                                                      edits_anything, run_bench)
 from test_bench_pure import char_tokenizer
 

@@ -56,8 +56,11 @@ def test_registry_refuses_a_second_module_for_one_name_and_words_errors_with_fla
         commands.register_command("bench", help="x", add_arguments=lambda p: None, run=run)
     cmd = commands.Command("probe", help="probe", add_arguments=lambda p: None, run=run,
                            flags={"lengths": "--lengths", "max_new_tokens": "--max-new-tokens"})
-    assert cmd.word("lengths must be positive; max_new_tokens=0; lengths_x stays") == \
-        "--lengths must be positive; --max-new-tokens=0; lengths_x stays"
+    from attn_transition.errors import UsageError
+
+    assert cmd.word(UsageError("lengths_x and lengths must be positive", field="lengths")) == \
+        "lengths_x and --lengths must be positive"
+    assert cmd.word(UsageError("lengths must be positive")) == "lengths must be positive"   # no field: as is
     with pytest.raises(ValueError, match="one non-empty line"):
         commands.Command("bad", help="two\nlines", add_arguments=lambda p: None, run=run)
 
@@ -70,7 +73,7 @@ def test_a_command_registered_in_process_runs_and_its_library_errors_name_flags(
         parser.add_argument("--lengths")
 
     def run(args):
-        raise UsageError(f"lengths {args.lengths!r} must be a list of integers")
+        raise UsageError(f"lengths {args.lengths!r} must be a list of integers", field="lengths")
 
     commands.register_command("probe-cmd", help="a test command", add_arguments=add, run=run,
                               flags={"lengths": "--lengths"})

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from attn_transition.config import TransitionConfig, parse_config
+from attn_transition.config import TransitionConfig, config_dict, format_config, parse_config
 from attn_transition.errors import UsageError
 
 from ..fileio import write_json_atomic
@@ -34,7 +34,7 @@ from .prompts import FORMATS, Prompt, build_prompt, resolve_format
 from .scoring import score
 from .tasks import DEFAULT_TASKS, Sample, get_task, make_samples, task_data
 
-__all__ = ["BenchSettings", "Shard", "detect_shard", "config_label", "parse_configs", "DEFAULT_CONFIGS",
+__all__ = ["BenchSettings", "Shard", "detect_shard", "DEFAULT_CONFIGS",
            "TUNE_GRID", "run_bench", "edits_anything", "generate_batch", "check_lengths"]
 
 DEFAULT_CONFIGS: tuple[str, ...] = ("classic", "sra")
@@ -46,14 +46,23 @@ TUNE_GRID: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What to run. Validated on construction (UsageError naming the field)."""
+    """What to run. Validated on construction (UsageError naming the field).
+
+    Args:
+        configs: the transition configs, as :class:`~attn_transition.config.TransitionConfig`
+            objects or specs (``"classic:alpha=1"``, parsed here, once); held as configs, a
+            config given twice kept once. Each is known by its label,
+            :func:`~attn_transition.config.format_config`.
+        The other fields are the task grid, the generation and the statistics; ``attn-transition
+        bench --help`` says what each flag means.
+    """
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
     lengths: tuple[int, ...] = (512, 1024, 2048)
     depths: tuple[float, ...] = (0.0, 0.5, 1.0)
     per_cell: int = 1
     seed: int = 0
-    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    configs: tuple[TransitionConfig, ...] = DEFAULT_CONFIGS
     max_new_tokens: int = 8
     batch_size: int = 1
     prompt_format: str = "auto"
@@ -64,53 +73,41 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise UsageError("BenchSettings.tasks must name at least one task")
+            raise UsageError("tasks must name at least one task", field="tasks")
         for t in self.tasks:
             get_task(t)
         if not self.lengths or any(not isinstance(n, int) or n < 16 for n in self.lengths):
-            raise UsageError(f"--lengths must be ints >= 16 (prompt tokens), got {list(self.lengths)}")
+            raise UsageError(f"lengths must be ints >= 16 (prompt tokens), got {list(self.lengths)}", field="lengths")
         if not self.depths or any(not 0.0 <= d <= 1.0 for d in self.depths):
-            raise UsageError(f"--depths must be numbers in [0, 1] (fraction of the context), got {list(self.depths)}")
+            raise UsageError(f"depths must be numbers in [0, 1] (fraction of the context), got {list(self.depths)}", field="depths")
         # Item ids carry the task, the length and the depth in whole percent: they must not collide.
         for name, keys, shown in (("tasks", list(self.tasks), list(self.tasks)),
                                   ("lengths", list(self.lengths), list(self.lengths)),
                                   ("depths", [round(d * 100) for d in self.depths], [f"{d * 100:g}" for d in self.depths])):
             if len(set(keys)) != len(keys):
                 extra = " (depths are told apart in whole percents)" if name == "depths" else ""
-                raise UsageError(f"--{name} has repeated values{extra}: {','.join(map(str, shown))}; "
-                                 f"give each value once")
+                raise UsageError(f"{name} has repeated values{extra}: {','.join(map(str, shown))}; "
+                                 f"give each value once", field=name)
         for name, low in (("per_cell", 1), ("max_new_tokens", 1), ("batch_size", 1), ("n_boot", 100)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
-                raise UsageError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value!r}")
+                raise UsageError(f"{name} must be an int >= {low}, got {value!r}", field=name)
         if self.prompt_format not in FORMATS:
-            raise UsageError(f"--prompt-format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}")
+            raise UsageError(f"prompt_format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}", field="prompt_format")
         if not 0.0 < self.dev_fraction < 1.0:
-            raise UsageError(f"--dev-fraction must be in (0, 1), got {self.dev_fraction}")
+            raise UsageError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}", field="dev_fraction")
         if not self.configs:
-            raise UsageError("at least one --config is needed")
-        parse_configs(self.configs)                       # ConfigError on a bad spec
+            raise UsageError("configs must hold at least one config", field="configs")
+        configs = [parse_config(c) if isinstance(c, str) else c for c in self.configs]
+        object.__setattr__(self, "configs", tuple({format_config(c): c for c in reversed(configs)}.values())[::-1])
 
+    def labelled(self) -> dict[str, TransitionConfig]:
+        """``label -> config``, in order (the label is the config's canonical spec)."""
+        return {format_config(c): c for c in self.configs}
 
-def config_label(config: TransitionConfig) -> str:
-    """Canonical short name: the schedule plus its non-default fields, e.g. ``classic:alpha=1.0``."""
-    default = type(config)()
-
-    def text(value: Any) -> str:
-        return f"{value:g}" if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
-
-    changed = [f"{f.name}={text(getattr(config, f.name))}" for f in dataclasses.fields(config)
-               if getattr(config, f.name) != getattr(default, f.name)]
-    return config.schedule + (":" + ",".join(changed) if changed else "")
-
-
-def parse_configs(specs: Sequence[str]) -> dict[str, TransitionConfig]:
-    """``label -> config`` for the given specs, in order, duplicates dropped."""
-    out: dict[str, TransitionConfig] = {}
-    for spec in specs:
-        cfg = parse_config(spec)
-        out.setdefault(config_label(cfg), cfg)
-    return out
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as results files store them (configs by label)."""
+        return {**dataclasses.asdict(self), "configs": list(self.labelled())}
 
 
 def edits_anything(config: TransitionConfig, num_layers: int, n: int) -> bool:
@@ -278,7 +275,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     out = Path(out_dir)
     check_lengths(model, settings)
     chat = resolve_format(settings.prompt_format, tokenizer)
-    configs = parse_configs(settings.configs)
+    configs = settings.labelled()
     num_layers = schedule_layout(model.config)[0]   # hybrids: attention layers only
 
     samples = make_samples(settings.tasks, settings.lengths, settings.depths, settings.per_cell, settings.seed)
@@ -396,8 +393,8 @@ def _results(settings: BenchSettings, samples: Sequence[Sample], prompts: Sequen
             "num_layers": getattr(model.config, "num_hidden_layers", None),
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
             "device": str(next(model.parameters()).device),
-            "settings": dataclasses.asdict(settings),
-            "configs": {label: {"schedule": cfg.schedule, **dataclasses.asdict(cfg)} for label, cfg in configs.items()},
+            "settings": settings.as_dict(),
+            "configs": {label: config_dict(cfg) for label, cfg in configs.items()},
             "inactive": inactive,
             "tune": tune_info or None,
             "versions": _versions(),
