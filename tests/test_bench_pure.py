@@ -281,7 +281,7 @@ def test_accuracy_tables_group_by_keys():
 
 
 # ------------------------------------------------------------------ log files
-def test_log_round_trip_and_corruption_is_reported_with_the_line(tmp_path):
+def test_log_round_trip_and_a_damaged_line_is_skipped_reported_and_left_alone(tmp_path, capsys):
     path = tmp_path / "records.jsonl"
     log = store.RecordLog(path, {"model": "m", "seed": 0})
     log.append([{"item": "a", "config": "stock", "output": "47", "correct": True}])
@@ -292,45 +292,51 @@ def test_log_round_trip_and_corruption_is_reported_with_the_line(tmp_path):
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"type": "record", "item": "c", "conf\n')
     before = path.read_bytes()
-    with pytest.raises(UsageError, match=r"line 4 is not valid JSON"):
-        store.read_log(path)
-    assert path.read_bytes() == before
+    capsys.readouterr()
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "b"]        # c was never counted: it reruns
+    assert "skipped 1 unreadable line(s)" in capsys.readouterr().err and path.read_bytes() == before
     with pytest.raises(UsageError, match="different run"):
         store.check_identity(path, header, {"model": "m", "seed": 1})
 
 
-def test_readers_skip_an_unfinished_last_line_and_only_its_writer_repairs_it(tmp_path):
-    """Under data parallel every rank reads every log while the others may be appending: reading
-    must never modify a file; the log's own RecordLog finishes the repair before it appends."""
+def test_readable_lines_that_are_wrong_stop_the_resume_with_their_line(tmp_path):
     path = tmp_path / "records.jsonl"
     store.RecordLog(path, {"model": "m"}).append([{"item": "a", "config": "stock", "output": "1", "correct": True}])
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write('{"type": "record", "item": "b"')                  # cut mid-write
-    before = path.read_bytes()
-    assert [r["item"] for r in store.read_log(path)[1]] == ["a"]
-    assert path.read_bytes() == before                              # reading changed nothing
-    store.RecordLog(path, {"model": "m"}).append([{"item": "c", "config": "stock", "output": "2", "correct": False}])
-    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "c"]
-    # an unfinished line that is not the last one is damage, not an interrupted append
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write('{"type": "record", "item": "d"\n{"type": "record", "item": "e", "config": "s", "output": "", '
-                 '"correct": false}\n')
-    with pytest.raises(UsageError, match="line 4 is not valid JSON"):
-        store.read_log(path)
+    for line, fragment in [('{"type": "record", "item": "b"}', "line 3 lacks config, output, correct"),
+                           ('{"type": "header", "format": "attn-transition-bench-log/1"}', "line 3 is a second header"),
+                           ('{"kind": "other"}', "line 3 is neither a header nor a record")]:
+        text = path.read_text(encoding="utf-8").splitlines(keepends=True)[:2]
+        path.write_text("".join(text) + line + "\n", encoding="utf-8")
+        with pytest.raises(UsageError, match=fragment):
+            store.read_log(path)
 
 
-def test_repair_tail_drops_an_unfinished_line_and_completes_a_whole_one(tmp_path):
+def test_readers_skip_an_unfinished_last_line_and_the_writer_never_truncates(tmp_path):
+    """Under data parallel every rank reads every log while the others may be appending: reading
+    must never modify a file, and appending after a torn line leaves it whole, on its own line."""
     path = tmp_path / "records.jsonl"
-    log = store.RecordLog(path, {"model": "m"})
-    log.append([{"item": "a", "config": "stock", "output": "47", "correct": True}])
-    good = path.read_bytes()
-    assert store.repair_tail(path) is None and path.read_bytes() == good
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write('{"type": "record", "item": "b", "conf')           # cut mid-write
-    assert "dropped" in store.repair_tail(path) and path.read_bytes() == good
+    store.RecordLog(path, {"model": "m"}).append([{"item": "a", "config": "stock", "output": "1", "correct": True}])
+    done = ["a"]
+    for tail in ('{"type": "record", "item": "b"', '{"type": "record", "item": "b", "output": "\u2019'):
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(tail)                                                  # cut mid-write (also inside a character)
+        if tail.endswith("\u2019"):
+            path.write_bytes(path.read_bytes()[:-1])                        # ... cut inside its UTF-8 bytes
+        before = path.read_bytes()
+        assert [r["item"] for r in store.read_log(path)[1]] == done          # the torn b is not done
+        assert path.read_bytes() == before                                  # reading changed nothing
+        store.RecordLog(path, {"model": "m"}).append([{"item": "c", "config": "stock", "output": "2",
+                                                       "correct": False}])
+        assert path.read_bytes().startswith(before + b"\n")                # appended after it, nothing cut
+        done.append("c")
+    assert [r["item"] for r in store.read_log(path)[1]] == ["a", "c", "c"]
+
+
+def test_a_whole_last_record_without_its_newline_counts(tmp_path):
+    path = tmp_path / "records.jsonl"
+    store.RecordLog(path, {"model": "m"}).append([{"item": "a", "config": "stock", "output": "47", "correct": True}])
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"type": "record", "item": "b", "config": "stock", "output": "1", "correct": false}')
-    assert "completed" in store.repair_tail(path)
     assert [r["item"] for r in store.read_log(path)[1]] == ["a", "b"]
     store.RecordLog(path, {"model": "m"}).append([{"item": "c", "config": "stock", "output": "2", "correct": False}])
     assert [r["item"] for r in store.read_log(path)[1]] == ["a", "b", "c"]

@@ -299,11 +299,11 @@ def test_cli_resume_with_a_corrupted_log_changes_nothing(capsys, model_dir, tmp_
     log = run / "records.jsonl"
     log.write_text('{"type": "header", "format": "attn-transition-bench-log/1", "identity": {}}\n'
                    '{"type": "record", "item": "kv-L400-d000-0", "config": "stock", "output": "1", "correct": false}\n'
-                   'garbage\n', encoding="utf-8")
+                   '{"type": "record", "item": "kv-L400-d000-1"}\n', encoding="utf-8")
     before = log.read_bytes()
     code, _, err = _cli(capsys, "--model", model_dir, *SMALL, "--output-dir", run, "--resume")
     assert code == 2 and err.count("\n") == 1
-    assert "line 3 is not valid JSON" in err and "fix or delete that line" in err
+    assert "line 3 lacks config, output, correct" in err and "fix or delete that line" in err
     assert log.read_bytes() == before and sorted(p.name for p in run.iterdir()) == ["records.jsonl"]
     # --resume on a folder without any log, and a new run into a folder that has one.
     code, _, err = _cli(capsys, "--model", model_dir, *SMALL, "--output-dir", tmp_path / "empty", "--resume")

@@ -9,15 +9,13 @@ skips what is done.
 
 Data parallel: under ``accelerate launch`` or ``torchrun`` (``WORLD_SIZE`` > 1 in the
 environment) each process takes every ``WORLD_SIZE``-th item, writes its own log, and
-rank 0 gathers the records (``torch.distributed``, gloo) and writes the results.
+rank 0 gathers the records (:mod:`..runtime.dist`) and writes the results.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
-import os
-import platform
 import random
 import sys
 import time
@@ -28,7 +26,9 @@ from typing import Any, Callable, Optional, Sequence
 from attn_transition.config import TransitionConfig, config_dict, format_config, parse_config
 from attn_transition.errors import UsageError
 
-from ..fileio import write_json_atomic
+from ..runtime.dist import Shard, close, detect_shard, gather
+from ..runtime.files import write_json_atomic
+from ..runtime.versions import library_versions
 from . import analysis, store
 from .prompts import FORMATS, Prompt, build_prompt, resolve_format
 from .scoring import score
@@ -117,83 +117,12 @@ def edits_anything(config: TransitionConfig, num_layers: int, n: int) -> bool:
     return any(layer_plan(config, layer, num_layers, n) for layer in range(num_layers))
 
 
-@dataclass(frozen=True)
-class Shard:
-    """This process's share of the items under data parallelism."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    def take(self, items: Sequence[Any]) -> list[Any]:
-        return list(items[self.rank::self.world])
-
-
-def detect_shard() -> Shard:
-    """From ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` (set by ``accelerate launch`` and ``torchrun``)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError:
-        raise UsageError("RANK / WORLD_SIZE / LOCAL_RANK must be integers when set") from None
-    if world < 1 or not 0 <= rank < world:
-        raise UsageError(f"RANK={rank} is outside WORLD_SIZE={world}")
-    return Shard(rank, world, local)
-
-
-_OWN_GROUP = False     # the process group was created here (not by accelerate): destroy it at the end
-
-
-def _close_group(shard: Shard) -> None:
-    """Every rank waits here until rank 0 has written the results; then a group created by
-    :func:`_gather` is torn down in order (a gloo group left to the interpreter's exit can abort
-    a process whose peer is still busy)."""
-    global _OWN_GROUP
-    if shard.world == 1:
-        return
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-        if _OWN_GROUP:
-            dist.destroy_process_group()
-            _OWN_GROUP = False
-
-
-def _gather(shard: Shard, obj: Any) -> list[Any]:
-    """Every rank's ``obj``, in rank order (a list of one without distribution)."""
-    if shard.world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    global _OWN_GROUP
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=24))
-        _OWN_GROUP = True
-    out: list[Any] = [None] * shard.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def generate_batch(model: Any, tokenizer: Any, texts: Sequence[str], *, chat: bool,
                    max_new_tokens: int) -> list[str]:
     """Greedy continuations of ``texts`` (left padded); chat prompts already hold their special tokens."""
     from ..models import generate_greedy
 
     return generate_greedy(model, tokenizer, texts, max_new_tokens=max_new_tokens, add_special_tokens=not chat)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for pkg in ("attn-transition", "torch", "transformers", "accelerate", "numpy"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 @dataclass
@@ -319,7 +248,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
             _run_config(model, tokenizer, label, cfg, dev, by_id, settings, chat, log, work, shard, progress,
                         on_records)
         merged = {}
-        for part in _gather(shard, {k: v for k, v in work.done.items() if split.get(k[0]) == "dev"}):
+        for part in gather(shard, {k: v for k, v in work.done.items() if split.get(k[0]) == "dev"}):
             merged.update(part)
         dev_items = [s.as_dict() for s in samples if split[s.item_id] == "dev"]
         chosen, dev_rows = analysis.choose_config(dev_items, merged, list(configs))
@@ -338,9 +267,9 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
         at.disable(model)
 
     mine_ids = {p.item_id for p in mine}
-    parts = _gather(shard, {k: v for k, v in work.done.items() if k[0] in mine_ids})
+    parts = gather(shard, {k: v for k, v in work.done.items() if k[0] in mine_ids})
     if shard.rank != 0:
-        _close_group(shard)
+        close(shard)
         return None
     outcomes: dict[tuple[str, str], dict[str, Any]] = {}
     for recs in parts:
@@ -356,7 +285,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
 
         report.write_markdown(results, out / "summary.md")
         report.write_plots(results, out)
-    _close_group(shard)
+    close(shard)
     return results
 
 
@@ -397,7 +326,7 @@ def _results(settings: BenchSettings, samples: Sequence[Sample], prompts: Sequen
             "configs": {label: config_dict(cfg) for label, cfg in configs.items()},
             "inactive": inactive,
             "tune": tune_info or None,
-            "versions": _versions(),
+            "versions": library_versions(),
             "world_size": shard.world,
             "seconds_per_config": {k: round(v, 2) for k, v in seconds.items()},
             "seconds_this_run": round(wall, 2),
@@ -409,3 +338,6 @@ def _results(settings: BenchSettings, samples: Sequence[Sample], prompts: Sequen
         "records": records,
         "summary": summary,
     }
+
+
+_gather = gather          # the name bench/cli.py still imports

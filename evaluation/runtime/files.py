@@ -1,0 +1,143 @@
+"""Input files read one way, output files written one way.
+
+Reading: every input file of every command goes through :func:`read_text` (and
+:func:`read_json` / :func:`read_jsonl` on top of it), which turn a missing file, a directory,
+a binary or non-UTF-8 file (a UTF-16 export, say), an empty file and malformed JSON into one
+:class:`~attn_transition.errors.UsageError` line naming the file, the line and what to do. A
+UTF-8 byte-order mark and Windows line ends are accepted. JSON's ``NaN`` / ``Infinity``, which
+Python reads but JSON does not allow, are refused with their line.
+
+Writing: :func:`atomic_write` writes a temporary file next to the target, flushes it to disk
+and renames it into place (atomic on POSIX and Windows), so an interruption never leaves half
+a file. :func:`check_paths` is the rule for every command's paths: no output may be one of the
+command's inputs, its cache or another of its outputs (compared after resolving links and
+``..``), so a mistyped ``-o`` cannot destroy data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Iterable, Mapping, Optional
+
+from attn_transition.errors import UsageError
+
+__all__ = ["read_text", "read_json", "read_jsonl", "atomic_write", "write_text_atomic", "write_json_atomic",
+           "check_paths"]
+
+
+def _check_input(path: Path) -> None:
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give the path of a file in it")
+
+
+def read_text(path: str | os.PathLike, *, allow_empty: bool = False) -> str:
+    """The text of a UTF-8 file (a byte-order mark dropped, CRLF read as LF); UsageError otherwise."""
+    path = Path(path)
+    _check_input(path)
+    data = path.read_bytes()
+    if not data.strip() and not allow_empty:
+        raise UsageError(f"{path} is empty; give a file with data in it")
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise UsageError(f"{path} is UTF-16 text; save it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8)")
+    if b"\x00" in data:
+        raise UsageError(f"{path} holds NUL bytes: a binary file, not text; give a JSON/JSONL/CSV text file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise UsageError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+                         f"save it as UTF-8") from None
+    return text.replace("\r\n", "\n")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+_CONSTANT = re.compile(r'(?<![\w".])(NaN|-?Infinity)(?![\w"])')
+
+
+def _loads(text: str, path: Path, line_offset: int = 0) -> Any:
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path} is not valid JSON (line {exc.lineno + line_offset}: {exc.msg})") from None
+    except ValueError as exc:                          # NaN / Infinity
+        found = _CONSTANT.search(text)
+        line = line_offset + (text[:found.start()].count("\n") + 1 if found else 1)
+        raise UsageError(f"{path} line {line}: {exc}; write null or a number") from None
+
+
+def read_json(path: str | os.PathLike, *, expect: Optional[type] = None) -> Any:
+    """Parse a JSON file; with ``expect`` (``list``, ``dict``) its top level must be of that type."""
+    path = Path(path)
+    data = _loads(read_text(path), path)
+    if expect is not None and not isinstance(data, expect):
+        want = {list: "a JSON list", dict: "a JSON object"}.get(expect, expect.__name__)
+        raise UsageError(f"{path} holds {type(data).__name__ if data is not None else 'null'} at the top "
+                         f"level; expected {want}")
+    return data
+
+
+def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line of a JSON-lines file."""
+    path = Path(path)
+    out = []
+    for number, line in enumerate(read_text(path).split("\n"), 1):
+        if line.strip():
+            out.append((number, _loads(line, path, number - 1)))
+    return out
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[str]], Any]) -> None:
+    """Call ``write(handle)`` on a temporary text file and move it onto ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file path to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):                   # only when something failed before the rename
+            os.unlink(tmp)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, *, indent: int = 1) -> None:
+    atomic_write(path, lambda fh: json.dump(data, fh, ensure_ascii=False, indent=indent))
+
+
+def check_paths(*, inputs: Mapping[str, Optional[str | os.PathLike]] = {},
+                outputs: Mapping[str, Optional[str | os.PathLike]]) -> None:
+    """UsageError when an output is an input or the same file as another output.
+
+    ``inputs`` and ``outputs`` map a role (the field name, e.g. ``"outputs"``, ``"cache"``) to a
+    path or None; the error names both roles and the path (the error's ``field`` is the output's role).
+    """
+    seen: dict[Path, str] = {}
+    for role, path in inputs.items():
+        if path is not None:
+            seen.setdefault(Path(path).resolve(), role)
+    for role, path in outputs.items():
+        if path is None:
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise UsageError(f"{role} {path} is the same file as the {seen[resolved]}; writing it would destroy "
+                             f"that; choose another path", field=role)
+        seen[resolved] = role
+
