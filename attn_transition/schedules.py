@@ -152,12 +152,11 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
             m = torch.where(region >= threshold, 1.0, 0.001)
             a = beta * removed / m.sum(-1, keepdim=True)
             block[..., start - width:end - width] += 10 * a * m[..., -width:]
-    elif strategy == "multi":
+    else:
+        assert strategy == "multi", f"strategy {strategy!r} (ClassicConfig validates it)"
         kept = block.sum(-1, keepdim=True)
         # A row whose every weight was eliminated stays zero instead of becoming NaN.
         block.mul_(torch.where(kept > 0, removed / kept.clamp_min(1e-30), 0.0))
-    else:
-        raise ValueError(f"unknown strategy {strategy!r}; use 'adding' or 'multi'")
     return rows
 
 

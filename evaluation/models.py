@@ -213,7 +213,9 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_n
     kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                   pad_token_id=pad_id, temperature=None, top_p=None, top_k=None)
     if plain_switch:
-        kwargs["attn_transition"] = False
+        from attn_transition.patches.compat import SWITCH_KWARG
+
+        kwargs[SWITCH_KWARG] = False
     with torch.inference_mode():
         out = model.generate(**enc, **kwargs)                            # (batch, prompt + new)
     new = out[:, enc["input_ids"].shape[1]:]                              # (batch, new)

@@ -29,6 +29,7 @@ from attn_transition.schedules import apply_edit_, layer_plan
 from .calls import CallPlan, bool_mask, plan_from_mask
 
 __all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "AUTO_CHUNK_MIB", "chunk_budget",
+           "register_attention",
            "implementation_name", "register",
            "row_weights", "weighted_values", "rows_per_chunk"]
 
@@ -304,18 +305,23 @@ def _make_attention(base_name: str) -> Callable:
 _REGISTERED = False
 
 
+def register_attention(name: str, function: Any, *, mask: str = "sdpa") -> None:
+    """Register ``function`` as the attention implementation ``name`` in transformers, with the
+    mask function of the stock implementation ``mask`` ("sdpa": boolean masks, "eager": additive)
+    under the same name: without one, transformers would pass ``attention_mask=None``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    AttentionInterface.register(name, function)
+    AttentionMaskInterface.register(name, {"sdpa": sdpa_mask, "eager": eager_mask}[mask])
+
+
 def register() -> None:
     """Register ``attn_transition_sdpa`` / ``attn_transition_eager`` (idempotent)."""
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-
-    masks = {"sdpa": sdpa_mask, "eager": eager_mask}
     for base in BASE_IMPLEMENTATIONS:
-        AttentionInterface.register(implementation_name(base), _make_attention(base))
-        # Without a mask function under the same name transformers would pass mask=None.
-        AttentionMaskInterface.register(implementation_name(base), masks[base])
+        register_attention(implementation_name(base), _make_attention(base), mask=base)
     _REGISTERED = True
 

@@ -194,11 +194,9 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from attn_transition.patches.attention import register_attention
 
-    AttentionInterface.register(IMPLEMENTATION, _profile_attention)
-    AttentionMaskInterface.register(IMPLEMENTATION, sdpa_mask)
+    register_attention(IMPLEMENTATION, _profile_attention, mask="sdpa")
     _REGISTERED = True
 
 
