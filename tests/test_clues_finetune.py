@@ -148,6 +148,12 @@ def test_cli_steps_one_by_one_on_tiny_models(tmp_path, capsys):
     profiles = [json.loads(x) for x in pl.read_text().splitlines()]
     assert len(profiles) == 3 and pl.read_text().startswith(first_line)
     assert {r["config"]["layers"] for r in profiles} == {"1:"}
+    # a kill while appending the last profile: the torn line is skipped and redone, the file ends in order
+    whole = pl.read_bytes()
+    pl.write_bytes(whole[:-40])
+    assert main(large_argv + ["--resume", "--layers", "1:"]) == 0
+    assert "skipped 1 unreadable line(s)" in capsys.readouterr().err
+    assert [json.loads(x) for x in pl.read_text().splitlines()] == profiles
     # layers / heads the model does not have: one-line error before anything is written
     for flag, value, message in (("--heads", "0,4", "--heads 4 out of range"), ("--layers", "2", "selects no layer"),
                                  ("--layers", "x", "--layers must look like")):

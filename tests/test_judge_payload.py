@@ -6,8 +6,8 @@ import pytest
 
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.judge import JudgeOptions, RequestSpec, cost_usd, payload_for, plan_requests, price_for
-from attn_transition.evaluation.judge_client import RetryPolicy, retry_after_seconds
-from attn_transition.evaluation.judge_payload import (ReplyError, build_payload, cache_key, load_prompts,
+from attn_transition.evaluation.judge.client import RetryPolicy, retry_after_seconds
+from attn_transition.evaluation.judge.payload import (ReplyError, build_payload, cache_key, load_prompts,
                                                       parse_reply, presentation_order, response_format)
 
 from fake_openai import KEYS, make_records

@@ -14,8 +14,8 @@ import pytest
 from attn_transition.cli import main
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.judge import JudgeOptions, judge_file
-from attn_transition.evaluation.judge_client import JudgeCache
-from attn_transition.evaluation.judge_payload import presentation_order, request_seed
+from attn_transition.evaluation.judge.cache import JudgeCache
+from attn_transition.evaluation.judge.payload import presentation_order, request_seed
 
 from fake_openai import FAKE_MODEL, KEYS, FakeJudgeServer, SleepRecorder, fake_score, make_records, write_outputs
 
@@ -193,7 +193,7 @@ def test_resume_after_keyboard_interrupt(tmp_path):
 def test_concurrency_limit_is_respected(tmp_path, monkeypatch):
     import threading
 
-    import attn_transition.evaluation.judge as judge_mod
+    import attn_transition.evaluation.judge.plan as judge_mod
 
     out = write_outputs(tmp_path, n_docs=8)
     original = judge_mod._judge_one
@@ -308,7 +308,7 @@ def test_torn_cache_line_does_not_swallow_the_next_answer(tmp_path):
 
 
 def test_context_length_400_is_a_recorded_failure_and_the_run_goes_on(tmp_path):
-    from attn_transition.evaluation.judge_scores import load_scores
+    from attn_transition.evaluation.judge.scores import load_scores
     from attn_transition.evaluation.report import ReportOptions, build_report
 
     out = write_outputs(tmp_path, n_docs=3)
@@ -354,7 +354,7 @@ def test_client_exception_outside_http_errors_is_a_one_line_usage_error(tmp_path
 
     import openai
 
-    from attn_transition.evaluation.judge_client import JudgeClient
+    from attn_transition.evaluation.judge.client import JudgeClient
 
     class Invalid(openai.APIResponseValidationError):
         def __init__(self) -> None:          # no HTTP response object needed for this test

@@ -7,7 +7,7 @@ import pytest
 
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.judge import JudgeOptions, judge_file
-from attn_transition.evaluation.judge_scores import ScoreTable, load_scores
+from attn_transition.evaluation.judge.scores import ScoreTable, load_scores
 from attn_transition.evaluation.report import (ReportOptions, build_report, crossfit_best, length_variable,
                                                render_markdown, rouge_scores)
 

@@ -7,7 +7,7 @@ import pytest
 
 from attn_transition.cli import main
 from attn_transition.errors import UsageError
-from attn_transition.evaluation.judge_scores import detect_format, load_scores, parse_seed_eva
+from attn_transition.evaluation.judge.scores import detect_format, load_scores, parse_seed_eva
 from attn_transition.evaluation.report import ReportOptions, build_report
 
 KEYS = ["decode_or", "decode_al_05_be_01_lay_2", "decode_al_1_be_05_lay_1"]
@@ -101,8 +101,8 @@ def test_seed_file_parsed_excluded_counted_and_stored_means_exact(tmp_path):
 
 def test_stored_means_like_the_seed_file_round_to_its_printed_values():
     # 200 pairs whose sums are those of the seed's token_1200 file: 8835 and 14924
-    from attn_transition.evaluation.judge_scores import ScoreTable
-    from attn_transition.evaluation.report import _seed_stored
+    from attn_transition.evaluation.judge.scores import ScoreTable
+    from attn_transition.evaluation.report.analysis import _seed_stored
 
     plain = np.array([44.0] * 165 + [45.0] * 35)            # sum 8835
     best = np.array([74.0] * 76 + [75.0] * 124)             # sum 14924

@@ -6,6 +6,7 @@ Thin: argument parsing and file handling only; the logic lives in the sibling mo
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,6 +14,8 @@ from typing import Any, Sequence
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.models import add_model_arguments
+
+from ..runtime.files import check_paths
 
 EPILOG = """steps (each also runs alone):
   biographies   generate seeded synthetic biographies (text + tagged answer spans)
@@ -234,48 +237,63 @@ _PROFILE_SETTINGS = ("layers", "heads", "reduce", "max_length")
 
 
 def _run_profile(args: argparse.Namespace) -> int:
+    """Profiles appended to ``--output`` one text at a time (an append-only log, :mod:`..runtime.log`),
+    so an interruption, even kill -9, keeps every finished profile for ``--resume``."""
     from tqdm.auto import tqdm
 
     from attn_transition.evaluation.models import load_model
 
+    from ..runtime.log import AppendLog, read_log
     from .profile import attention_profile, check_model_config, profile_record
-    from .textio import read_jsonl, read_texts, write_jsonl
+    from .textio import json_safe, read_texts, write_jsonl
 
     config = _profile_config(args)
     rows = read_texts(args.input)                          # validates before the model loads
     out = Path(args.output)
     if out.suffix != ".jsonl":
         raise UsageError(f"--output {out} must end in .jsonl (profiles are nested records)")
-    done: list[dict[str, Any]] = []
+    check_paths(inputs={"--input": args.input}, outputs={"--output": out})
+    done: dict[int, dict[str, Any]] = {}
     if out.exists():
         if not args.resume:
             raise UsageError(f"{out} exists; pass --resume to keep its records and add the missing ones, or "
                              f"choose another --output")
-        done = read_jsonl(out)
-        wanted = {k: config.as_dict()[k] for k in _PROFILE_SETTINGS}
-        for i, record in enumerate(done):
-            if i >= len(rows) or record.get("text") != rows[i]["text"] or record.get("model") != args.model:
-                raise UsageError(f"{out} does not belong to this input and model (record {i} differs); choose "
-                                 f"another --output")
-            stored = record.get("config") or {}
-            changed = [k for k in _PROFILE_SETTINGS if stored.get(k) != wanted[k]]
-            if changed:
-                was = ", ".join(f"{k}={stored.get(k)!r}" for k in changed)
-                raise UsageError(f"{out} was profiled with other settings ({was} in record {i}); resume with the "
-                                 f"same --layers/--heads/--reduce/--max-length or choose another --output")
+        contents = read_log(out)
+        if contents.note():
+            print(f"resume: {contents.note()}", file=sys.stderr)
+        for record in contents.objects:
+            _check_resumed(record, rows, args.model, config, out)
+            done[record["index"]] = record
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
                                   cache=args.cache_dir)
     check_model_config(model.config, config, args.model)   # before anything is profiled or written
-    records = list(done)
-    try:
-        for i in tqdm(range(len(done), len(rows)), desc=f"profile {args.model}", initial=len(done), total=len(rows)):
-            records.append(profile_record(i, args.model, attention_profile(model, tokenizer, rows[i]["text"], config),
-                                          config))
-    finally:
-        if len(records) > len(done):                       # what finished is kept, also on an interrupt
-            write_jsonl(out, records)
-    print(f"{len(records)} profiles -> {out}")
+    log = AppendLog(out)
+    for i in tqdm([i for i in range(len(rows)) if i not in done], desc=f"profile {args.model}",
+                  initial=len(done), total=len(rows)):
+        done[i] = profile_record(i, args.model, attention_profile(model, tokenizer, rows[i]["text"], config), config)
+        log.append([json_safe(done[i])])
+    final = read_log(out)
+    if final.skipped or [r["index"] for r in final.objects] != list(range(len(rows))):
+        write_jsonl(out, [done[i] for i in range(len(rows))])     # redone lines: the file in input order
+    print(f"{len(done)} profiles -> {out}")
     return 0
+
+
+def _check_resumed(record: dict[str, Any], rows: Sequence[dict[str, Any]], model: str, config: Any,
+                   out: Path) -> None:
+    """UsageError unless a profile read back from ``out`` belongs to this input, model and settings."""
+    i = record.get("index")
+    if not isinstance(i, int) or not 0 <= i < len(rows) or record.get("text") != rows[i]["text"] \
+            or record.get("model") != model:
+        raise UsageError(f"{out} does not belong to this input and model (record {i} differs); choose "
+                         f"another --output")
+    wanted = {k: config.as_dict()[k] for k in _PROFILE_SETTINGS}
+    stored = record.get("config") or {}
+    changed = [k for k in _PROFILE_SETTINGS if stored.get(k) != wanted[k]]
+    if changed:
+        was = ", ".join(f"{k}={stored.get(k)!r}" for k in changed)
+        raise UsageError(f"{out} was profiled with other settings ({was} in record {i}); resume with the "
+                         f"same --layers/--heads/--reduce/--max-length or choose another --output")
 
 
 def _run_contrast(args: argparse.Namespace) -> int:

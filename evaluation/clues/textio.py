@@ -1,12 +1,15 @@
 """Reading and writing the clues pipeline's files (CSV / JSONL with a ``text`` column, JSON).
 
-Every write is atomic (``attn_transition.evaluation.fileio``: a temporary file, then a rename), so an
-interrupted run never leaves a half-written file where a finished one is expected.
+Every input is read through the runtime layer's one reader (:mod:`..runtime.files`: one-line errors
+for a missing, binary, non-UTF-8, empty or malformed file) and every write is atomic (a temporary
+file, then a rename), so an interrupted run never leaves a half-written file where a finished one
+is expected.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,8 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from attn_transition.errors import UsageError
 
-from ..fileio import atomic_write, write_text_atomic
-from ..fileio import read_json as _read_json
+from ..runtime import files
+from ..runtime.files import atomic_write, write_text_atomic
 
 __all__ = ["SUFFIXES", "read_rows", "read_texts", "write_rows", "read_jsonl", "write_jsonl", "write_json",
            "write_text", "read_json", "json_safe"]
@@ -32,34 +35,20 @@ def _suffix(path: Path, what: str) -> str:
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """All records of a JSONL file; a broken line is reported with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"file {path} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}:{number} is not valid JSON ({exc.msg}); fix or remove that line") from None
-            if not isinstance(row, dict):
-                raise UsageError(f"{path}:{number} is not a JSON object; each line must be one record")
-            rows.append(row)
+    for number, row in files.read_jsonl(path):
+        if not isinstance(row, dict):
+            raise UsageError(f"{path}:{number} is not a JSON object; each line must be one record")
+        rows.append(row)
     return rows
 
 
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     """Records of a .csv (header row) or .jsonl file."""
     path = Path(path)
-    suffix = _suffix(path, "input file")
-    if not path.is_file():
-        raise UsageError(f"input file {path} does not exist")
-    if suffix == ".jsonl":
+    if _suffix(path, "input file") == ".jsonl":
         return read_jsonl(path)
-    with path.open(encoding="utf-8", newline="") as handle:
-        return [dict(row) for row in csv.DictReader(handle)]
+    return [dict(row) for row in csv.DictReader(io.StringIO(files.read_text(path)))]
 
 
 def read_texts(path: str | Path, column: str = "text") -> list[dict[str, Any]]:
@@ -128,6 +117,6 @@ def write_text(path: str | Path, text: str) -> None:
 
 def read_json(path: str | Path) -> Any:
     try:
-        return _read_json(path)
+        return files.read_json(path)
     except UsageError as exc:
         raise UsageError(f"{exc}; delete it to recompute") from None

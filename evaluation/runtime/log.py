@@ -87,7 +87,8 @@ def read_log(path: str | os.PathLike) -> LogContents:
 
 
 class AppendLog:
-    """Appends objects to a log, one line each, one write and an fsync per call; thread-safe."""
+    """Appends objects to a log, one line each, one write and an fsync per call; thread-safe.
+    Objects must be valid JSON (a NaN is a ValueError: JSON has none)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -106,7 +107,7 @@ class AppendLog:
             return False
 
     def append(self, objects: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects)
+        text = "".join(json.dumps(o, ensure_ascii=False, allow_nan=False) + "\n" for o in objects)
         if not text:
             return
         with self._lock:

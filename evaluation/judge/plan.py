@@ -1,24 +1,11 @@
-"""``attn-transition judge OUTPUTS.json``: score generations with an LLM judge.
+"""Running the judge over a generation file: which requests to make, a bounded worker pool
+that sends them, and the scores file that collects the answers.
 
-Reads a generation file in the seed's format (a JSON list of records with ``document``,
-``summary``, ``id``, ``decode_or`` and one ``decode_<config>`` per setting) and asks an
-OpenAI-compatible Chat Completions server for a 0-100 score of every candidate.
-
-Protocols
-  joint   the seed's: one request per document holding every candidate; cut-off endings
-          and repetition are not penalised (wording: ``prompts/judge_prompts.json``).
-  single  one request per candidate.
-Candidates are anonymised (labels S1, S2, ...; no configuration name reaches the judge) and
-shuffled per document and repeat with a recorded seed; ``--repeats N`` re-asks with other
-orders, which measures the judge's own noise and position bias (see ``report``).
-
-Replies must be JSON (``--response-format json_schema`` by default, a strict schema with
-one entry per label); a malformed or incomplete reply is re-asked ``--reask`` times and
-then recorded as a failure with its raw text -- never dropped or guessed.
-
-Every answer is appended to a JSONL cache (default ``OUTPUTS.judge-cache.jsonl``) keyed
-by a hash of the request payload, model and base URL: rerunning after a crash, Ctrl-C or
-a server failure re-sends only what was not answered yet, and costs nothing already paid.
+Every request is planned up front (:func:`plan_requests`: document, repeat, and the
+candidates it shows in their presented order); :func:`judge_records` sends them through a
+:class:`~.client.JudgeClient` with at most ``concurrency`` in flight, re-asks after a bad
+reply, and folds the answers into the scores document; :func:`judge_file` reads the
+generation file and writes that document next to it.
 
 The scores file (default ``OUTPUTS.scores.json``, written atomically), format version 1::
 
@@ -49,94 +36,31 @@ server's error text is in ``error``; not re-asked, not cached: a rerun asks agai
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import re
 import sys
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
-from .judge_client import (DEFAULT_BASE_URL, Aborted, JudgeCache, JudgeClient, Rejected, RetryPolicy, file_sha256,
-                           import_optional)
-from .judge_payload import (OUTPUT_TOKENS_PER_CANDIDATE, PROMPTS_PATH, PROTOCOLS, RESPONSE_FORMATS, ReplyError,
-                            build_payload, cache_key, estimate_tokens, load_prompts, make_labels, parse_reply,
-                            presentation_order, request_seed)
-from .seedformat import PLAIN_KEY, candidate_keys, read_records, write_json_atomic
+from ..seedformat import PLAIN_KEY, candidate_keys, read_records, write_json_atomic
+from .cache import JudgeCache, file_sha256
+from .client import DEFAULT_BASE_URL, Aborted, JudgeClient, Rejected, RetryPolicy, import_optional
+from .options import JudgeOptions
+from .payload import (PROMPTS_PATH, ReplyError, build_payload, cache_key, load_prompts, make_labels, parse_reply,
+                      presentation_order, request_seed)
+from .pricing import cost_usd, price_for
 
-__all__ = ["JudgeOptions", "RequestSpec", "plan_requests", "price_for", "cost_usd", "judge_records",
-           "judge_file", "dry_run", "default_scores_path", "default_cache_path", "SCORES_FORMAT",
-           "add_arguments", "run"]
+__all__ = ["RequestSpec", "TrialResult", "record_keys", "plan_requests", "payload_for", "judge_records",
+           "make_client", "judge_file", "default_scores_path", "default_cache_path", "SCORES_FORMAT",
+           "SCORES_FORMAT_VERSION"]
 
 SCORES_FORMAT = "attn_transition.judge_scores"
 SCORES_FORMAT_VERSION = 1
-DEFAULT_JUDGE_MODEL = "gpt-4o"
-PRICES_PATH = Path(__file__).parent / "prompts" / "judge_prices.json"
-
-EPILOG = """examples:
-  attn-transition judge out.json --dry-run                       # one prompt + estimated tokens and cost
-  export OPENAI_API_KEY=sk-...; attn-transition judge out.json   # gpt-4o, joint protocol -> out.scores.json
-  attn-transition judge out.json --repeats 3 --protocol single --with-reference
-  OPENAI_API_KEY=dummy attn-transition judge out.json --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
-  attn-transition report out.scores.json --markdown report.md
-
-Rerunning the same command reuses every cached answer (out.judge-cache.jsonl): after a crash,
-Ctrl-C or a server error only the missing requests are sent. A reply that stays malformed is
-recorded as a failure (raw text in the scores file); rerun with a larger --reask to ask again
-(only the new attempts are sent). A request the server refuses for its content (HTTP 400, e.g.
-context_length_exceeded) is recorded as a failure with the server's message; the others go on.
-"""
-
-
-@dataclass(frozen=True)
-class JudgeOptions:
-    judge_model: str = DEFAULT_JUDGE_MODEL
-    base_url: str = DEFAULT_BASE_URL
-    protocol: str = "joint"
-    repeats: int = 1
-    seed: int = 0
-    with_reference: bool = False
-    response_format: str = "json_schema"
-    temperature: float = 0.0
-    max_tokens: Optional[int] = None
-    reask: int = 2                   # extra requests after a malformed/incomplete reply
-    concurrency: int = 4
-    max_retries: int = 6
-    timeout: float = 120.0
-    price_in: Optional[float] = None
-    price_out: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        if self.protocol not in PROTOCOLS:
-            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise UsageError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                             f"got {self.response_format!r}")
-        for name, low in (("repeats", 1), ("concurrency", 1), ("reask", 0), ("max_retries", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise UsageError(f"--temperature must be in [0, 2], got {self.temperature!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens!r}")
-        if not self.timeout > 0:
-            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout!r}")
-        if (self.price_in is None) != (self.price_out is None):
-            raise UsageError("give --price-in and --price-out together (USD per 1M input / output tokens)")
-        for name in ("price_in", "price_out"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0 USD per 1M tokens, got {value!r}")
-        if not self.judge_model:
-            raise UsageError("--judge-model must not be empty")
 
 
 @dataclass(frozen=True)
@@ -162,7 +86,7 @@ class TrialResult:
     cached: list[tuple[int, int]] = field(default_factory=list)   # same, answered from the cache
 
 
-# -- pure planning ------------------------------------------------------------------------------
+# -- planning (pure) ----------------------------------------------------------------------------
 def record_keys(records: Sequence[dict]) -> list[str]:
     """Candidate keys of the file (those of the first record); every record must have the same set."""
     if not records:
@@ -204,29 +128,6 @@ def payload_for(spec: RequestSpec, record: dict, options: JudgeOptions, prompts:
         seed=request_seed(options.seed, spec.doc_index, spec.repeat, attempt, spec.candidate or ""),
         max_tokens=options.max_tokens)
     return payload, labels
-
-
-# -- prices -------------------------------------------------------------------------------------
-def price_for(model: str, options: JudgeOptions, table_path: Path = PRICES_PATH) -> Optional[dict]:
-    """USD per 1M tokens for ``model``: the overrides, else the table (exact name or a dated
-    snapshot of it), else ``None`` (cost unknown)."""
-    if options.price_in is not None:
-        return {"input": float(options.price_in), "output": float(options.price_out), "source": "--price-in/--price-out"}
-    table = json.loads(table_path.read_text(encoding="utf-8"))
-    prices = table["usd_per_1m_tokens"]
-    name = model.split("/")[-1]
-    base = re.sub(r"-\d{4}-\d{2}-\d{2}$", "", name)
-    for candidate in (name, base):
-        if candidate in prices:
-            return {"input": float(prices[candidate]["input"]), "output": float(prices[candidate]["output"]),
-                    "source": f"price table {table['version']} ({candidate})"}
-    return None
-
-
-def cost_usd(prompt_tokens: int, completion_tokens: int, price: Optional[dict]) -> Optional[float]:
-    if price is None:
-        return None
-    return (prompt_tokens * price["input"] + completion_tokens * price["output"]) / 1e6
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -386,8 +287,7 @@ def default_cache_path(outputs: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".judge-cache.jsonl")
 
 
-
-
+# -- files --------------------------------------------------------------------------------------
 def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[str] = None,
                 sleep: Optional[Callable[[float], None]] = None) -> JudgeClient:
     """The official ``openai`` client (its own retries off) wrapped with cache and retries."""
@@ -424,125 +324,3 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
            "outputs": {"path": rel, "sha256": file_sha256(outputs), "documents": len(records)}, **doc}
     write_json_atomic(scores_path, doc)
     return scores_path, doc
-
-
-def _cached_outcome(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: dict,
-                    cache: JudgeCache) -> bool:
-    """Whether the run would settle ``spec`` from the cache alone, walking the attempts as
-    :func:`_judge_one` does: a cached valid reply, or every attempt cached and malformed."""
-    for attempt in range(options.reask + 1):
-        payload, labels = payload_for(spec, record, options, prompts, attempt)
-        hit = cache.get(cache_key(payload, options.judge_model, options.base_url))
-        if hit is None:
-            return False
-        try:
-            parse_reply(hit.get("content"), labels)
-        except ReplyError:
-            continue
-        return True
-    return True
-
-
-def dry_run(outputs: str | os.PathLike, options: JudgeOptions, out: Any = None, *,
-            cache_path: Optional[str | os.PathLike] = None, use_cache: bool = True) -> dict:
-    """Print the first request's prompt and estimate tokens and cost of what the run would
-    send: requests the cache already settles cost nothing and are counted apart."""
-    out = out or sys.stdout
-    records = read_records(outputs)
-    specs = plan_requests(records, options)
-    prompts = load_prompts()
-    cache = JudgeCache(cache_path or default_cache_path(outputs), enabled=use_cache)
-    prompt_tokens = completion_tokens = n_cached = 0
-    first = None
-    for spec in specs:
-        payload, labels = payload_for(spec, records[spec.doc_index], options, prompts)
-        first = first or payload
-        if use_cache and _cached_outcome(spec, records[spec.doc_index], options, prompts, cache):
-            n_cached += 1
-            continue
-        prompt_tokens += sum(estimate_tokens(m["content"]) for m in payload["messages"]) + 4 * len(payload["messages"])
-        completion_tokens += OUTPUT_TOKENS_PER_CANDIDATE * len(labels)
-    price = price_for(options.judge_model, options)
-    cost = cost_usd(prompt_tokens, completion_tokens, price)
-    assert first is not None
-    print(f"--- first request ({options.protocol}, model {options.judge_model}, {options.base_url}) ---", file=out)
-    for m in first["messages"]:
-        print(f"[{m['role']}]\n{m['content']}\n", file=out)
-    if "response_format" in first:
-        print(f"[response_format] {json.dumps(first['response_format'])[:300]}...\n", file=out)
-    cost_text = f"${cost:.2f} ({price['source']})" if cost is not None else \
-        f"unknown (no price for {options.judge_model!r}; pass --price-in/--price-out)"
-    in_cache = (f"{n_cached} already answered in the cache {cache.path} (cost nothing), "
-                if use_cache else "cache not used (--no-cache), ")
-    print(f"--- estimate for {outputs}: {len(records)} documents x {options.repeats} repeat(s) = {len(specs)} "
-          f"requests; {in_cache}{len(specs) - n_cached} to send: ~{prompt_tokens:,} input + "
-          f"~{completion_tokens:,} output tokens (~{OUTPUT_TOKENS_PER_CANDIDATE} per candidate; about 4 characters "
-          f"per token; re-asks after bad replies not included), cost {cost_text}", file=out)
-    return {"requests": len(specs), "cached_requests": n_cached, "requests_to_send": len(specs) - n_cached,
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "cost_usd": cost,
-            "first_payload": first}
-
-
-# -- command line -------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("outputs", metavar="OUTPUTS.json", help="generation file in the seed's format")
-    parser.add_argument("-o", "--output", metavar="PATH", help="scores file (default: OUTPUTS.scores.json)")
-    parser.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"judge model (default {DEFAULT_JUDGE_MODEL})")
-    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM), "
-                             "http://localhost:8080/v1 (llama.cpp), http://localhost:11434/v1 (Ollama)")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="joint",
-                        help="joint: all candidates of a document in one request (the seed's); single: one per request")
-    parser.add_argument("--with-reference", action="store_true", help="show the reference summary to the judge")
-    parser.add_argument("--repeats", type=int, default=1, help="ask N times with other candidate orders (judge noise)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the candidate orders and request seeds")
-    parser.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_schema",
-                        help="structured output mode the server supports (replies are validated strictly anyway)")
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--max-tokens", type=int, default=None, help="reply token limit (default: the server's)")
-    parser.add_argument("--reask", type=int, default=2, help="re-asks after a malformed/incomplete reply")
-    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
-    parser.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (backoff)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--cache", metavar="PATH", help="answer cache (default: OUTPUTS.judge-cache.jsonl)")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the answer cache")
-    parser.add_argument("--price-in", type=float, help="USD per 1M input tokens (overrides the table)")
-    parser.add_argument("--price-out", type=float, help="USD per 1M output tokens (overrides the table)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print one prompt, how many requests the cache already answers, and the estimated "
-                             "tokens/cost of the rest; send nothing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def options_from_args(args: argparse.Namespace) -> JudgeOptions:
-    return JudgeOptions(judge_model=args.judge_model, base_url=args.base_url.rstrip("/"), protocol=args.protocol,
-                        repeats=args.repeats, seed=args.seed, with_reference=args.with_reference,
-                        response_format=args.response_format, temperature=args.temperature,
-                        max_tokens=args.max_tokens, reask=args.reask, concurrency=args.concurrency,
-                        max_retries=args.max_retries, timeout=args.timeout, price_in=args.price_in,
-                        price_out=args.price_out)
-
-
-def _fmt_cost(value: Optional[float]) -> str:
-    return "unknown" if value is None else f"${value:.4f}"
-
-
-def run(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    if args.dry_run:
-        dry_run(args.outputs, options, cache_path=args.cache, use_cache=not args.no_cache)
-        return 0
-    path, doc = judge_file(args.outputs, options, scores_path=args.output, cache_path=args.cache,
-                           use_cache=not args.no_cache, progress=not args.quiet)
-    u, s = doc["usage"], doc["summary"]
-    print(f"wrote {path}: {s['complete_documents']}/{s['documents']} documents fully scored, "
-          f"{s['failed_requests']} failed request(s), {s['bad_replies']} bad repl(ies) recorded")
-    print(f"usage: {u['requests']} answers ({u['new_requests']} new, {u['cached_requests']} cached), "
-          f"{u['prompt_tokens']:,} input + {u['completion_tokens']:,} output tokens, cost {_fmt_cost(u['cost_usd'])} "
-          f"(this run {_fmt_cost(u['new_cost_usd'])})")
-    if u["cost_usd"] is None:
-        print(f"note: {u['cost_note']}")
-    return 0
-
-register_command('judge', help='score generations with an LLM judge (OpenAI-compatible API)',
-                 add_arguments=add_arguments, run=run, epilog=EPILOG)

@@ -32,7 +32,7 @@ __all__ = ["PROTOCOLS", "RESPONSE_FORMATS", "PROMPTS_PATH", "ReplyError", "Reply
 
 PROTOCOLS = ("joint", "single")
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
-PROMPTS_PATH = Path(__file__).parent / "prompts" / "judge_prompts.json"
+PROMPTS_PATH = Path(__file__).parent.parent / "prompts" / "judge_prompts.json"
 SCHEMA_NAME = "summary_scores"
 # Dry-run estimate of the reply: a one-sentence reason, the score and the JSON around them.
 OUTPUT_TOKENS_PER_CANDIDATE = 45

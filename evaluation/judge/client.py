@@ -1,41 +1,33 @@
-"""The judge's network side: an append-only answer cache and a retrying Chat Completions call.
+"""The judge's network side: a retrying Chat Completions call through the official client.
 
-* :class:`JudgeCache` -- JSONL, one line per answer the server gave (HTTP 200), keyed by
-  :func:`~.judge_payload.cache_key`. Lines are appended, flushed and fsynced as answers
-  arrive, so a crash or Ctrl-C loses nothing already paid for; a torn last line (a crash
-  mid-write) is skipped on load, and the next answer starts on a new line after it.
-  Malformed answers are cached too: they were paid for, and re-asking uses a different
-  request (see ``request_seed``).
-* :class:`JudgeClient` -- calls the official ``openai`` client (built with
-  ``max_retries=0``: retrying is done here). 429, 408/409, 5xx, timeouts and connection
-  errors are retried with exponential backoff (deterministic jitter), honouring the
-  server's ``retry-after-ms`` / ``Retry-After`` headers; every wait is recorded in
-  ``waits``. Errors that retrying cannot fix and that hit every request (unknown model,
-  rejected key, an unsupported ``response_format`` or other request setting) become a
-  one-line :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's
-  content (``context_length_exceeded``...) raises :class:`Rejected`, which the caller
-  records as that request's failure. Anything else the client raises (an unreadable
-  answer...) is a one-line ``UsageError`` as well, never a traceback.
+:class:`JudgeClient` answers a payload from the :class:`~.cache.JudgeCache` when it can,
+else calls the official ``openai`` client (built with ``max_retries=0``: retrying is done
+here) and caches the answer. 429, 408/409, 5xx, timeouts and connection errors are retried
+with exponential backoff (deterministic jitter), honouring the server's ``retry-after-ms`` /
+``Retry-After`` headers; every wait is recorded in ``waits``. Errors that retrying cannot
+fix and that hit every request (unknown model, rejected key, an unsupported
+``response_format`` or other request setting) become a one-line
+:class:`~attn_transition.errors.UsageError` at once; a 400 about one request's content
+(``context_length_exceeded``...) raises :class:`Rejected`, which the caller records as that
+request's failure. Anything else the client raises (an unreadable answer...) is a one-line
+``UsageError`` as well, never a traceback.
 """
 
 from __future__ import annotations
 
 import email.utils
-import hashlib
-import json
-import os
 import random
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Optional
 
 from attn_transition.errors import UsageError
 
-__all__ = ["RetryPolicy", "Completion", "JudgeCache", "JudgeClient", "Aborted", "Rejected", "retry_after_seconds",
-           "file_sha256", "import_optional"]
+from .cache import JudgeCache
+
+__all__ = ["DEFAULT_BASE_URL", "RetryPolicy", "Completion", "JudgeClient", "Aborted", "Rejected",
+           "retry_after_seconds", "import_optional"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
@@ -107,64 +99,6 @@ class Completion:
     completion_tokens: int
     cached: bool
     model: Optional[str] = None
-
-
-class JudgeCache:
-    """Append-only JSONL cache of answers, safe to share between threads."""
-
-    def __init__(self, path: str | os.PathLike, *, enabled: bool = True):
-        self.path = Path(path)
-        self.enabled = enabled
-        self._lock = threading.Lock()
-        self._entries: dict[str, dict] = {}
-        self.skipped_lines = 0
-        self._torn_tail = False          # the file ends without a newline: the next append starts a new line
-        if enabled and self.path.exists():
-            with self.path.open("rb") as raw:
-                if raw.seek(0, os.SEEK_END) > 0:
-                    raw.seek(-1, os.SEEK_END)
-                    self._torn_tail = raw.read(1) != b"\n"
-            with self.path.open(encoding="utf-8") as fh:
-                for line in fh:
-                    if not line.strip():
-                        continue
-                    try:
-                        entry = json.loads(line)
-                        self._entries[entry["key"]] = entry
-                    except (json.JSONDecodeError, KeyError, TypeError):
-                        self.skipped_lines += 1    # a torn line from a crash mid-write
-            if self.skipped_lines:
-                print(f"judge: skipped {self.skipped_lines} unreadable line(s) in {self.path}", file=sys.stderr)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: str) -> Optional[dict]:
-        return self._entries.get(key) if self.enabled else None
-
-    def put(self, key: str, entry: dict) -> None:
-        entry = {"key": key, **entry}
-        line = json.dumps(entry, ensure_ascii=False) + "\n"
-        with self._lock:
-            self._entries[key] = entry
-            if not self.enabled:
-                return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                # after a torn last line, start on a new line: the torn one stays unreadable
-                # (skipped on load), this answer does not join it
-                fh.write(("\n" if self._torn_tail else "") + line)
-                fh.flush()
-                os.fsync(fh.fileno())
-            self._torn_tail = False
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def retry_after_seconds(headers: Any) -> Optional[float]:

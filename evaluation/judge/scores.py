@@ -1,6 +1,6 @@
 """Reading judged scores into one table, from either of two files.
 
-* our scores file (written by ``attn-transition judge``; schema in ``judge.py``): per
+* our scores file (written by ``attn-transition judge``; schema in :mod:`.plan`): per
   document, per candidate key, a list of scores over repeats;
 * a seed judged file: the generation records with ``gpt4_eva`` (the judge's free text,
   one entry per candidate) and ``eval_scores`` (``[score of decode_or, best score of
@@ -33,8 +33,8 @@ import numpy as np
 
 from attn_transition.errors import UsageError
 
-from .judge_client import file_sha256
-from .seedformat import PLAIN_KEY, candidate_keys, read_json, read_records, validate_records
+from ..seedformat import PLAIN_KEY, candidate_keys, read_json, read_records, validate_records
+from .cache import file_sha256
 
 __all__ = ["SeedParse", "parse_seed_eva", "ScoreTable", "load_scores", "detect_format", "table_from_seed",
            "table_from_judge", "read_prompt_tokens", "read_selection_buckets"]

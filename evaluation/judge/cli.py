@@ -1,0 +1,99 @@
+"""``attn-transition judge OUTPUTS.json``: score generations with an LLM judge.
+
+Thin layer: parses options into :class:`~.options.JudgeOptions` and calls
+:func:`~.dry_run.dry_run` or :func:`~.plan.judge_file`, then prints the totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Optional
+
+from attn_transition.commands import register_command
+
+from .client import DEFAULT_BASE_URL
+from .dry_run import dry_run
+from .options import DEFAULT_JUDGE_MODEL, JudgeOptions
+from .payload import PROTOCOLS, RESPONSE_FORMATS
+from .plan import judge_file
+
+__all__ = ["EPILOG", "add_arguments", "options_from_args", "run"]
+
+EPILOG = """examples:
+  attn-transition judge out.json --dry-run                       # one prompt + estimated tokens and cost
+  export OPENAI_API_KEY=sk-...; attn-transition judge out.json   # gpt-4o, joint protocol -> out.scores.json
+  attn-transition judge out.json --repeats 3 --protocol single --with-reference
+  OPENAI_API_KEY=dummy attn-transition judge out.json --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
+  attn-transition report out.scores.json --markdown report.md
+
+Rerunning the same command reuses every cached answer (out.judge-cache.jsonl): after a crash,
+Ctrl-C or a server error only the missing requests are sent. A reply that stays malformed is
+recorded as a failure (raw text in the scores file); rerun with a larger --reask to ask again
+(only the new attempts are sent). A request the server refuses for its content (HTTP 400, e.g.
+context_length_exceeded) is recorded as a failure with the server's message; the others go on.
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("outputs", metavar="OUTPUTS.json", help="generation file in the seed's format")
+    parser.add_argument("-o", "--output", metavar="PATH", help="scores file (default: OUTPUTS.scores.json)")
+    parser.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"judge model (default {DEFAULT_JUDGE_MODEL})")
+    parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
+                        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM), "
+                             "http://localhost:8080/v1 (llama.cpp), http://localhost:11434/v1 (Ollama)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="joint",
+                        help="joint: all candidates of a document in one request (the seed's); single: one per request")
+    parser.add_argument("--with-reference", action="store_true", help="show the reference summary to the judge")
+    parser.add_argument("--repeats", type=int, default=1, help="ask N times with other candidate orders (judge noise)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the candidate orders and request seeds")
+    parser.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_schema",
+                        help="structured output mode the server supports (replies are validated strictly anyway)")
+    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--max-tokens", type=int, default=None, help="reply token limit (default: the server's)")
+    parser.add_argument("--reask", type=int, default=2, help="re-asks after a malformed/incomplete reply")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
+    parser.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (backoff)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--cache", metavar="PATH", help="answer cache (default: OUTPUTS.judge-cache.jsonl)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the answer cache")
+    parser.add_argument("--price-in", type=float, help="USD per 1M input tokens (overrides the table)")
+    parser.add_argument("--price-out", type=float, help="USD per 1M output tokens (overrides the table)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print one prompt, how many requests the cache already answers, and the estimated "
+                             "tokens/cost of the rest; send nothing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def options_from_args(args: argparse.Namespace) -> JudgeOptions:
+    return JudgeOptions(judge_model=args.judge_model, base_url=args.base_url.rstrip("/"), protocol=args.protocol,
+                        repeats=args.repeats, seed=args.seed, with_reference=args.with_reference,
+                        response_format=args.response_format, temperature=args.temperature,
+                        max_tokens=args.max_tokens, reask=args.reask, concurrency=args.concurrency,
+                        max_retries=args.max_retries, timeout=args.timeout, price_in=args.price_in,
+                        price_out=args.price_out)
+
+
+def _fmt_cost(value: Optional[float]) -> str:
+    return "unknown" if value is None else f"${value:.4f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    if args.dry_run:
+        dry_run(args.outputs, options, cache_path=args.cache, use_cache=not args.no_cache)
+        return 0
+    path, doc = judge_file(args.outputs, options, scores_path=args.output, cache_path=args.cache,
+                           use_cache=not args.no_cache, progress=not args.quiet)
+    u, s = doc["usage"], doc["summary"]
+    print(f"wrote {path}: {s['complete_documents']}/{s['documents']} documents fully scored, "
+          f"{s['failed_requests']} failed request(s), {s['bad_replies']} bad repl(ies) recorded")
+    print(f"usage: {u['requests']} answers ({u['new_requests']} new, {u['cached_requests']} cached), "
+          f"{u['prompt_tokens']:,} input + {u['completion_tokens']:,} output tokens, cost {_fmt_cost(u['cost_usd'])} "
+          f"(this run {_fmt_cost(u['new_cost_usd'])})")
+    if u["cost_usd"] is None:
+        print(f"note: {u['cost_note']}")
+    return 0
+
+
+register_command('judge', help='score generations with an LLM judge (OpenAI-compatible API)',
+                 add_arguments=add_arguments, run=run, epilog=EPILOG)

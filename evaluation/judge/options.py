@@ -1,0 +1,59 @@
+"""The settings of one judge run (:class:`JudgeOptions`), checked when they are made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from attn_transition.errors import UsageError
+
+from .client import DEFAULT_BASE_URL
+from .payload import PROTOCOLS, RESPONSE_FORMATS
+
+__all__ = ["JudgeOptions", "DEFAULT_JUDGE_MODEL"]
+
+DEFAULT_JUDGE_MODEL = "gpt-4o"
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    judge_model: str = DEFAULT_JUDGE_MODEL
+    base_url: str = DEFAULT_BASE_URL
+    protocol: str = "joint"
+    repeats: int = 1
+    seed: int = 0
+    with_reference: bool = False
+    response_format: str = "json_schema"
+    temperature: float = 0.0
+    max_tokens: Optional[int] = None
+    reask: int = 2                   # extra requests after a malformed/incomplete reply
+    concurrency: int = 4
+    max_retries: int = 6
+    timeout: float = 120.0
+    price_in: Optional[float] = None
+    price_out: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise UsageError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, "
+                             f"got {self.response_format!r}")
+        for name, low in (("repeats", 1), ("concurrency", 1), ("reask", 0), ("max_retries", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise UsageError(f"--temperature must be in [0, 2], got {self.temperature!r}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens!r}")
+        if not self.timeout > 0:
+            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout!r}")
+        if (self.price_in is None) != (self.price_out is None):
+            raise UsageError("give --price-in and --price-out together (USD per 1M input / output tokens)")
+        for name in ("price_in", "price_out"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 0 USD per 1M tokens, got {value!r}")
+        if not self.judge_model:
+            raise UsageError("--judge-model must not be empty")
