@@ -22,7 +22,7 @@ from attn_transition.config import parse_seed_key as parse_config_key
 from attn_transition.config import seed_key as config_key
 from attn_transition.errors import UsageError
 
-from .fileio import read_json, write_json_atomic   # noqa: F401  (part of this module's API)
+from .runtime.files import read_json, write_json_atomic   # noqa: F401  (part of this module's API)
 
 __all__ = ["PLAIN_KEY", "REQUIRED_FIELDS", "config_key", "parse_config_key", "candidate_keys",
            "read_records", "write_records", "validate_records", "read_json", "write_json_atomic"]
@@ -36,20 +36,40 @@ def candidate_keys(record: dict) -> list[str]:
 
 
 def validate_records(records: Any, source: str = "input") -> list[dict]:
-    """Check the seed format; raise UsageError naming the record and field that is wrong."""
+    """Check the seed format; raise UsageError naming the record and field that is wrong.
+
+    ``document`` and ``summary`` are non-null strings (a null would be judged as the text
+    "None"), ``id`` a string or an int, unique, all of one type (1 and "1" would be one
+    document after a round trip through other tools), every ``decode_*`` a string.
+    """
     if not isinstance(records, list):
         raise UsageError(f"{source}: expected a JSON list of records, got {type(records).__name__}")
+    seen: dict[Any, int] = {}
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             raise UsageError(f"{source}: record {i} is a {type(rec).__name__}, expected an object")
         for field in REQUIRED_FIELDS:
             if field not in rec:
                 raise UsageError(f"{source}: record {i} (id {rec.get('id', '?')!r}) has no {field!r} field")
-        for key in candidate_keys(rec):
+        ident = rec["id"]
+        if isinstance(ident, bool) or not isinstance(ident, (str, int)):
+            raise UsageError(f"{source}: record {i} field 'id' must be a string or an integer, got "
+                             f"{_kind(ident)}")
+        if type(ident) is not type(records[0].get("id")):
+            raise UsageError(f"{source}: record {i} has id {ident!r} ({_kind(ident)}) but record 0 has "
+                             f"{records[0].get('id')!r} ({_kind(records[0].get('id'))}); use one type for all ids")
+        if ident in seen:
+            raise UsageError(f"{source}: records {seen[ident]} and {i} have the same id {ident!r}; ids must be unique")
+        seen[ident] = i
+        for key in ("document", "summary", *candidate_keys(rec)):
             if not isinstance(rec[key], str):
-                raise UsageError(f"{source}: record {i} (id {rec['id']!r}) field {key!r} must be a string, "
-                                 f"got {type(rec[key]).__name__}")
+                raise UsageError(f"{source}: record {i} (id {ident!r}) field {key!r} must be a string, "
+                                 f"got {_kind(rec[key])}")
     return records
+
+
+def _kind(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

@@ -6,6 +6,7 @@ incomplete object, 404 for an unknown model, or slowly. Waits are injected and r
 nothing here measures time.
 """
 
+import io
 import json
 import socket
 
@@ -105,6 +106,24 @@ def test_malformed_reply_is_reasked_then_recorded_with_raw_text(tmp_path):
     assert fails[0]["raw"].startswith("Here are my scores") and "not valid JSON" in fails[0]["error"]
     assert "missing S1" in fails[1]["error"] and json.loads(fails[1]["raw"])
     assert doc["summary"]["complete_documents"] == 2 and doc["summary"]["bad_replies"] == 2
+
+
+def test_a_reask_tells_the_judge_what_was_wrong_and_differs_from_the_first_request(tmp_path):
+    out = write_outputs(tmp_path, n_docs=1)
+    with FakeJudgeServer(script=["malformed"]) as server:
+        _, doc = judge_file(out, _opts(server, concurrency=1, reask=2), api_key="test", progress=False)
+        first, second = server.requests[:2]
+    assert doc["summary"]["complete_documents"] == 1
+    assert second["messages"][:len(first["messages"])] == first["messages"]
+    said, told = second["messages"][len(first["messages"]):]
+    assert said["role"] == "assistant" and said["content"].startswith("Here are my scores")
+    assert told["role"] == "user" and "could not be used: " in told["content"]
+    assert doc["documents"][0]["failures"][0]["error"] in told["content"]
+    # the dry run walks the same attempts (the re-ask included): the cache settles everything now
+    from attn_transition.evaluation.judge import dry_run
+
+    got = dry_run(out, _opts(server, concurrency=1, reask=2), out=io.StringIO())
+    assert (got["cached_requests"], got["requests_to_send"]) == (1, 0)
 
 
 def test_permanently_malformed_is_a_recorded_failure_not_a_guess(tmp_path):

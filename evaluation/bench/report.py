@@ -126,7 +126,7 @@ def markdown(results: Mapping[str, Any]) -> str:
 
 
 def write_markdown(results: Mapping[str, Any], path: Path) -> None:
-    from ..fileio import write_text_atomic
+    from ..runtime.files import write_text_atomic
 
     write_text_atomic(path, markdown(results))
 

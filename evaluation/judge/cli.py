@@ -96,4 +96,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 register_command('judge', help='score generations with an LLM judge (OpenAI-compatible API)',
-                 add_arguments=add_arguments, run=run, epilog=EPILOG)
+                 add_arguments=add_arguments, run=run, epilog=EPILOG,
+                 flags={"scores": "-o/--output", "cache": "--cache", "input": "OUTPUTS.json"})

@@ -16,7 +16,7 @@ from ..seedformat import read_records
 from .cache import JudgeCache
 from .options import JudgeOptions
 from .payload import OUTPUT_TOKENS_PER_CANDIDATE, ReplyError, cache_key, estimate_tokens, load_prompts, parse_reply
-from .plan import RequestSpec, default_cache_path, payload_for, plan_requests
+from .plan import RequestSpec, default_cache_path, payload_for, plan_requests, reply_problem
 from .pricing import cost_usd, price_for
 
 __all__ = ["dry_run"]
@@ -26,14 +26,16 @@ def _cached_outcome(spec: RequestSpec, record: dict, options: JudgeOptions, prom
                     cache: JudgeCache) -> bool:
     """Whether the run would settle ``spec`` from the cache alone, walking the attempts as
     :func:`~.plan._judge_one` does: a cached valid reply, or every attempt cached and malformed."""
+    previous = None
     for attempt in range(options.reask + 1):
-        payload, labels = payload_for(spec, record, options, prompts, attempt)
+        payload, labels = payload_for(spec, record, options, prompts, attempt, previous)
         hit = cache.get(cache_key(payload, options.judge_model, options.base_url))
         if hit is None:
             return False
         try:
             parse_reply(hit.get("content"), labels)
-        except ReplyError:
+        except ReplyError as exc:
+            previous = (hit.get("content"), reply_problem(exc, hit.get("finish_reason")))
             continue
         return True
     return True

@@ -27,7 +27,7 @@ from typing import Any, Optional, Sequence
 from attn_transition.errors import UsageError
 
 __all__ = ["PROTOCOLS", "RESPONSE_FORMATS", "PROMPTS_PATH", "ReplyError", "Reply", "load_prompts",
-           "presentation_order", "make_labels", "request_seed", "build_messages", "response_format",
+           "presentation_order", "make_labels", "request_seed", "build_messages", "response_format", "with_reask",
            "build_payload", "cache_key", "parse_reply", "estimate_tokens", "OUTPUT_TOKENS_PER_CANDIDATE"]
 
 PROTOCOLS = ("joint", "single")
@@ -130,6 +130,19 @@ def build_payload(*, prompts: dict, protocol: str, document: str, texts: Sequenc
     if max_tokens is not None:
         payload["max_tokens"] = int(max_tokens)
     return payload
+
+
+REASK = ("Your reply could not be used: {error}. Reply again with only the JSON object asked for: "
+         "one entry per summary label, each with a short \"reason\" and an integer \"score\" from 0 to 100.")
+
+
+def with_reask(payload: dict[str, Any], reply: Optional[str], error: str) -> dict[str, Any]:
+    """The payload of a re-ask: the first request, the reply that failed, and what was wrong with it
+    (a greedy server asked the same thing again would answer the same)."""
+    brief = error if len(error) <= 300 else error[:297] + "..."
+    messages = [*payload["messages"], {"role": "assistant", "content": reply or ""},
+                {"role": "user", "content": REASK.format(error=brief)}]
+    return {**payload, "messages": messages}
 
 
 def cache_key(payload: dict, model: str, base_url: str) -> str:

@@ -47,12 +47,13 @@ from typing import Callable, Optional, Sequence
 
 from attn_transition.errors import UsageError
 
+from ..runtime.files import check_paths
 from ..seedformat import PLAIN_KEY, candidate_keys, read_records, write_json_atomic
 from .cache import JudgeCache, file_sha256
 from .client import DEFAULT_BASE_URL, Aborted, JudgeClient, Rejected, RetryPolicy, import_optional
 from .options import JudgeOptions
 from .payload import (PROMPTS_PATH, ReplyError, build_payload, cache_key, load_prompts, make_labels, parse_reply,
-                      presentation_order, request_seed)
+                      presentation_order, request_seed, with_reask)
 from .pricing import cost_usd, price_for
 
 __all__ = ["RequestSpec", "TrialResult", "record_keys", "plan_requests", "payload_for", "judge_records",
@@ -117,8 +118,9 @@ def plan_requests(records: Sequence[dict], options: JudgeOptions) -> list[Reques
 
 
 def payload_for(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: dict,
-                attempt: int = 0) -> tuple[dict, list[str]]:
-    """Payload and labels of one request (pure)."""
+                attempt: int = 0, previous: Optional[tuple[Optional[str], str]] = None) -> tuple[dict, list[str]]:
+    """Payload and labels of one request (pure). A re-ask (``attempt`` > 0) carries ``previous``:
+    the reply that failed and what was wrong with it (:func:`~.payload.with_reask`)."""
     labels = make_labels(len(spec.keys), prompts.get("label_prefix", "S"))
     payload = build_payload(
         prompts=prompts, protocol=options.protocol, document=record["document"],
@@ -127,15 +129,26 @@ def payload_for(spec: RequestSpec, record: dict, options: JudgeOptions, prompts:
         response_format_mode=options.response_format, temperature=options.temperature,
         seed=request_seed(options.seed, spec.doc_index, spec.repeat, attempt, spec.candidate or ""),
         max_tokens=options.max_tokens)
+    if previous is not None:
+        payload = with_reask(payload, *previous)
     return payload, labels
+
+
+def reply_problem(exc: ReplyError, finish_reason: Optional[str]) -> str:
+    """What was wrong with a reply, as recorded and as told to the judge on a re-ask."""
+    error = str(exc)
+    if finish_reason == "length":
+        error += " (the reply hit the token limit: raise --max-tokens)"
+    return error
 
 
 # -- running ------------------------------------------------------------------------------------
 def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: dict,
                client: JudgeClient) -> TrialResult:
     result = TrialResult(spec, None, None)
+    previous: Optional[tuple[Optional[str], str]] = None       # (reply, what was wrong) of the last attempt
     for attempt in range(options.reask + 1):
-        payload, labels = payload_for(spec, record, options, prompts, attempt)
+        payload, labels = payload_for(spec, record, options, prompts, attempt, previous)
         try:
             comp = client.complete(payload, cache_key(payload, options.judge_model, options.base_url))
         except Rejected as exc:        # e.g. context_length_exceeded: a re-ask would be rejected alike
@@ -147,12 +160,11 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
         try:
             reply = parse_reply(comp.content, labels)
         except ReplyError as exc:
-            error = str(exc)
-            if comp.finish_reason == "length":
-                error += " (the reply hit the token limit: raise --max-tokens)"
+            error = reply_problem(exc, comp.finish_reason)
             result.failures.append({"repeat": spec.repeat, "candidate": spec.candidate, "attempt": attempt,
                                     "error": error, "raw": comp.content, "finish_reason": comp.finish_reason,
                                     "recovered": False})
+            previous = (comp.content, error)
             continue
         result.scores = {key: reply.scores[lab] for key, lab in zip(spec.keys, labels)}
         result.reasons = {key: reply.reasons[lab] for key, lab in zip(spec.keys, labels)}
@@ -312,10 +324,12 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
                client: Optional[JudgeClient] = None) -> tuple[Path, dict]:
     """Judge a generation file and write the scores file; returns (path, scores document)."""
     outputs = Path(outputs)
+    scores_path = Path(scores_path) if scores_path else default_scores_path(outputs)
+    cache_path = Path(cache_path or default_cache_path(outputs))
+    check_paths(inputs={"input": outputs}, outputs={"scores": scores_path, "cache": cache_path if use_cache else None})
     records = read_records(outputs)
     record_keys(records)
-    scores_path = Path(scores_path) if scores_path else default_scores_path(outputs)
-    cache = JudgeCache(cache_path or default_cache_path(outputs), enabled=use_cache)
+    cache = JudgeCache(cache_path, enabled=use_cache)
     if client is None:
         client = make_client(options, cache, api_key=api_key, sleep=sleep)
     doc = judge_records(records, options, client, on_result=on_result, progress=progress)

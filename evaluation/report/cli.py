@@ -8,7 +8,6 @@ and prints or writes it as Markdown, JSON and plots.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Optional
 
 from attn_transition.commands import register_command
@@ -16,6 +15,7 @@ from attn_transition.errors import UsageError
 
 from ..judge.client import import_optional
 from ..judge.scores import load_scores
+from ..runtime.files import check_paths, write_text_atomic
 from ..seedformat import write_json_atomic
 from . import analysis
 from .analysis import build_report
@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_paths(inputs={"SCORES": args.scores, "--outputs": args.outputs},
+                outputs={"--json": args.json, "--markdown": args.markdown})
     options = ReportOptions(n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, folds=args.folds,
                             length_buckets=args.length_buckets, length_edges=parse_edges(args.length_edges),
                             rouge=not args.no_rouge)
@@ -79,8 +81,7 @@ def run(args: argparse.Namespace) -> int:
         write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text + "\n", encoding="utf-8")
+        write_text_atomic(args.markdown, text + "\n")
         print(f"wrote {args.markdown}")
     if args.plots:
         for p in write_plots(report, args.plots):
