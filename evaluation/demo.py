@@ -20,7 +20,7 @@ from attn_transition.commands import register_command
 from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import UsageError, did_you_mean
 
-from .generate import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
+from .xsum import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
 
 __all__ = ["DemoResult", "answer_both", "side_by_side", "add_arguments", "run", "EPILOG"]
 

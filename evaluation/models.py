@@ -26,7 +26,7 @@ from attn_transition.commands import register_command
 from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["EmbeddedModel", "EMBEDDED", "DEFAULT_MODEL", "cache_dir", "convert", "load_model",
-           "resolve_model", "generate_greedy", "add_model_arguments"]
+           "resolve_model", "check_device", "generate_greedy", "add_model_arguments"]
 
 
 def _smollm2_gguf() -> Path:
@@ -174,6 +174,7 @@ def load_model(model: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = 
 
     if dtype not in _DTYPES:
         raise UsageError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    check_device(device)
     where = resolve_model(model, cache)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
     kwargs: dict[str, Any] = {"dtype": torch_dtype, "attn_implementation": attn_implementation}
@@ -182,15 +183,36 @@ def load_model(model: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = 
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         lm = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-    except OSError as exc:
-        raise UsageError(f"could not load model {model!r}: {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:   # a folder that is not (or not all) a model
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"could not load model {model!r} ({type(exc).__name__}: {first[:300]}); point --model at "
+                         f"a saved transformers causal LM or an embedded name ({', '.join(EMBEDDED)})") from None
     if not device_map:
         lm = lm.to(device)
     lm.eval()
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
+    if tokenizer.pad_token is None:              # batches are padded: the end-of-text token serves as pad
+        if tokenizer.eos_token is None:
+            raise UsageError(f"the tokenizer of {model!r} has neither a pad nor an end-of-text token, so prompts "
+                             f"cannot be batched; set pad_token in its tokenizer_config.json")
         tokenizer.pad_token = tokenizer.eos_token
     return lm, tokenizer
+
+
+def check_device(device: str) -> None:
+    """UsageError for a device string torch does not know, or one this machine does not have."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise UsageError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device} asked for, but torch sees no MPS device here; use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,

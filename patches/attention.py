@@ -305,7 +305,7 @@ def _make_attention(base_name: str) -> Callable:
 _REGISTERED = False
 
 
-def register_attention(name: str, function: Any, *, mask: str = "sdpa") -> None:
+def register_attention(name: str, function: Callable[..., tuple], *, mask: str = "sdpa") -> None:
     """Register ``function`` as the attention implementation ``name`` in transformers, with the
     mask function of the stock implementation ``mask`` ("sdpa": boolean masks, "eager": additive)
     under the same name: without one, transformers would pass ``attention_mask=None``."""

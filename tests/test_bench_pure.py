@@ -10,7 +10,7 @@ import string
 import pytest
 
 from attn_transition.errors import UsageError
-from attn_transition.evaluation import fileio
+from attn_transition.evaluation.runtime import files as fileio
 from attn_transition.evaluation.bench import analysis, store
 from attn_transition.evaluation.bench.prompts import _place, build_prompt, render, resolve_format
 from attn_transition.evaluation.bench.scoring import exact_match, first_line, normalise, score

@@ -13,8 +13,12 @@ import torch
 import attn_transition as at
 from attn_transition.cli import main
 from attn_transition.config import ClassicConfig, SRAConfig
-from attn_transition.evaluation import generate as gen
-from attn_transition.evaluation.seedformat import read_records
+from attn_transition.evaluation.seedformat import read_records, write_json_atomic, write_records
+from attn_transition.evaluation.runtime.dist import Shard
+from attn_transition.evaluation.xsum import cli, runner
+from attn_transition.evaluation.xsum.data import SAMPLE_PATH, load_documents
+from attn_transition.evaluation.xsum.store import META_FORMAT, existing_shards, meta_path, shard_path
+from attn_transition.evaluation.xsum.templates import PROMPTS_DIR, load_template
 
 FIXTURE = Path(__file__).parent / "fixtures" / "xsum_sample.jsonl"
 FIXTURE_IDS = ["syn-0101", "syn-0001", "syn-0102", "syn-0103", "syn-0002", "syn-0104", "syn-0003", "syn-0105"]
@@ -39,11 +43,11 @@ def _build(folder: Path, chat: bool) -> Path:
     from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
     words: set[str] = _words("system user assistant : .")
-    for path in (FIXTURE, gen.SAMPLE_PATH):
+    for path in (FIXTURE, SAMPLE_PATH):
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             words |= _words(row["document"] + " " + row["summary"])
-    for path in gen.PROMPTS_DIR.glob("summarize_*.json"):
+    for path in PROMPTS_DIR.glob("summarize_*.json"):
         words |= _words(path.read_text(encoding="utf-8"))
     specials = ["[PAD]", "[UNK]", "<s>", "</s>"]
     vocab = {w: i for i, w in enumerate(specials + sorted(words - set(specials)))}
@@ -117,7 +121,7 @@ def base_run(tiny_dir, tmp_path_factory) -> Path:
 def copy_run(src: Path, dst_dir: Path) -> Path:
     dst = dst_dir / src.name
     dst.write_bytes(src.read_bytes())
-    gen.meta_path(dst).write_bytes(gen.meta_path(src).read_bytes())
+    meta_path(dst).write_bytes(meta_path(src).read_bytes())
     return dst
 
 
@@ -134,7 +138,7 @@ def test_generate_writes_the_seed_format(base_run):
 
 def test_outputs_are_those_of_the_stock_and_the_enabled_model(tiny_dir, base_run):
     model, tokenizer = load(tiny_dir)
-    template = gen.load_template("auto", tokenizer)
+    template = load_template("auto", tokenizer)
     assert template.name == "summarize_base"            # this tokenizer has no chat template
     for rec in read_records(base_run)[1::2]:            # the long document and a short one
         prompt = template.render(rec["document"], tokenizer)
@@ -145,8 +149,8 @@ def test_outputs_are_those_of_the_stock_and_the_enabled_model(tiny_dir, base_run
 
 
 def test_metadata_sidecar(tiny_dir, base_run):
-    meta = json.loads(gen.meta_path(base_run).read_text(encoding="utf-8"))
-    assert meta["format"] == gen.META_FORMAT and meta["output"] == "out.json"
+    meta = json.loads(meta_path(base_run).read_text(encoding="utf-8"))
+    assert meta["format"] == META_FORMAT and meta["output"] == "out.json"
     assert meta["model"]["name"] == tiny_dir and meta["model"]["num_layers"] == 6
     assert meta["model"]["model_type"] == "llama" and meta["model"]["dtype"] == "float32"
     assert meta["prompt_template"]["name"] == "summarize_base" and meta["prompt_template"]["version"] == 1
@@ -165,7 +169,7 @@ def test_metadata_sidecar(tiny_dir, base_run):
     assert all(t["documents"] == 4 and t["seconds"] >= 0 for t in meta["timings"].values())
     _, tokenizer = load(tiny_dir)
     lengths = [len(tokenizer(d["document"] + " Please summarize context above:")["input_ids"])
-               for d in gen.load_documents(FIXTURE)[:4]]
+               for d in load_documents(FIXTURE)[:4]]
     assert meta["documents"] == [{"id": i, "bucket": None, "prompt_tokens": n}
                                  for i, n in zip(FIXTURE_IDS[:4], lengths)]
     assert max(lengths) > 300 and min(lengths) < 100
@@ -176,7 +180,7 @@ def test_chat_template_is_chosen_for_a_chat_tokenizer(tiny_chat_dir, tmp_path):
     out = tmp_path / "chat.json"
     assert run_generate("-o", str(out), "--model", tiny_chat_dir, "--grid", "none", "--no-plain",
                         "--config", CLASSIC, "--limit", "2") == 0
-    meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
     assert meta["prompt_template"]["name"] == "summarize_chat"
     assert meta["generation"]["add_special_tokens"] is False
     _, tokenizer = load(tiny_chat_dir)
@@ -191,8 +195,8 @@ def test_chat_template_is_chosen_for_a_chat_tokenizer(tiny_chat_dir, tmp_path):
 
 def test_bucket_selection(tiny_dir, tmp_path):
     _, tokenizer = load(tiny_dir)
-    template = gen.load_template("base")
-    docs = gen.load_documents(FIXTURE)
+    template = load_template("base")
+    docs = load_documents(FIXTURE)
     lengths = {d["id"]: len(tokenizer(template.render(d["document"]))["input_ids"]) for d in docs}
     short = sorted(n for n in lengths.values() if n < 200)
     bucket = short[len(short) // 2]                    # around the middle short document
@@ -203,7 +207,7 @@ def test_bucket_selection(tiny_dir, tmp_path):
                         "--buckets", f"{bucket},5000", "--per-bucket", "2", "--bucket-tolerance", "0.25") == 0
     records = read_records(out)
     assert [r["id"] for r in records] == expected
-    meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
     assert meta["selection"]["counts"] == {str(bucket): len(expected), "5000": 0}
     assert [d["bucket"] for d in meta["documents"]] == [bucket] * len(expected)
     assert [d["prompt_tokens"] for d in meta["documents"]] == [lengths[i] for i in expected]
@@ -229,7 +233,7 @@ def test_resume_fills_only_missing_outputs(tiny_dir, base_run, tmp_path):
     assert records[1][CLASSIC_KEY] == first[1][CLASSIC_KEY] and records[3]["decode_or"] == first[3]["decode_or"]
     assert records[1:4] == first[1:4]                  # dict equality: the same values, key order aside
     assert all(k in records[4] for k in ("decode_or", CLASSIC_KEY, SRA_KEY))
-    meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
     generated = {k: v["documents"] for k, v in meta["runs"][-1]["generated"].items()}
     assert generated == {"decode_or": 2, CLASSIC_KEY: 2, SRA_KEY: 1}
     assert meta["timings"]["decode_or"]["documents"] == 6 and len(meta["runs"]) == 2
@@ -237,7 +241,7 @@ def test_resume_fills_only_missing_outputs(tiny_dir, base_run, tmp_path):
 
 
 def test_resume_a_file_written_by_the_seeds_code(tiny_dir, tmp_path):
-    docs = gen.load_documents(FIXTURE)[:2]
+    docs = load_documents(FIXTURE)[:2]
     seed_records = [{"document": d["document"], "summary": d["summary"], "id": d["id"],
                      "decode_al_05_be_01_lay_2": f"seed text {i}", "decode_or": f"seed plain {i}",
                      "gpt4_eva": "'decode_or': '45'", "eval_scores": [45, 80]} for i, d in enumerate(docs)]
@@ -246,8 +250,8 @@ def test_resume_a_file_written_by_the_seeds_code(tiny_dir, tmp_path):
     original = out.read_bytes()
     # Nothing missing: the file keeps its bytes; only the sidecar is written.
     assert run_generate("-o", str(out), "--model", tiny_dir, "--resume", "--no-plain", data=None) == 0
-    assert out.read_bytes() == original and gen.meta_path(out).exists()
-    gen.meta_path(out).unlink()
+    assert out.read_bytes() == original and meta_path(out).exists()
+    meta_path(out).unlink()
     # No data argument: the documents are those of the file itself.
     assert run_generate("-o", str(out), "--model", tiny_dir, "--resume",
                         "--grid", "alpha=0.5;beta=0.1;intervals_per_layer=2,3", data=None) == 0
@@ -257,13 +261,13 @@ def test_resume_a_file_written_by_the_seeds_code(tiny_dir, tmp_path):
                              "eval_scores", "decode_al_05_be_01_lay_3"]
         assert rec["decode_al_05_be_01_lay_2"] == f"seed text {i}" and rec["decode_or"] == f"seed plain {i}"
         assert rec["eval_scores"] == [45, 80] and rec["decode_al_05_be_01_lay_3"]
-    meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
     assert {k: v["documents"] for k, v in meta["runs"][-1]["generated"].items()} == {"decode_al_05_be_01_lay_3": 2}
 
 
 def test_ctrl_c_keeps_finished_batches(tiny_dir, tmp_path, monkeypatch, capsys):
     calls = {"n": 0}
-    real = gen.generate_batch
+    real = runner.generate_batch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -271,7 +275,7 @@ def test_ctrl_c_keeps_finished_batches(tiny_dir, tmp_path, monkeypatch, capsys):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(gen, "generate_batch", interrupted)
+    monkeypatch.setattr(runner, "generate_batch", interrupted)
     out = tmp_path / "i.json"
     args = ("-o", str(out), "--model", tiny_dir, "--grid", "none", "--config", CLASSIC, "--limit", "2",
             "--batch-size", "1")
@@ -280,7 +284,7 @@ def test_ctrl_c_keeps_finished_batches(tiny_dir, tmp_path, monkeypatch, capsys):
     records = read_records(out)
     # The first batch (the longest prompt comes first: syn-0001) was saved before the interrupt.
     assert [("decode_or" in r, CLASSIC_KEY in r) for r in records] == [(False, False), (True, False)]
-    monkeypatch.setattr(gen, "generate_batch", real)
+    monkeypatch.setattr(runner, "generate_batch", real)
     assert run_generate(*args, "--resume") == 0
     assert all("decode_or" in r and CLASSIC_KEY in r for r in read_records(out))
 
@@ -293,8 +297,9 @@ def _run_ranks(world: int, argv: list[str], monkeypatch) -> list[object]:
 
     barrier = threading.Barrier(world, timeout=300)
     local = threading.local()
-    monkeypatch.setattr(gen, "dist_state", lambda: gen.DistState(rank=local.rank, world=world, device="cpu",
-                                                                  barrier=barrier.wait))
+    monkeypatch.setattr(cli, "detect_shard", lambda: Shard(rank=local.rank, world=world))
+    monkeypatch.setattr(cli, "barrier", lambda shard: barrier.wait())
+    monkeypatch.setattr(cli, "close", lambda shard: barrier.wait())
     results: list[object] = [None] * world
 
     def one(rank: int) -> None:
@@ -320,7 +325,7 @@ def test_two_ranks_write_shards_and_rank_0_merges_in_input_order(tiny_dir, base_
     assert _run_ranks(2, ["-o", str(out), "--model", tiny_dir, *BASE_ARGS], monkeypatch) == [0, 0]
     assert read_records(out) == read_records(base_run)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sharded.json", "sharded.json.meta.json"]
-    meta = json.loads(gen.meta_path(out).read_text(encoding="utf-8"))
+    meta = json.loads(meta_path(out).read_text(encoding="utf-8"))
     assert meta["runs"][-1]["world_size"] == 2 and len(meta["documents"]) == 4
     assert {k: t["documents"] for k, t in meta["timings"].items()} == {"decode_or": 4, CLASSIC_KEY: 4, SRA_KEY: 4}
 
@@ -328,13 +333,13 @@ def test_two_ranks_write_shards_and_rank_0_merges_in_input_order(tiny_dir, base_
 def _leave_shard(out: Path, base_run: Path, model_name: str) -> Path:
     """What an interrupted 2-rank run leaves: rank 1's finished shard and its sidecar, no output."""
     base = read_records(base_run)
-    shard = gen.shard_path(out, 1)
-    gen.write_records(shard, [base[1], base[3]])
-    meta = json.loads(gen.meta_path(base_run).read_text(encoding="utf-8"))
-    gen.write_json_atomic(gen.meta_path(shard), {"rank": 1, "world_size": 2, "timings": {},
-                                                 "model": {"name": model_name},
-                                                 "prompt_template": meta["prompt_template"],
-                                                 "generation": meta["generation"]})
+    shard = shard_path(out, 1)
+    write_records(shard, [base[1], base[3]])
+    meta = json.loads(meta_path(base_run).read_text(encoding="utf-8"))
+    write_json_atomic(meta_path(shard), {"rank": 1, "world_size": 2, "timings": {},
+                                         "model": {"name": model_name},
+                                         "prompt_template": meta["prompt_template"],
+                                         "generation": meta["generation"]})
     return shard
 
 
@@ -348,7 +353,7 @@ def test_leftover_shards_need_resume_or_overwrite(tiny_dir, base_run, tmp_path, 
     assert shard.read_bytes() == before and not out.exists()
     # --resume keeps rank 1's outputs (nothing regenerated for them) and removes the shard after merging
     calls = []
-    real = gen.generate_batch
+    real = runner.generate_batch
 
     def counting(model, tokenizer, prompts, **kw):
         calls.append(len(prompts))
@@ -357,18 +362,18 @@ def test_leftover_shards_need_resume_or_overwrite(tiny_dir, base_run, tmp_path, 
     import pytest as _pytest
 
     with _pytest.MonkeyPatch.context() as mp:
-        mp.setattr(gen, "generate_batch", counting)
+        mp.setattr(runner, "generate_batch", counting)
         assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS, "--resume") == 0
     assert read_records(out) == read_records(base_run)
     assert sum(calls) == 2 * 3                # documents 0 and 2, three outputs each
-    assert gen.existing_shards(out) == []
+    assert existing_shards(out) == []
 
 
 def test_overwrite_drops_leftover_shards(tiny_dir, base_run, tmp_path):
     out = tmp_path / "out.json"
     shard = _leave_shard(out, base_run, "some-other-model")
     assert run_generate("-o", str(out), "--model", tiny_dir, *BASE_ARGS, "--overwrite") == 0
-    assert not shard.exists() and not gen.meta_path(shard).exists()
+    assert not shard.exists() and not meta_path(shard).exists()
     assert read_records(out) == read_records(base_run)
 
 
@@ -462,8 +467,8 @@ def test_demo_answers_with_and_without(tiny_dir, capsys):
     from attn_transition.evaluation import demo
 
     model, tokenizer = load(tiny_dir)
-    template = gen.load_template("auto", tokenizer)
-    prompt = template.render(gen.load_documents(gen.SAMPLE_PATH)[0]["document"], tokenizer)
+    template = load_template("auto", tokenizer)
+    prompt = template.render(load_documents(SAMPLE_PATH)[0]["document"], tokenizer)
     cfg = CLASSIC_CFG
     result = demo.answer_both(model, tokenizer, prompt, cfg, add_special_tokens=True, max_new_tokens=2)
     assert result.transition == direct(model, tokenizer, prompt, cfg)   # plain: see generate's tests
