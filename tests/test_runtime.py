@@ -47,7 +47,7 @@ def test_a_bom_and_windows_line_ends_are_read_as_plain_utf8(tmp_path):
 def test_jsonl_errors_name_the_line(tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_text('{"id": 1}\n{"id": 2\n', encoding="utf-8")
-    with pytest.raises(UsageError, match=r"in.jsonl is not valid JSON \(line 2"):
+    with pytest.raises(UsageError, match=r"in.jsonl: line 2 is not valid JSON \(Expecting"):
         files.read_jsonl(path)
     path.write_text('{"id": 1}\n\n{"x": Infinity}\n', encoding="utf-8")
     with pytest.raises(UsageError, match="line 3: Infinity is not valid JSON"):

@@ -63,11 +63,16 @@ def _no_constants(name: str) -> Any:
 _CONSTANT = re.compile(r'(?<![\w".])(NaN|-?Infinity)(?![\w"])')
 
 
-def _loads(text: str, path: Path, line_offset: int = 0) -> Any:
+def _loads(text: str, path: Path, line: Optional[int] = None) -> Any:
+    """``line``: the line of a JSON-lines file that ``text`` is (None: a whole JSON file)."""
+    line_offset = 0 if line is None else line - 1
     try:
         return json.loads(text, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON (line {exc.lineno + line_offset}: {exc.msg})") from None
+        if line is not None:
+            raise UsageError(f"{path}: line {line} is not valid JSON ({exc.msg}); a .jsonl file holds one JSON "
+                             f"object per line") from None
+        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     except ValueError as exc:                          # NaN / Infinity
         found = _CONSTANT.search(text)
         line = line_offset + (text[:found.start()].count("\n") + 1 if found else 1)
@@ -91,7 +96,7 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
     out = []
     for number, line in enumerate(read_text(path).split("\n"), 1):
         if line.strip():
-            out.append((number, _loads(line, path, number - 1)))
+            out.append((number, _loads(line, path, number)))
     return out
 
 

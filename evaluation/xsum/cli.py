@@ -24,6 +24,7 @@ from attn_transition.config import TransitionConfig, config_dict
 from attn_transition.errors import UsageError
 
 from ..runtime.dist import Shard, barrier, close, detect_shard
+from ..runtime.files import check_paths
 from ..runtime.versions import library_versions
 from ..seedformat import PLAIN_KEY, read_records, write_json_atomic, write_records
 from . import store
@@ -147,6 +148,10 @@ class GenerateRun:
                              "fills what is missing, --overwrite starts over")
         if output.is_dir():
             raise UsageError(f"-o {output} is a folder; pass a file name such as {output / 'xsum.json'}")
+        data = args.data if args.data and Path(args.data).expanduser().exists() else None   # else a hub id
+        template = args.template if Path(args.template).suffix == ".json" else None
+        check_paths(inputs={"input data": data, "--template": template},
+                    outputs={"-o": output, "metadata file": self.meta_file})
         if output.exists() and not (args.resume or args.overwrite):
             raise UsageError(f"{output} already exists; pass --resume to fill its missing outputs or --overwrite "
                              f"to replace it")
@@ -258,17 +263,25 @@ class GenerateRun:
                 self.appended += 1
                 known.add(str(docs[i]["id"]))
 
+    def check_context(self) -> None:
+        """UsageError before anything is generated when a prompt plus the new tokens exceeds the model's
+        context (positions past it are not defined for the model: refused, never truncated silently)."""
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        limit = getattr(config, "max_position_embeddings", None)
+        over = [(rec["id"], n) for rec, n in zip(self.records, self.lengths)
+                if limit and n + self.args.max_new_tokens > limit]
+        if over:
+            shown = ", ".join(f"{i} ({n} tokens)" for i, n in over[:3]) + (" ..." if len(over) > 3 else "")
+            raise UsageError(f"{len(over)} of {len(self.records)} prompts plus max_new_tokens={self.args.max_new_tokens} "
+                             f"exceed the model's context of {limit} tokens: {shown}; select shorter documents "
+                             f"(--buckets, --limit) or a model with a longer context")
+
     def measure(self) -> None:
         """Every record's prompt and its length; the bucket of records that have none yet."""
         args, template = self.args, self.template
         self.prompts = render_prompts(template, self.tokenizer, self.records)
         self.lengths = prompt_lengths(self.tokenizer, self.prompts, template.add_special_tokens)
-        limit_ctx = getattr(self.model.config, "max_position_embeddings", None)
-        if limit_ctx:
-            over = sum(1 for n in self.lengths if n + args.max_new_tokens > limit_ctx)
-            if over:
-                self.note(f"{over} prompts plus {args.max_new_tokens} new tokens exceed the model's "
-                          f"max_position_embeddings={limit_ctx}")
+        self.check_context()
         if args.buckets is not None:
             for rec, n in zip(self.records, self.lengths):
                 if self.bucket_by_id.get(rec["id"]) is None:

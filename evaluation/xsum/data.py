@@ -9,13 +9,14 @@ text and must be unique. Extra fields (earlier generations, scores) are dropped.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from attn_transition.errors import UsageError
 
+from ..runtime import files
 from ..seedformat import REQUIRED_FIELDS
 
 __all__ = ["SAMPLE_PATH", "HUB_DATASET", "load_documents", "new_record"]
@@ -57,26 +58,12 @@ def _check_rows(rows: Iterable[Any], source: str, where: Callable[[int], str]) -
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows: list[Any] = []
-    lines: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{path}: line {number} is not valid JSON ({exc.msg}); "
-                                 f"a .jsonl file holds one JSON object per line") from None
-            lines.append(number)
-    return _check_rows(rows, str(path), lambda i: f"record {i} (line {lines[i]})")
+    pairs = files.read_jsonl(path)
+    return _check_rows([row for _, row in pairs], str(path), lambda i: f"record {i} (line {pairs[i][0]})")
 
 
 def _read_json(path: Path) -> list[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    data = files.read_json(path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -86,8 +73,7 @@ def _read_json(path: Path) -> list[dict]:
 
 
 def _read_csv(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    rows = list(csv.DictReader(io.StringIO(files.read_text(path))))
     # Row i is on line i + 2 (line 1 is the header) unless a field spans lines.
     return _check_rows(rows, str(path), lambda i: f"record {i} (row {i + 2})")
 
