@@ -115,10 +115,10 @@ def _prompt(args: argparse.Namespace, tokenizer: Any) -> tuple[str, bool, str]:
     if args.prompt_file:
         from pathlib import Path
 
+        from .runtime.files import read_text
+
         path = Path(args.prompt_file).expanduser()
-        if not path.is_file():
-            raise UsageError(f"--prompt-file {path} does not exist")
-        return path.read_text(encoding="utf-8"), True, str(path)
+        return read_text(path), True, str(path)
     docs = load_documents(SAMPLE_PATH)
     if args.document is None:
         doc = docs[0]

@@ -22,7 +22,6 @@ without a recognisable score.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -253,10 +252,10 @@ def _sidecar_numbers(generation_file: str | os.PathLike, ids: Sequence[str], nam
     if not meta.exists():
         return None
     try:
-        docs = json.loads(meta.read_text(encoding="utf-8")).get("documents") or []
+        docs = read_json(meta).get("documents") or []
         by_id = {str(d["id"]): float(d[name]) for d in docs
                  if isinstance(d, dict) and isinstance(d.get(name), (int, float)) and not isinstance(d[name], bool)}
-    except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+    except (UsageError, AttributeError, KeyError, TypeError, ValueError):   # a sidecar is optional
         return None
     if not all(i in by_id for i in ids):
         return None
@@ -278,7 +277,10 @@ def read_selection_buckets(generation_file: str | os.PathLike, ids: Sequence[str
 def load_scores(path: str | os.PathLike, outputs: Optional[str] = None) -> ScoreTable:
     path = Path(path)
     data = read_json(path)
-    kind = detect_format(data)
+    try:
+        kind = detect_format(data)
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     if kind == "seed":
         table = table_from_seed(data, str(path))
         table.prompt_tokens = read_prompt_tokens(path, table.ids)

@@ -112,7 +112,7 @@ def load_documents(source: str | os.PathLike = SAMPLE_PATH, split: str = "test")
                              f"use one of {', '.join(_READERS)}")
         return reader(path)
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; pass a .json, .jsonl or .csv file")
+        raise UsageError(f"{path} is a directory; pass a .json, .jsonl or .csv file")
     if text.lower() == "xsum":
         text = HUB_DATASET
     if path.suffix.lower() in _READERS or text.startswith((".", "/", "~")) or "/" not in text:

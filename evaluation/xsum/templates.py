@@ -9,13 +9,14 @@ text are recorded in the output's metadata, so a resume can refuse to mix prompt
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from attn_transition.errors import UsageError, did_you_mean
+
+from ..runtime import files
 
 __all__ = ["PROMPTS_DIR", "TEMPLATE_KINDS", "PromptTemplate", "load_template", "render_prompts", "prompt_lengths",
            "lazy_prompt_lengths"]
@@ -101,9 +102,9 @@ class PromptTemplate:
 
 def _template_from_file(path: Path, source: str) -> PromptTemplate:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"prompt template {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+        data = files.read_json(path)
+    except UsageError as exc:
+        raise UsageError(f"prompt template: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"prompt template {path} must be a JSON object with fields "
                          f"{', '.join(_TEMPLATE_FIELDS)}")
