@@ -430,3 +430,59 @@ def test_missing_openai_package_is_a_one_line_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "openai" in err and 'pip install "attn-transition[eval]"' in err
     assert "pip install openai" in err
+
+
+# -- a real OpenAI-compatible server: transformers serve with the embedded SmolLM2 -------------
+@pytest.mark.slow
+def test_end_to_end_against_transformers_serve(tmp_path, monkeypatch):
+    """The judge's protocol against a real server (not judging quality): requests, recorded bad
+    replies, re-asks that are new requests, a scores file, exit 0, and a rerun that pays nothing."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    from attn_transition.evaluation.models import resolve_model
+
+    folder = resolve_model("smollm2-135m")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = shutil.which("transformers") or os.path.join(os.path.dirname(sys.executable), "transformers")
+    server = subprocess.Popen([exe, "serve", folder, "--host", "127.0.0.1", "--port", str(port), "--log-level",
+                               "warning"], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
+                break
+            except OSError:
+                assert server.poll() is None, "transformers serve exited"
+                time.sleep(0.5)
+        else:
+            pytest.fail("transformers serve did not come up in 120 s")
+        out = write_outputs(tmp_path, n_docs=2)
+        monkeypatch.setenv("OPENAI_API_KEY", "local")
+        argv = ["judge", str(out), "--base-url", f"http://127.0.0.1:{port}/v1", "--judge-model", folder,
+                "--response-format", "none", "--max-tokens", "48", "--reask", "1", "--concurrency", "1",
+                "--quiet"]
+        assert main(argv) == 0
+        doc = json.loads((tmp_path / "out.scores.json").read_text())
+        cache = [json.loads(line) for line in (tmp_path / "out.judge-cache.jsonl").read_text().splitlines()]
+        asked = doc["usage"]["new_requests"]
+        assert 2 <= asked <= 4 and len(cache) == asked and len({c["key"] for c in cache}) == asked
+        for entry in doc["documents"]:                 # every failure is recorded with the server's raw reply
+            assert all(isinstance(f["raw"], str) and f["error"] for f in entry["failures"])
+        assert main(argv) == 0                         # the rerun is answered from the cache
+        again = json.loads((tmp_path / "out.scores.json").read_text())
+        assert again["usage"]["new_requests"] == 0 and again["documents"] == doc["documents"]
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
