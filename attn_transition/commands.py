@@ -65,9 +65,10 @@ class Command:
         """The message of a library error, its field (``error.field``, see
         :class:`~attn_transition.errors.AttnTransitionError`) worded as this command's flag:
         ``lengths must be ...`` -> ``--lengths must be ...``."""
-        message, name = str(error), getattr(error, "field", None)
-        if name in self.flags:
-            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", self.flags[name], message, count=1)
+        message, named = str(error), getattr(error, "field", None)
+        for name in (named,) if isinstance(named, str) else named or ():
+            if name in self.flags:
+                message = re.sub(rf"(?<![\w-]){re.escape(name)}(?![\w-])", self.flags[name], message, count=1)
         return message
 
 

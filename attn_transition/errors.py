@@ -6,17 +6,17 @@ The subclasses also derive from the matching built-in type (``ValueError``,
 ``TypeError``) so code written against plain Python exceptions keeps working.
 """
 
-from typing import Iterable, Optional
+from typing import Iterable, Union
 
 
 class AttnTransitionError(Exception):
     """Base class of every error raised on purpose by attn_transition.
 
     ``field`` (optional) is the name of the setting that is wrong, as the message writes it
-    (``"lengths"``): a command line rewords it as its flag (``--lengths``).
+    (``"lengths"``), or a tuple of names: a command line rewords each as its flag (``--lengths``).
     """
 
-    def __init__(self, *args: object, field: Optional[str] = None) -> None:
+    def __init__(self, *args: object, field: Union[str, tuple[str, ...], None] = None) -> None:
         super().__init__(*args)
         self.field = field
 

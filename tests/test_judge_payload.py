@@ -127,12 +127,24 @@ def test_prices_table_overrides_and_unknown():
 
 
 @pytest.mark.parametrize("kw, message", [
-    ({"protocol": "pairwise"}, "--protocol"), ({"repeats": 0}, "--repeats"), ({"concurrency": 0}, "--concurrency"),
-    ({"price_in": 1.0}, "together"), ({"temperature": 3.0}, "--temperature"), ({"response_format": "x"}, "--response"),
+    ({"protocol": "pairwise"}, "protocol must be one of"), ({"repeats": 0}, "repeats must be an integer >= 1"),
+    ({"concurrency": 0}, "concurrency must be"), ({"price_in": 1.0}, "give price_in and price_out together"),
+    ({"temperature": 3.0}, "temperature must be in"), ({"response_format": "x"}, "response_format must be one of"),
+    ({"reask": True}, "reask must be an integer"),
 ])
 def test_options_validation_names_the_field(kw, message):
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(UsageError, match=message) as info:
         JudgeOptions(**kw)
+    assert next(iter(kw)) in (info.value.field if isinstance(info.value.field, tuple) else (info.value.field,))
+
+
+def test_the_cli_words_option_errors_with_its_flags(tmp_path, capsys):
+    from attn_transition.cli import main
+
+    assert main(["judge", str(tmp_path / "x.json"), "--concurrency", "0", "--dry-run"]) == 2
+    assert capsys.readouterr().err == "attn-transition judge: error: --concurrency must be an integer >= 1, got 0\n"
+    assert main(["judge", str(tmp_path / "x.json"), "--price-in", "1", "--dry-run"]) == 2
+    assert "give --price-in and --price-out together" in capsys.readouterr().err
 
 
 def test_retry_after_headers_and_backoff():

@@ -97,4 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 register_command('judge', help='score generations with an LLM judge (OpenAI-compatible API)',
                  add_arguments=add_arguments, run=run, epilog=EPILOG,
-                 flags={"scores": "-o/--output", "cache": "--cache", "input": "OUTPUTS.json"})
+                 flags={"scores": "-o/--output", "cache": "--cache", "input": "OUTPUTS.json",
+                        **{name: "--" + name.replace("_", "-") for name in (
+                            "judge_model", "protocol", "response_format", "repeats", "concurrency", "reask",
+                            "max_retries", "temperature", "max_tokens", "timeout", "price_in", "price_out")}})

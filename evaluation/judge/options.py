@@ -17,6 +17,22 @@ DEFAULT_JUDGE_MODEL = "gpt-4o"
 
 @dataclass(frozen=True)
 class JudgeOptions:
+    """What to ask and how. Validated on construction (UsageError naming the field).
+
+    Args:
+        judge_model: the judge's model name on the server.
+        base_url: an OpenAI-compatible endpoint.
+        protocol: ``joint`` (every candidate of a document in one request, the seed's) or ``single``.
+        repeats: requests per document with other candidate orders (judge noise), >= 1.
+        seed: seed of the candidate orders and of the request seeds.
+        with_reference: show the reference summary to the judge.
+        response_format: structured-output mode the server supports (replies are validated anyway).
+        temperature: in [0, 2]. max_tokens: reply limit (None: the server's).
+        reask: re-asks after a malformed or incomplete reply, >= 0.
+        concurrency: requests in flight, >= 1. max_retries: on 429/5xx/timeouts, >= 0.
+        timeout: seconds per request. price_in, price_out: USD per 1M tokens (both or neither).
+    """
+
     judge_model: str = DEFAULT_JUDGE_MODEL
     base_url: str = DEFAULT_BASE_URL
     protocol: str = "joint"
@@ -34,26 +50,29 @@ class JudgeOptions:
     price_out: Optional[float] = None
 
     def __post_init__(self) -> None:
+        def bad(name: str, message: str) -> UsageError:
+            return UsageError(f"{name} {message}", field=name)
+
         if self.protocol not in PROTOCOLS:
-            raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+            raise bad("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.response_format not in RESPONSE_FORMATS:
-            raise UsageError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, "
-                             f"got {self.response_format!r}")
+            raise bad("response_format", f"must be one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}")
         for name, low in (("repeats", 1), ("concurrency", 1), ("reask", 0), ("max_retries", 0)):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise bad(name, f"must be an integer >= {low}, got {value!r}")
         if not 0.0 <= self.temperature <= 2.0:
-            raise UsageError(f"--temperature must be in [0, 2], got {self.temperature!r}")
+            raise bad("temperature", f"must be in [0, 2], got {self.temperature!r}")
         if self.max_tokens is not None and self.max_tokens < 1:
-            raise UsageError(f"--max-tokens must be >= 1, got {self.max_tokens!r}")
+            raise bad("max_tokens", f"must be >= 1, got {self.max_tokens!r}")
         if not self.timeout > 0:
-            raise UsageError(f"--timeout must be > 0 seconds, got {self.timeout!r}")
+            raise bad("timeout", f"must be > 0 seconds, got {self.timeout!r}")
         if (self.price_in is None) != (self.price_out is None):
-            raise UsageError("give --price-in and --price-out together (USD per 1M input / output tokens)")
+            raise UsageError("give price_in and price_out together (USD per 1M input / output tokens)",
+                             field=("price_in", "price_out"))
         for name in ("price_in", "price_out"):
             value = getattr(self, name)
             if value is not None and not value >= 0:
-                raise UsageError(f"--{name.replace('_', '-')} must be >= 0 USD per 1M tokens, got {value!r}")
+                raise bad(name, f"must be >= 0 USD per 1M tokens, got {value!r}")
         if not self.judge_model:
-            raise UsageError("--judge-model must not be empty")
+            raise bad("judge_model", "must not be empty")
