@@ -359,3 +359,14 @@ def test_atomic_json_write_replaces_whole_files(tmp_path):
     fileio.write_json_atomic(path, {"b": [1, 2]})
     assert json.loads(path.read_text()) == {"b": [1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_settings_hold_parsed_configs_the_first_of_each_in_order():
+    import attn_transition as at
+    from attn_transition.evaluation.bench.runner import BenchSettings
+
+    s = BenchSettings(configs=("sra", "classic:alpha=1", at.SRAConfig(), "classic:alpha=1.0,beta=0.1"))
+    assert s.configs == (at.SRAConfig(), at.ClassicConfig(alpha=1.0))
+    assert list(s.labelled()) == ["sra", "classic:alpha=1"] and s.as_dict()["configs"] == ["sra", "classic:alpha=1"]
+    with pytest.raises(at.ConfigError, match="did you mean 'classic'"):
+        BenchSettings(configs=("clasic",))

@@ -15,8 +15,8 @@ import attn_transition as at
 from attn_transition.cli import main
 from attn_transition.evaluation.bench import store
 from attn_transition.config import format_config as config_label
-from attn_transition.evaluation.bench.runner import (BenchSettings, Shard, detect_shard,
-                                                     edits_anything, run_bench)
+from attn_transition.evaluation.bench.runner import BenchSettings, edits_anything, run_bench
+from attn_transition.evaluation.runtime.dist import Shard, detect_shard
 from test_bench_pure import char_tokenizer
 
 AGGRESSIVE = "classic:min_length=0,alpha=5,beta=1.5"      # changes greedy outputs of the tiny model

@@ -10,6 +10,13 @@ Layers, each usable on its own:
 * :mod:`.store`: append-only JSONL log and atomic results JSON (resume);
 * :mod:`.runner`: model I/O (batched greedy generation, enable/disable, data parallel);
 * :mod:`.report`: Markdown summary and plots; :mod:`.cli`: the command.
+
+``--suite ruler`` (lm-evaluation-harness's RULER tasks that build their data offline):
+
+* :mod:`.ruler`: runs the RULER tasks per (task, length, config) through lm_eval on one model,
+  the same documents for stock and every config, into the record log (resume);
+* :mod:`.ruler_report`: pairing by document, statistics, ``results.json`` / ``results.md`` and the plot;
+* :mod:`.ruler_cli`: the suite's options, output folder, model loading and summary.
 """
 
 from .runner import BenchSettings, run_bench

@@ -16,8 +16,9 @@ from pathlib import Path
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
-from .runner import (DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, Shard, _gather, check_lengths, detect_shard,
-                     run_bench)
+from . import ruler
+from ..runtime.dist import Shard, detect_shard, gather
+from .runner import DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, run_bench
 from .tasks import DEFAULT_TASKS, TASKS, parse_tasks
 
 EPILOG = """examples:
@@ -26,6 +27,7 @@ EPILOG = """examples:
   attn-transition bench --config classic:alpha=1,beta=0.5 --config sra --lengths 1024,4096 --per-cell 4
   attn-transition bench --tune                           # pick a config on a dev split, report it on the test split
   attn-transition bench --resume                         # continue the newest interrupted run of this model
+  attn-transition bench --suite ruler --per-cell 4       # lm_eval's offline RULER tasks at 1024,2048,4096 tokens
   accelerate launch --num_processes 4 -m attn_transition.cli bench --device cuda --per-cell 20 --batch-size 16
 
 tasks: """ + "; ".join(f"{t.name}: {t.description}" for t in TASKS.values())
@@ -36,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_model_arguments(parser)
     g = parser.add_argument_group("benchmark")
+    g.add_argument("--suite", default="bench", choices=("bench", "ruler"),
+                   help=f"bench: this project's tasks (default); ruler: lm-evaluation-harness's RULER tasks that "
+                        f"build their data offline (--tasks default {','.join(ruler.DEFAULT_TASKS)}; --lengths "
+                        f"default {','.join(map(str, ruler.DEFAULT_LENGTHS))}; --per-cell = lm_eval's --limit)")
     g.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                    help=f"comma list of tasks (default {','.join(DEFAULT_TASKS)}; choices: {', '.join(TASKS)})")
     g.add_argument("--lengths", default="512,1024,2048",
@@ -120,10 +126,14 @@ def output_dir(args: argparse.Namespace, shard: Shard) -> Path:
             raise UsageError(f"--resume: no earlier run of {args.model} under runs/; pass its --output-dir")
         return runs[-1]
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(_gather(shard, str(Path("runs") / f"bench-{slug}-{stamp}"))[0])   # rank 0's name
+    return Path(gather(shard, str(Path("runs") / f"bench-{slug}-{stamp}"))[0])   # rank 0's name
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "ruler":
+        from .ruler_cli import run as run_ruler
+
+        return run_ruler(args)
     from attn_transition.evaluation.models import load_model
 
     from . import store
@@ -131,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
     shard = detect_shard()
     out = output_dir(args, shard)
-    if args.resume:
-        store.read_logs(out)                               # a corrupted log fails before loading
-    elif (out / store.log_name(shard.rank, shard.world)).exists() or (out / "results.json").exists():
+    previous = store.read_logs(out) if args.resume else None   # read once; a corrupted log fails before loading
+    if not args.resume and any((out / name).exists() for name in (store.log_name(shard.rank, shard.world),
+                                                                  "results.json")):
         raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "
                          f"another --output-dir")
     if args.no_progress:
@@ -153,12 +163,9 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                                   cache=args.cache_dir)
     load_seconds = time.perf_counter() - t0
-    check_lengths(model, settings)
-    if shard.rank == 0:
-        print(f"bench: {args.model} loaded in {load_seconds:.1f} s; writing to {out}", file=sys.stderr)
     try:
         results = run_bench(model, tokenizer, settings, out, model_name=args.model, resume=args.resume,
-                            shard=shard, progress=not args.no_progress,
+                            previous=previous, shard=shard, progress=not args.no_progress,
                             extra_meta={"load_seconds": round(load_seconds, 2)})
     except KeyboardInterrupt:
         print(f"bench: interrupted; finished prompts are in {out}; continue with the same command plus "
@@ -187,5 +194,9 @@ def _print_summary(results: dict, out: Path) -> None:
               f"{100 * o['accuracy']['accuracy']:.1f}%")
     print(f"results: {out / 'results.json'}, {out / 'summary.md'}, plots in {out}")
 
+
 register_command('bench', help='long-context benchmark: stock vs transition on the same prompts',
-                 add_arguments=add_arguments, run=run, epilog=EPILOG)
+                 add_arguments=add_arguments, run=run, epilog=EPILOG,
+                 flags={name: "--" + name.replace("_", "-") for name in (
+                     "tasks", "lengths", "depths", "per_cell", "max_new_tokens", "batch_size", "n_boot",
+                     "prompt_format", "dev_fraction")} | {"configs": "--config"})

@@ -99,7 +99,10 @@ class BenchSettings:
         if not self.configs:
             raise UsageError("configs must hold at least one config", field="configs")
         configs = [parse_config(c) if isinstance(c, str) else c for c in self.configs]
-        object.__setattr__(self, "configs", tuple({format_config(c): c for c in reversed(configs)}.values())[::-1])
+        kept: dict[str, TransitionConfig] = {}
+        for config in configs:
+            kept.setdefault(format_config(config), config)                # the first of each, in order
+        object.__setattr__(self, "configs", tuple(kept.values()))
 
     def labelled(self) -> dict[str, TransitionConfig]:
         """``label -> config``, in order (the label is the config's canonical spec)."""
@@ -191,9 +194,13 @@ def check_lengths(model: Any, settings: BenchSettings) -> None:
 def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str | Path, *, model_name: str,
               resume: bool = False, shard: Optional[Shard] = None, progress: bool = True,
               on_records: Optional[Callable[[list[dict[str, Any]]], None]] = None,
-              extra_meta: Optional[dict[str, Any]] = None, write_report: bool = True) -> Optional[dict[str, Any]]:
+              extra_meta: Optional[dict[str, Any]] = None, write_report: bool = True,
+              previous: Optional[list[tuple[Path, dict[str, Any], list[dict[str, Any]]]]] = None
+              ) -> Optional[dict[str, Any]]:
     """Run (or continue) a benchmark; returns the results dict on rank 0, None elsewhere.
 
+    With ``resume`` the logs in ``out_dir`` are read (:func:`.store.read_logs`) unless the caller
+    read them already and passes them as ``previous`` (the CLI does, before loading the model).
     ``on_records`` is called after each batch is saved (tests use it to interrupt a run).
     """
     import attn_transition as at
@@ -203,6 +210,8 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     shard = shard or Shard()
     out = Path(out_dir)
     check_lengths(model, settings)
+    if shard.rank == 0 and extra_meta and "load_seconds" in extra_meta:
+        print(f"bench: {model_name} loaded in {extra_meta['load_seconds']:.1f} s; writing to {out}", file=sys.stderr)
     chat = resolve_format(settings.prompt_format, tokenizer)
     configs = settings.labelled()
     num_layers = schedule_layout(model.config)[0]   # hybrids: attention layers only
@@ -229,7 +238,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
                 "dtype": str(param.dtype).replace("torch.", ""), "device_type": param.device.type}
     out.mkdir(parents=True, exist_ok=True)
     work = _Work()
-    existing = store.read_logs(out) if resume else []
+    existing = (store.read_logs(out) if previous is None else previous) if resume else []
     if not resume and (log_path.exists() or (out / "results.json").exists()):
         raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "
                          f"another --output-dir")
@@ -339,5 +348,3 @@ def _results(settings: BenchSettings, samples: Sequence[Sample], prompts: Sequen
         "summary": summary,
     }
 
-
-_gather = gather          # the name bench/cli.py still imports
