@@ -13,6 +13,9 @@ Text forms (parse once at the boundary; everything past it holds config objects)
   :func:`parse_grid`;
 - the seed's output key, ``decode_al_05_be_01_lay_2`` / ``decode_sra_thr_64``: the named codec
   :func:`seed_key` / :func:`parse_seed_key` (``decode_or`` is the plain model).
+
+The dataclasses and every text form of them stay in this one file (about 400 lines) on purpose:
+a field added to a config is then added to each of its forms in one place.
 """
 
 from __future__ import annotations
@@ -236,11 +239,13 @@ def format_config(config: TransitionConfig) -> str:
     return config.schedule + (":" + ",".join(changed) if changed else "")
 
 
-def parse_configs(specs: Sequence[str]) -> dict[str, TransitionConfig]:
-    """``label -> config`` for several specs, in order, duplicates (same config) dropped."""
+def parse_configs(items: Sequence[Union[str, TransitionConfig]]) -> dict[str, TransitionConfig]:
+    """``label -> config`` for several specs (or configs), in order, the first of each config kept."""
     out: dict[str, TransitionConfig] = {}
-    for spec in specs:
-        config = parse_config(spec)
+    for item in items:
+        config = parse_config(item) if isinstance(item, str) else item
+        if not isinstance(config, (ClassicConfig, SRAConfig)):
+            raise ConfigError(f"not a config or a config spec: {item!r} ({type(item).__name__})")
         out.setdefault(format_config(config), config)
     return out
 

@@ -68,6 +68,11 @@ of a ``--tokens`` length failed (it is reported as n/a and the rest kept; failur
     python benchmarks/prefill.py --model smollm2-135m --tokens 2048,4096,8192 --decode-tokens 4096
     python benchmarks/prefill.py --model random:llama3-8b --device cuda --tokens 8k,32k,64k \\
         --optional-tokens 128k                                    # bfloat16 on CUDA
+
+One script of about 900 lines, not a package, on purpose: it must run as ``python
+benchmarks/prefill.py`` (also copied alone to a GPU machine) and be read top to bottom; its
+sections are the models, the measurements (time, memory in subprocesses, decode), the
+sweep, and the output (table, JSON, plot).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
-from attn_transition.config import TransitionConfig, format_config, parse_config
+from attn_transition.config import TransitionConfig, format_config, parse_configs
 from attn_transition.errors import UsageError, did_you_mean
 
 from . import store
@@ -138,11 +138,7 @@ class RulerSettings:
                              field="prompt_format")
         if not self.configs:
             raise UsageError("configs must hold at least one config", field="configs")
-        configs = [parse_config(c) if isinstance(c, str) else c for c in self.configs]   # ConfigError on a bad spec
-        kept: dict[str, TransitionConfig] = {}
-        for config in configs:
-            kept.setdefault(format_config(config), config)                # the first of each, in order
-        object.__setattr__(self, "configs", tuple(kept.values()))
+        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
 
     def labelled(self) -> dict[str, TransitionConfig]:
         """``label -> config``, in order (a config given twice is kept once)."""

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from attn_transition.config import TransitionConfig, config_dict, format_config, parse_config
+from attn_transition.config import TransitionConfig, config_dict, format_config, parse_configs
 from attn_transition.errors import UsageError
 
 from ..runtime.dist import Shard, close, detect_shard, gather
@@ -98,11 +98,7 @@ class BenchSettings:
             raise UsageError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}", field="dev_fraction")
         if not self.configs:
             raise UsageError("configs must hold at least one config", field="configs")
-        configs = [parse_config(c) if isinstance(c, str) else c for c in self.configs]
-        kept: dict[str, TransitionConfig] = {}
-        for config in configs:
-            kept.setdefault(format_config(config), config)                # the first of each, in order
-        object.__setattr__(self, "configs", tuple(kept.values()))
+        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
 
     def labelled(self) -> dict[str, TransitionConfig]:
         """``label -> config``, in order (the label is the config's canonical spec)."""
