@@ -23,6 +23,7 @@ from typing import Any
 from attn_transition.errors import UsageError
 
 from . import ruler, store
+from .options import add_arguments, ints, slug
 from .analysis import STOCK
 
 __all__ = ["settings_from_args", "output_dir", "run"]
@@ -31,17 +32,13 @@ _PROMPT_OPTIONS = ("depths", "max_new_tokens", "tune", "dev_fraction", "oracle")
 
 
 def _bench_defaults() -> argparse.Namespace:
-    from . import cli
-
     parser = argparse.ArgumentParser(add_help=False)
-    cli.add_arguments(parser)
+    add_arguments(parser)
     return parser.parse_args([])
 
 
 def settings_from_args(args: argparse.Namespace) -> ruler.RulerSettings:
     """The run's settings; prints one line per task that cannot run offline."""
-    from .cli import _ints
-
     bench = _bench_defaults()
     for dest in _PROMPT_OPTIONS:
         if getattr(args, dest) != getattr(bench, dest):
@@ -52,7 +49,7 @@ def settings_from_args(args: argparse.Namespace) -> ruler.RulerSettings:
     tasks, skipped = ruler.resolve_tasks(names)
     for line in skipped:
         print(line, file=sys.stderr, flush=True)
-    lengths = ruler.DEFAULT_LENGTHS if args.lengths == bench.lengths else _ints(args.lengths, "--lengths")
+    lengths = ruler.DEFAULT_LENGTHS if args.lengths == bench.lengths else ints(args.lengths, "--lengths")
     configs = tuple(args.config) if args.config else ruler.RulerSettings.configs
     return ruler.RulerSettings(tasks=tasks, lengths=lengths, per_cell=args.per_cell, configs=configs,
                                seed=args.seed, batch_size=args.batch_size, prompt_format=args.prompt_format,
@@ -61,14 +58,12 @@ def settings_from_args(args: argparse.Namespace) -> ruler.RulerSettings:
 
 def output_dir(args: argparse.Namespace) -> Path:
     """``--output-dir``; on ``--resume`` without it the newest ``runs/ruler-<model>-*``; else a new one."""
-    from .cli import _slug
-
     if args.output_dir:
         out = Path(args.output_dir).expanduser()
         if args.resume and not (out / store.log_name(0, 1)).exists():
             raise UsageError(f"--resume: {out} holds no records.jsonl to continue; drop --resume to start there")
         return out
-    prefix = f"ruler-{_slug(args.model)}-"
+    prefix = f"ruler-{slug(args.model)}-"
     if args.resume:
         runs = sorted((p for p in Path("runs").glob(prefix + "*") if (p / store.log_name(0, 1)).exists()),
                       key=lambda p: p.stat().st_mtime)
