@@ -326,6 +326,20 @@ def test_torn_cache_line_does_not_swallow_the_next_answer(tmp_path):
     assert path.read_text(encoding="utf-8").endswith("\n")
 
 
+def test_a_cache_torn_inside_a_multibyte_character_loads_and_keeps_its_answers(tmp_path):
+    path = tmp_path / "c.jsonl"
+    good = json.dumps({"key": "good", "content": "it\u2019s kept"}, ensure_ascii=False).encode()
+    torn = json.dumps({"key": "torn", "content": "the judge\u2019s reply"}, ensure_ascii=False).encode()
+    cut = torn.index("\u2019".encode()) + 1                            # inside the 3-byte apostrophe
+    path.write_bytes(good + b"\n" + torn[:cut])
+    for _ in range(2):                                                 # every later run loads it too
+        cache = JudgeCache(path)
+        assert cache.skipped_lines == 1 and cache.get("good")["content"] == "it\u2019s kept"
+    cache.put("new", {"content": "paid for"})
+    assert JudgeCache(path).get("new")["content"] == "paid for"
+    assert path.read_bytes().startswith(good + b"\n" + torn[:cut] + b"\n")   # nothing rewritten
+
+
 def test_context_length_400_is_a_recorded_failure_and_the_run_goes_on(tmp_path):
     from attn_transition.evaluation.judge.scores import load_scores
     from attn_transition.evaluation.report import ReportOptions, build_report
