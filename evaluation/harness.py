@@ -125,7 +125,7 @@ class AttnTransitionLM(HFLM):
                 f"quote the value (transition='classic:alpha=1,beta=0.5') or separate its items "
                 f"with ';' (transition=classic:alpha=1;beta=0.5)")
         config = parse_transition(transition)       # before loading anything: a typo fails fast
-        if isinstance(pretrained, str) and pretrained in EMBEDDED:
+        if isinstance(pretrained, str):        # embedded names, folders without config.json, offline hub ids
             pretrained = resolve_model(pretrained)
         tokenizer = kwargs.get("tokenizer")
         if isinstance(tokenizer, str) and tokenizer in EMBEDDED:

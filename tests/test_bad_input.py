@@ -238,3 +238,12 @@ def test_demo_and_templates_read_their_files_through_the_one_reader(tmp_path, ca
     template = _write(tmp_path / "template.json", b'{"name": "t", "version": 1, "kind": "base", "template": ')
     _refused(capsys, tmp_path, ["generate", _data(tmp_path), "-o", tmp_path / "out.json", "--model", tiny,
                                 "--template", template], "prompt template: ")
+
+
+def test_lm_eval_with_a_model_path_that_does_not_exist(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    argv = ["lm-eval", "--model", "attn-transition", "--model_args", f"pretrained={tmp_path / 'nowhere'}",
+            "--tasks", "niah_single_1", "--device", "cpu"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("attn-transition lm-eval: error: model folder") and "does not exist" in err[-1], err[-3:]
