@@ -20,6 +20,7 @@ from attn_transition.commands import register_command
 from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import UsageError, did_you_mean
 
+from .models import MODEL_FLAGS
 from .xsum import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
 
 __all__ = ["DemoResult", "answer_both", "side_by_side", "add_arguments", "run", "EPILOG"]
@@ -157,4 +158,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 register_command('demo', help='answer one long prompt with and without the transition',
-                 add_arguments=add_arguments, run=run, epilog=EPILOG)
+                 add_arguments=add_arguments, run=run, epilog=EPILOG, flags=MODEL_FLAGS)

@@ -26,7 +26,7 @@ from attn_transition.commands import register_command
 from attn_transition.errors import UsageError, did_you_mean
 
 __all__ = ["EmbeddedModel", "EMBEDDED", "DEFAULT_MODEL", "cache_dir", "convert", "load_model",
-           "resolve_model", "check_device", "generate_greedy", "add_model_arguments"]
+           "resolve_model", "check_device", "generate_greedy", "add_model_arguments", "MODEL_FLAGS"]
 
 
 def _smollm2_gguf() -> Path:
@@ -173,7 +173,7 @@ def load_model(model: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: str = 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in _DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        raise UsageError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}", field="dtype")
     check_device(device)
     where = resolve_model(model, cache)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -206,13 +206,15 @@ def check_device(device: str) -> None:
     try:
         kind = torch.device(device).type
     except (RuntimeError, TypeError):
-        raise UsageError(f"--device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps") from None
+        raise UsageError(f"device {device!r} is not a torch device; use cpu, cuda, cuda:1 or mps",
+                         field="device") from None
     if kind == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device here; use --device cpu")
+        raise UsageError(f"device {device} asked for, but torch sees no CUDA device here; use cpu", field="device")
     if kind == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {device} asked for, but torch sees no MPS device here; use --device cpu")
+        raise UsageError(f"device {device} asked for, but torch sees no MPS device here; use cpu", field="device")
     if kind == "cuda" and torch.device(device).index is not None and torch.device(device).index >= torch.cuda.device_count():
-        raise UsageError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise UsageError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+                         field="device")
 
 
 def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
@@ -242,6 +244,10 @@ def generate_greedy(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_n
         out = model.generate(**enc, **kwargs)                            # (batch, prompt + new)
     new = out[:, enc["input_ids"].shape[1]:]                              # (batch, new)
     return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+
+# The fields of load_model as the commands that take add_model_arguments spell them.
+MODEL_FLAGS: dict[str, str] = {"dtype": "--dtype", "device": "--device"}
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_MODEL) -> None:

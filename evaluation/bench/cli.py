@@ -16,6 +16,7 @@ from pathlib import Path
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
+from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, detect_shard, gather
 from .options import EPILOG, add_arguments, depths, ints, slug
 from .runner import DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, run_bench
@@ -118,4 +119,4 @@ register_command('bench', help='long-context benchmark: stock vs transition on t
                  add_arguments=add_arguments, run=run, epilog=EPILOG,
                  flags={name: "--" + name.replace("_", "-") for name in (
                      "tasks", "lengths", "depths", "per_cell", "max_new_tokens", "batch_size", "n_boot",
-                     "prompt_format", "dev_fraction")} | {"configs": "--config"})
+                     "prompt_format", "dev_fraction")} | {"configs": "--config"} | MODEL_FLAGS)

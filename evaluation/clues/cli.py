@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
-from attn_transition.evaluation.models import add_model_arguments
+from attn_transition.evaluation.models import MODEL_FLAGS, add_model_arguments
 
 from ..runtime.files import check_paths
 
@@ -435,4 +435,4 @@ def run(args: argparse.Namespace) -> int:
     return RUNNERS[getattr(args, "step", None) or "run"](args)
 
 register_command('clues', help='elusive clues: attention contrast, token dropout, LoRA, QA',
-                 add_arguments=add_arguments, run=run, epilog=EPILOG)
+                 add_arguments=add_arguments, run=run, epilog=EPILOG, flags=MODEL_FLAGS)

@@ -26,6 +26,7 @@ from attn_transition.commands import register_command
 from attn_transition.config import TransitionConfig, config_dict
 from attn_transition.errors import UsageError
 
+from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, barrier, close, detect_shard
 from ..runtime.files import check_paths
 from ..runtime.versions import library_versions
@@ -417,4 +418,5 @@ def run(args: argparse.Namespace) -> int:
 
 register_command('generate', help="XSum-style generation into the seed's JSON format",
                  add_arguments=add_arguments, run=run, epilog=EPILOG,
-                 flags={"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "template": "--template"})
+                 flags={"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "template": "--template",
+                        **MODEL_FLAGS})
