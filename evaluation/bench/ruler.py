@@ -22,7 +22,6 @@ Layers:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -31,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Protocol, Sequence
 
-from attn_transition.config import TransitionConfig, format_config, parse_configs
+from attn_transition.config import TransitionConfig
 from attn_transition.errors import UsageError, did_you_mean
 
 from . import store
 from .analysis import STOCK
-from .prompts import FORMATS
-from .runner import DEFAULT_CONFIGS
+from .runner import DEFAULT_CONFIGS, SuiteSettings
 
 __all__ = ["RulerTask", "TASKS", "DEFAULT_TASKS", "DEFAULT_LENGTHS", "RulerSettings", "resolve_tasks",
            "item_id", "Cells", "LmEvalCells", "run_cells"]
@@ -102,7 +100,7 @@ def resolve_tasks(names: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
 
 
 @dataclass(frozen=True)
-class RulerSettings:
+class RulerSettings(SuiteSettings):
     """What to run. Validated on construction (UsageError naming the option)."""
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
@@ -129,24 +127,7 @@ class RulerSettings:
             if len(set(values)) != len(values):
                 raise UsageError(f"{name} has repeated values: {','.join(map(str, values))}; give each value once",
                                  field=name)
-        for name, low in (("per_cell", 1), ("batch_size", 1), ("n_boot", 100)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} must be an int >= {low}, got {value!r}", field=name)
-        if self.prompt_format not in FORMATS:
-            raise UsageError(f"prompt_format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}",
-                             field="prompt_format")
-        if not self.configs:
-            raise UsageError("configs must hold at least one config", field="configs")
-        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
-
-    def labelled(self) -> dict[str, TransitionConfig]:
-        """``label -> config``, in order (a config given twice is kept once)."""
-        return {format_config(c): c for c in self.configs}
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as results files store them (configs by label)."""
-        return {**dataclasses.asdict(self), "configs": list(self.labelled())}
+        self._check_common()
 
 
 class Cells(Protocol):

@@ -34,7 +34,7 @@ from .prompts import FORMATS, Prompt, build_prompt, resolve_format
 from .scoring import score
 from .tasks import DEFAULT_TASKS, Sample, get_task, make_samples, task_data
 
-__all__ = ["BenchSettings", "Shard", "detect_shard", "DEFAULT_CONFIGS",
+__all__ = ["SuiteSettings", "BenchSettings", "Shard", "detect_shard", "DEFAULT_CONFIGS",
            "TUNE_GRID", "run_bench", "edits_anything", "generate_batch", "check_lengths"]
 
 DEFAULT_CONFIGS: tuple[str, ...] = ("classic", "sra")
@@ -44,8 +44,39 @@ TUNE_GRID: tuple[str, ...] = (
 )
 
 
+class SuiteSettings:
+    """What both suites' settings share: int fields with lower bounds, the prompt format, and the
+    configs, given as configs or specs and held parsed (:func:`~attn_transition.config.parse_configs`)."""
+
+    per_cell: int
+    batch_size: int
+    n_boot: int
+    prompt_format: str
+    configs: tuple[TransitionConfig, ...]
+
+    def _check_common(self, **more_int_fields: int) -> None:
+        for name, low in {"per_cell": 1, "batch_size": 1, "n_boot": 100, **more_int_fields}.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UsageError(f"{name} must be an int >= {low}, got {value!r}", field=name)
+        if self.prompt_format not in FORMATS:
+            raise UsageError(f"prompt_format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}",
+                             field="prompt_format")
+        if not self.configs:
+            raise UsageError("configs must hold at least one config", field="configs")
+        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
+
+    def labelled(self) -> dict[str, TransitionConfig]:
+        """``label -> config``, in order (the label is the config's canonical spec)."""
+        return {format_config(c): c for c in self.configs}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as results files store them (configs by label)."""
+        return {**dataclasses.asdict(self), "configs": list(self.labelled())}
+
+
 @dataclass(frozen=True)
-class BenchSettings:
+class BenchSettings(SuiteSettings):
     """What to run. Validated on construction (UsageError naming the field).
 
     Args:
@@ -88,25 +119,9 @@ class BenchSettings:
                 extra = " (depths are told apart in whole percents)" if name == "depths" else ""
                 raise UsageError(f"{name} has repeated values{extra}: {','.join(map(str, shown))}; "
                                  f"give each value once", field=name)
-        for name, low in (("per_cell", 1), ("max_new_tokens", 1), ("batch_size", 1), ("n_boot", 100)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < low:
-                raise UsageError(f"{name} must be an int >= {low}, got {value!r}", field=name)
-        if self.prompt_format not in FORMATS:
-            raise UsageError(f"prompt_format must be one of {', '.join(FORMATS)}, got {self.prompt_format!r}", field="prompt_format")
         if not 0.0 < self.dev_fraction < 1.0:
             raise UsageError(f"dev_fraction must be in (0, 1), got {self.dev_fraction}", field="dev_fraction")
-        if not self.configs:
-            raise UsageError("configs must hold at least one config", field="configs")
-        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
-
-    def labelled(self) -> dict[str, TransitionConfig]:
-        """``label -> config``, in order (the label is the config's canonical spec)."""
-        return {format_config(c): c for c in self.configs}
-
-    def as_dict(self) -> dict[str, Any]:
-        """The settings as results files store them (configs by label)."""
-        return {**dataclasses.asdict(self), "configs": list(self.labelled())}
+        self._check_common(max_new_tokens=1)
 
 
 def edits_anything(config: TransitionConfig, num_layers: int, n: int) -> bool:
