@@ -30,7 +30,7 @@ BAD_FILES: dict[str, object] = {
 BAD_FILE_WORDS = {"missing": "does not exist", "directory": "is a directory", "utf16": "UTF-16",
                   "binary": "NUL bytes", "latin1": "not UTF-8", "zero-bytes": "is empty",
                   "truncated": "not valid JSON", "top-level-object": "JSON list",
-                  "huge-single-line": ""}
+                  "huge-single-line": "not valid JSON"}
 
 
 def _bad_records() -> dict[str, tuple[list, str]]:
@@ -97,7 +97,7 @@ def test_judge_and_report_refuse_every_unreadable_file(tmp_path, capsys, judge_e
 @pytest.mark.parametrize("name", [n for n in BAD_FILES if n != "top-level-object"])
 def test_generate_refuses_every_unreadable_data_file(tmp_path, capsys, name):
     path = _write(tmp_path / f"{name}.jsonl", BAD_FILES[name])
-    words = {**BAD_FILE_WORDS, "truncated": "line 1 is not valid JSON", "huge-single-line": "not valid JSON"}
+    words = {**BAD_FILE_WORDS, "truncated": "line 1 is not valid JSON"}
     err = _refused(capsys, tmp_path, ["generate", path, "-o", tmp_path / "out.json", "--model", tmp_path / "none"],
                    words[name] if name != "missing" else "does not exist")
     assert path.name in err

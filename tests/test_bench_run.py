@@ -19,6 +19,8 @@ from attn_transition.evaluation.bench.runner import BenchSettings, edits_anythin
 from attn_transition.evaluation.runtime.dist import Shard, detect_shard
 from test_bench_pure import char_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: one thread (conftest)
+
 AGGRESSIVE = "classic:min_length=0,alpha=5,beta=1.5"      # changes greedy outputs of the tiny model
 MILD = "sra:begin_length=10,threshold_len=40"
 A_LABEL, M_LABEL = config_label(at.parse_config(AGGRESSIVE)), config_label(at.parse_config(MILD))
@@ -39,15 +41,6 @@ def tiny_lm(seed: int = 0, max_positions: int = 2048):
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 p.mul_(6.0)
     return model.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model is far faster on one thread when the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

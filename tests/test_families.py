@@ -23,6 +23,8 @@ from attn_transition.patches import FAMILIES, STATE_ATTR
 from attn_transition.patches.families import REFUSED, family_for, num_decoder_layers, schedule_layout
 from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, greedy, ids, left_padded, sharpen
 
+pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: one thread (conftest)
+
 CLASSIC, SRA = edit_configs()
 SCHEDULES = [pytest.param(CLASSIC, id="classic"), pytest.param(SRA, id="sra")]
 PAD = 37
@@ -42,15 +44,6 @@ def _families(check: str):
         reason = XFAIL.get((f, check))
         out.append(pytest.param(f, marks=pytest.mark.xfail(strict=True, reason=reason)) if reason else f)
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is several times faster than two (thread hand-offs dominate)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 _MODELS: dict = {}

@@ -253,8 +253,9 @@ def _run_profile(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.suffix != ".jsonl":
         raise UsageError(f"--output {out} must end in .jsonl (profiles are nested records)")
-    check_paths(inputs={"--input": args.input}, outputs={"--output": out})
+    check_paths(inputs={"input": args.input}, outputs={"--output": out})
     done: dict[int, dict[str, Any]] = {}
+    in_order = True                                        # the file holds profiles 0..k-1 and nothing else
     if out.exists():
         if not args.resume:
             raise UsageError(f"{out} exists; pass --resume to keep its records and add the missing ones, or "
@@ -265,6 +266,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         for record in contents.objects:
             _check_resumed(record, rows, args.model, config, out)
             done[record["index"]] = record
+        in_order = not contents.skipped and [r["index"] for r in contents.objects] == list(range(len(done)))
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
                                   cache=args.cache_dir)
     check_model_config(model.config, config, args.model)   # before anything is profiled or written
@@ -273,9 +275,8 @@ def _run_profile(args: argparse.Namespace) -> int:
                   initial=len(done), total=len(rows)):
         done[i] = profile_record(i, args.model, attention_profile(model, tokenizer, rows[i]["text"], config), config)
         log.append([json_safe(done[i])])
-    final = read_log(out)
-    if final.skipped or [r["index"] for r in final.objects] != list(range(len(rows))):
-        write_jsonl(out, [done[i] for i in range(len(rows))])     # redone lines: the file in input order
+    if not in_order:                                       # redone lines: the file in input order
+        write_jsonl(out, [done[i] for i in range(len(rows))])
     print(f"{len(done)} profiles -> {out}")
     return 0
 
