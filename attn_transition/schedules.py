@@ -117,6 +117,20 @@ def plan_rows(plan: Sequence[Edit]) -> list[int]:
     return rows
 
 
+@functools.lru_cache(maxsize=256)
+def _below(threshold: float, dtype: torch.dtype) -> float:
+    """The largest ``dtype`` value under ``threshold`` as ``dtype`` rounds it: ``x > _below(t)``
+    holds exactly when ``x < t`` does not, as torch compares a ``dtype`` tensor with ``t``."""
+    t = torch.tensor(threshold, dtype=dtype)
+    return torch.nextafter(t, torch.tensor(float("-inf"), dtype=dtype)).item()
+
+
+def _eliminate_(rows: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Zero, in place, the entries below ``threshold`` (``masked_fill_(rows < threshold, 0)``
+    in one pass over memory instead of two)."""
+    return torch.nn.functional.threshold_(rows, _below(threshold, rows.dtype), 0.0)
+
+
 def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, beta: float,
                    strategy: str = "adding", *, first_row: Optional[int] = None,
                    total: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -137,7 +151,7 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
     assert rows.shape[-1] >= first_row + r, f"rows {tuple(rows.shape)} need >= {first_row + r} columns"
     assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
     block = rows[..., :end]                                   # (..., r, <= e) view
-    block.masked_fill_(block < threshold, 0.0)                # 1. elimination
+    _eliminate_(block, threshold)                             # 1. elimination
     block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
     removed = (1.0 if total is None else total) - block.sum(-1, keepdim=True)   # 3. (..., r, 1)
     if strategy == "adding":
@@ -172,10 +186,12 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     """
     target = slice(target_start, target_end)
     selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
-    drop = rows < threshold                                            # (..., r, C)
-    drop &= selected                                                   # unselected rows keep everything
-    rows.masked_fill_(drop, 0.0)                                       # eliminate
-    del drop
+    # Eliminate below the threshold in selected rows; unselected rows are put back as they were
+    # (a one-pass scalar threshold and a copy of the few unselected rows beat a per-row mask).
+    unselected = (~selected[..., 0]).nonzero(as_tuple=True)            # indices of (..., r)
+    kept = rows[unselected]                                            # (m, C) copy
+    _eliminate_(rows, threshold)
+    rows[unselected] = kept
     removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
     m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)

@@ -22,6 +22,7 @@ import sys
 from typing import Callable, Optional
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from attn_transition.schedules import apply_edit_, layer_plan
@@ -199,6 +200,101 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+# On the CPU, SDPA over rows that need an explicit mask costs about this much per (row, key) entry
+# relative to its causal kernel (measured: CPU float32, 8k tokens, 1.5x-1.75x). Without a mask of
+# its own, the base skips recomputed rows only where that saves work at this price.
+_MASKED_ENTRY_COST = 1.75
+
+def _rows_all_edit(call: CallPlan, plans) -> list[tuple[int, int]]:
+    """The call's query rows (local indices) that every batch row recomputes, as sorted spans."""
+    common: Optional[list[tuple[int, int]]] = None
+    for row, plan in zip(call.rows, plans):
+        spans = []
+        for e in plan:
+            a = max(row.first + e.start, call.offset, row.first) - call.offset
+            c = min(row.first + e.end, call.offset + call.q_len, row.real_end) - call.offset
+            if a < c:
+                spans.append((a, c))
+        spans.sort()
+        if common is None:
+            common = spans
+        else:
+            common = [(max(a, x), min(c, y)) for a, c in common for x, y in spans if max(a, x) < min(c, y)]
+        if not common:
+            return []
+    return common or []
+
+
+def _causal_entries(a: int, c: int, offset: int) -> int:
+    """(row, key) entries of causal rows [a, c) whose row i sees keys [0, offset + i]."""
+    return (c - a) * (2 * offset + a + c + 1) // 2
+
+
+def _complement(spans, q: int) -> list[tuple[int, int]]:
+    """The rows of [0, q) outside the sorted disjoint ``spans``."""
+    kept, at = [], 0
+    for a, c in spans:
+        if a > at:
+            kept.append((at, a))
+        at = c
+    if at < q:
+        kept.append((at, q))
+    return kept
+
+
+def _worth_skipping(skip, q: int, offset: int) -> list[tuple[int, int]]:
+    """The spans of ``skip`` the causal base (no mask) should leave out: the rows before the first
+    skipped span run on the causal kernel, every kept row after it on the masked one. Skipping
+    from span j on saves its entries and costs the extra of the masked rows after it; the best
+    j wins, or nothing is skipped."""
+    best, best_gain = len(skip), 0.0
+    for j in range(len(skip)):
+        later = skip[j:]
+        saved = sum(_causal_entries(a, c, offset) for a, c in later)
+        masked = sum(_causal_entries(a, c, offset) for a, c in _complement(later, q)
+                     if c > later[0][0] or offset > 0)
+        gain = saved - (_MASKED_ENTRY_COST - 1.0) * masked
+        if gain > best_gain:
+            best, best_gain = j, gain
+    return list(skip[best:])
+
+
+def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, *, offset: int,
+               scaling: float, softcap, dropout: float, budget: Optional[float], base_kwargs: dict) -> torch.Tensor:
+    """The base attention's output on every query row, except the rows in ``skip`` where that is
+    cheaper: they are left unset (the caller recomputes them). (batch, q, heads, dv)."""
+    batch, heads, q, _ = query.shape                                     # (batch, heads, q, d)
+    plain_sdpa = (base is ALL_ATTENTION_FUNCTIONS["sdpa"] and query.device.type == "cpu"
+                  and base_kwargs.get("position_bias") is None
+                  and base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is True)
+    if plain_sdpa and attention_mask is None:
+        skip = _worth_skipping(skip, q, offset)
+    if not skip or not plain_sdpa:
+        return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                    softcap=softcap, **base_kwargs)[0]
+    out = query.new_empty(batch, q, heads, value.shape[-1])               # (batch, q, heads, dv)
+    groups = heads // key.shape[1]
+    for a, c in _complement(skip, q):
+        if attention_mask is not None:                                   # the layer's own mask rows
+            out[:, a:c] = base(module, query[:, :, a:c], key, value, attention_mask[:, :, a:c],
+                               dropout=0.0, scaling=scaling, softcap=softcap, **base_kwargs)[0]
+        elif a == 0 and offset == 0:                                     # square: the causal kernel
+            out[:, :c] = base(module, query[:, :, :c], key[:, :, :c], value[:, :, :c], None,
+                              dropout=0.0, scaling=scaling, softcap=softcap, **base_kwargs)[0]
+        else:
+            # Rows [a, c) see keys [0, offset + i]: lower-right causal over keys [0, offset + c), in
+            # chunks whose (rows, keys) mask stays within the budget (bool, then float in SDPA).
+            step = c - a if budget is None else max(1, int(budget * 2**20) // (5 * (offset + c)))
+            for i in range(a, c, step):
+                j = min(c, i + step)
+                bias = causal_lower_right(j - i, offset + j)
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    query[:, :, i:j], key[:, :, :offset + j], value[:, :, :offset + j], attn_mask=bias,
+                    scale=scaling, enable_gqa=groups > 1)                # (batch, heads, r, dv)
+                out[:, i:j] = o.transpose(1, 2)                          # (batch, r, heads, dv)
+    return out
+
+
 def _transition(module, query, key, value, attention_mask, call: CallPlan, state, *, scaling, softcap,
                 dropout: float, base: Optional[Callable], want_weights: bool, **base_kwargs):
     """The base attention, then the edited rows of this call recomputed, edited and written back."""
@@ -208,20 +304,23 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
     sinks = _sinks(module, base_kwargs)
     grad = _needs_grad(query, key, value)
     every_row = base is None or want_weights
+    # Absolute position of key index 0: caches that keep a window hold only the last keys.
+    shift = call.offset + q - k_len if k_len <= call.offset + q else 0
+    layer = state.schedule_index.get(module.layer_idx, module.layer_idx)
+    budget = chunk_budget(state.max_chunk_mib, query.device)
+    plans = [layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
+             for row in call.rows]
     if base is not None:
-        out, _ = base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                      softcap=softcap, **base_kwargs)                    # (batch, q, heads, dv)
+        skip = () if every_row or grad or dropout > 0 or shift else _rows_all_edit(call, plans)
+        out = _base_rows(base, module, query, key, value, attention_mask, skip, offset=call.offset,
+                         scaling=scaling, softcap=softcap, dropout=dropout, budget=budget,
+                         base_kwargs=base_kwargs)                        # (batch, q, heads, dv)
         if grad:
             out = out.clone()                                            # written to below
     else:
         out = query.new_zeros(batch, q, heads, value.shape[-1])          # (batch, q, heads, dv)
     weights_out = query.new_zeros(batch, heads, q, k_len) if want_weights else None
-    # Absolute position of key index 0: caches that keep a window hold only the last keys.
-    shift = call.offset + q - k_len if k_len <= call.offset + q else 0
-    layer = state.schedule_index.get(module.layer_idx, module.layer_idx)
-    budget = chunk_budget(state.max_chunk_mib, query.device)
-    for b, row in enumerate(call.rows):
-        plan = layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
+    for b, (row, plan) in enumerate(zip(call.rows, plans)):
         if not plan and not every_row:
             continue
         # This call's real query rows, counted from the row's first real token.

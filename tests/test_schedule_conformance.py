@@ -226,3 +226,27 @@ def test_each_edit_needs_only_the_keys_before_its_end(config):
             assert not full[..., edit.end:].any()                              # causal zeros stay zero
             edited += 1
     assert edited > 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_elimination_boundary_is_exact(dtype):
+    """Weights exactly at the threshold (as the tensor's dtype rounds it) stay, one step below goes:
+    the one-pass elimination keeps the spec's strict ``w < threshold``."""
+    s, e = 8, 12
+    t = 1.0 / 3.0 / e                                    # alpha / e, not exactly representable
+    at_t = torch.tensor(t, dtype=dtype)
+    below = torch.nextafter(at_t, torch.tensor(0.0, dtype=dtype))
+    above = torch.nextafter(at_t, torch.tensor(1.0, dtype=dtype))
+    rows = torch.zeros(1, 4, e, dtype=dtype)             # (heads, r, e): rows [8, 12) of the block
+    rows[..., 0] = 0.5
+    rows[..., 1], rows[..., 2], rows[..., 3] = at_t, below, above
+    classic_block_(rows, s, e, t, 0.0)                   # beta = 0: elimination and halving only
+    assert rows[0, :, 1].eq(at_t).all() and rows[0, :, 3].eq(above).all(), rows[0, 0, :4]
+    assert rows[0, :, 2].eq(0).all(), rows[0, 0, :4]
+    # SRA: the same boundary in a selected row; an unselected row keeps its weak weights.
+    rows = torch.zeros(2, 1, e, dtype=dtype)             # (heads, 1, e)
+    rows[..., 0], rows[..., 5], rows[..., 6] = at_t, below, above
+    rows[1, 0, 6] = below                                # head 1: nothing strictly above t in the target
+    redistribute_(rows, 6, 8, float(at_t), 0.0)
+    assert rows[0, 0, 0].eq(at_t) and rows[0, 0, 5].eq(0) and rows[0, 0, 6].eq(above), rows[0, 0, :8]
+    assert rows[1, 0, 0].eq(at_t) and rows[1, 0, 5].eq(below) and rows[1, 0, 6].eq(below), rows[1, 0, :8]

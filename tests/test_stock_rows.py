@@ -1,0 +1,129 @@
+"""The base attention skips the rows every batch row recomputes (CPU): the rows it keeps equal
+the base on the whole input, and an enabled model gives the same result either way."""
+
+import pytest
+import torch
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+import attn_transition as at
+from attn_transition.patches import attention as A
+from attn_transition.patches.calls import CallPlan, RowPrompt
+from attn_transition.schedules import ClassicBlock
+from tiny_models import N, edit_configs, left_padded, tiny_model
+
+pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+
+CLASSIC, SRA = edit_configs()
+
+
+class _Module(torch.nn.Module):
+    is_causal = True
+
+    def __init__(self, groups: int):
+        super().__init__()
+        self.num_key_value_groups = groups
+        self.layer_idx = 0
+
+
+def _qkv(batch: int, q_len: int, k_len: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    # transformers' layout: (batch, seq, heads, d) seen through a transpose
+    q = torch.randn(batch, q_len, 4, 8, generator=g).transpose(1, 2)    # (batch, 4, q, 8)
+    k = torch.randn(batch, k_len, 2, 8, generator=g).transpose(1, 2)    # (batch, 2, k, 8)
+    v = torch.randn(batch, k_len, 2, 8, generator=g).transpose(1, 2)    # (batch, 2, k, 8)
+    return q, k, v
+
+
+def _kept(skip, q):
+    keep = torch.ones(q, dtype=torch.bool)
+    for a, c in skip:
+        keep[a:c] = False
+    return keep
+
+
+@pytest.mark.parametrize("budget", [None, 1e-9, 0.002])
+@pytest.mark.parametrize("offset", [0, 17])
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "padded"])
+def test_kept_rows_equal_the_whole_base(monkeypatch, budget, offset, masked):
+    monkeypatch.setattr(A, "_MASKED_ENTRY_COST", 1.0)                # skip whenever any row is saved
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    q_len = 64
+    k_len = offset + q_len
+    q, k, v = _qkv(2, q_len, k_len, seed=offset + masked)
+    mask = None
+    if masked or offset:                                             # a chunk after a cache has a mask
+        mask = torch.ones(q_len, k_len, dtype=torch.bool).tril_(offset)[None, None].repeat(2, 1, 1, 1)
+        if masked:
+            mask[1, :, :, :5] = False                                # row 1: 5 left-padding keys
+            mask[1, :, :5 - offset if offset < 5 else 0, :] = False
+    whole = sdpa(_Module(2), q, k, v, mask, scaling=0.3)[0]           # (batch, q, heads, d)
+    for skip in ([(0, 10)], [(10, 20), (40, 50)], [(50, 64)], [(5, 6), (7, 9), (30, 64)]):
+        got = A._base_rows(sdpa, _Module(2), q, k, v, mask, skip, offset=offset, scaling=0.3, softcap=None,
+                           dropout=0.0, budget=budget, base_kwargs={})
+        keep = _kept(skip, q_len)
+        assert (got[:, keep] - whole[:, keep]).abs().max() < 1e-6, (skip, budget, offset, masked)
+
+
+def test_rows_are_not_skipped_where_the_mask_would_cost_more(monkeypatch):
+    sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    seen = []
+    real = A.causal_lower_right
+    monkeypatch.setattr(A, "causal_lower_right", lambda *a: seen.append(a) or real(*a))
+    q, k, v = _qkv(1, 64, 64, seed=3)
+    # Skipping 2 early rows would put 60 later rows on the masked path: the whole base runs.
+    A._base_rows(sdpa, _Module(2), q, k, v, None, [(2, 4)], offset=0, scaling=0.3, softcap=None,
+                 dropout=0.0, budget=None, base_kwargs={})
+    assert not seen
+    # Skipping the last rows leaves only the square head: no mask at all.
+    A._base_rows(sdpa, _Module(2), q, k, v, None, [(40, 64)], offset=0, scaling=0.3, softcap=None,
+                 dropout=0.0, budget=None, base_kwargs={})
+    assert not seen
+    # Late rows skipped, a few rows after them: the masked path runs for those.
+    A._base_rows(sdpa, _Module(2), q, k, v, None, [(30, 60)], offset=0, scaling=0.3, softcap=None,
+                 dropout=0.0, budget=None, base_kwargs={})
+    assert seen == [(4, 64)]
+    # An early span not worth its masked rows is run; the trailing one is still left out.
+    assert A._worth_skipping([(2, 4), (40, 64)], 64, 0) == [(40, 64)]
+    assert A._worth_skipping([(2, 4)], 64, 0) == []
+
+
+def test_rows_all_edit_is_the_intersection_over_the_batch():
+    plan = (ClassicBlock(10, 20, 0.1, 0.1, "adding"), ClassicBlock(20, 30, 0.1, 0.1, "adding"))
+    short = (ClassicBlock(5, 12, 0.1, 0.1, "adding"),)
+    rows = (RowPrompt(0, 40, 40), RowPrompt(4, 40, 36), RowPrompt(0, 40, 40))
+    call = CallPlan(CLASSIC, 3, 40, 0, rows)
+    # row 0: [10, 30); row 1 (first real token at 4): [14, 34); row 2: [5, 12)
+    assert A._rows_all_edit(call, [plan, plan, plan]) == [(14, 20), (20, 24), (24, 30)]
+    assert A._rows_all_edit(call, [plan, plan, short]) == []
+    assert A._rows_all_edit(call, [plan, (), plan]) == []
+    # A chunk of a prompt: rows before the chunk are not in it, local indices count from its start.
+    chunk = CallPlan(CLASSIC, 1, 15, 15, (RowPrompt(0, 30, 40),))
+    assert A._rows_all_edit(chunk, [plan]) == [(0, 5), (5, 15)]
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])
+@pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
+@pytest.mark.parametrize("padded", [False, True], ids=["one-row", "padded"])
+def test_model_equal_with_and_without_skipping(monkeypatch, family, config, padded):
+    model = tiny_model(family)
+    if padded:
+        x, mask = left_padded(2, N, row=1, pad=23, seed=4)
+    else:
+        x, mask = left_padded(1, N, row=0, pad=0, seed=4)
+    skipped = []
+    real = A._base_rows
+
+    def spy(base, module, query, key, value, attention_mask, skip, **kwargs):
+        skipped.append(bool(skip))
+        return real(base, module, query, key, value, attention_mask, skip, **kwargs)
+
+    monkeypatch.setattr(A, "_base_rows", spy)
+    at.enable(model, config)
+    with torch.no_grad():
+        monkeypatch.setattr(A, "_MASKED_ENTRY_COST", 1.0)            # skip wherever a row is saved
+        skipping = model(x, attention_mask=mask).logits
+        assert any(skipped), "some layer must skip rows"
+        monkeypatch.setattr(A, "_rows_all_edit", lambda *a: [])      # the base on every row
+        whole = model(x, attention_mask=mask).logits
+    at.disable(model)
+    assert (skipping - whole).abs().max() < 1e-5, (family, config)
