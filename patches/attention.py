@@ -200,10 +200,78 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-# On the CPU, SDPA over rows that need an explicit mask costs about this much per (row, key) entry
-# relative to its causal kernel (measured: CPU float32, 8k tokens, 1.5x-1.75x). Without a mask of
-# its own, the base skips recomputed rows only where that saves work at this price.
-_MASKED_ENTRY_COST = 1.75
+def _probe_flash_lse() -> Optional[Callable]:
+    """torch's CPU flash kernel with its log-sum-exp, if it merges as expected (checked once)."""
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None:
+        return None
+    try:
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(1, 2, 6, 4, generator=g) for _ in range(3))
+        o1, l1 = op(q[:, :, 3:], k[:, :, :3], v[:, :, :3], 0.0, False, scale=0.5)
+        o2, l2 = op(q[:, :, 3:], k[:, :, 3:], v[:, :, 3:], 0.0, True, scale=0.5)
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5)[:, :, 3:]
+        ok = (_merge(o1, l1, o2, l2) - want).abs().max().item() < 1e-5
+    except (RuntimeError, TypeError, ValueError):
+        return None
+    return op if ok else None
+
+
+def _merge(o1, l1, o2, l2) -> torch.Tensor:
+    """Attention over two key sets from each one's output (batch, heads, r, dv) and log-sum-exp
+    (batch, heads, r), in float32 at least."""
+    top = torch.maximum(l1, l2)
+    w1 = (l1 - top).exp_().unsqueeze(-1)                                 # (batch, heads, r, 1)
+    w2 = (l2 - top).exp_().unsqueeze(-1)
+    return (_upcast(o1) * w1 + _upcast(o2) * w2) / (w1 + w2)             # (batch, heads, r, dv)
+
+
+_FLASH_LSE: Optional[Callable] = None
+_FLASH_LSE_PROBED = False
+
+
+def _flash_lse() -> Optional[Callable]:
+    global _FLASH_LSE, _FLASH_LSE_PROBED
+    if not _FLASH_LSE_PROBED:
+        _FLASH_LSE, _FLASH_LSE_PROBED = _probe_flash_lse(), True
+    return _FLASH_LSE
+
+
+# Rows of a causal call that do not start at row 0 cost, per (row, key) entry, about this much
+# relative to the causal kernel (CPU float32, 8k tokens): merged from two kernel calls by their
+# log-sum-exp, or with an explicit lower-right mask where that kernel is not available. The base
+# skips recomputed rows only where that saves work at this price.
+_MASKED_ENTRY_COST = {"merged": 1.05, "mask": 1.75}
+
+
+def _causal_rows(out, query, key, value, a: int, c: int, *, offset: int, scaling: float,
+                 budget: Optional[float]) -> None:
+    """Write the causal attention of query rows [a, c) into ``out`` (batch, q, heads, dv); row i
+    sees keys [0, offset + i]. In chunks of rows whose temporaries stay within the budget."""
+    batch, heads, _, dv = query.shape
+    keys = offset + c
+    if _merges(query):
+        op = _flash_lse()
+        # Chunk [i, j): keys [0, offset + i) seen by every row, and the square [offset + i, offset + j)
+        # (causal, upper-left is right); about six (r, heads, dv) float32 temporaries.
+        step = c - a if budget is None else max(1, int(budget * 2**20) // (24 * heads * dv))
+        for i in range(a, c, step):
+            j = min(c, i + step)
+            qs = query[:, :, i:j]                                        # (batch, heads, r, d)
+            o1, l1 = op(qs, key[:, :, :offset + i], value[:, :, :offset + i], 0.0, False, scale=scaling)
+            o2, l2 = op(qs, key[:, :, offset + i:offset + j], value[:, :, offset + i:offset + j], 0.0, True,
+                        scale=scaling)
+            out[:, i:j] = _merge(o1, l1, o2, l2).transpose(1, 2)        # (batch, r, heads, dv)
+        return
+    # A lower-right causal mask over keys [0, offset + j): (rows, keys) bool, then float in SDPA.
+    groups = heads // key.shape[1]
+    step = c - a if budget is None else max(1, int(budget * 2**20) // (5 * keys))
+    for i in range(a, c, step):
+        j = min(c, i + step)
+        o = torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, i:j], key[:, :, :offset + j], value[:, :, :offset + j],
+            attn_mask=causal_lower_right(j - i, offset + j), scale=scaling, enable_gqa=groups > 1)
+        out[:, i:j] = o.transpose(1, 2)                                  # (batch, r, heads, dv)
 
 def _rows_all_edit(call: CallPlan, plans) -> list[tuple[int, int]]:
     """The call's query rows (local indices) that every batch row recomputes, as sorted spans."""
@@ -242,18 +310,25 @@ def _complement(spans, q: int) -> list[tuple[int, int]]:
     return kept
 
 
-def _worth_skipping(skip, q: int, offset: int) -> list[tuple[int, int]]:
+def _merges(query: torch.Tensor) -> bool:
+    """Whether rows after a skipped span are merged from two kernel calls: float32 / float64 only
+    (in half precision each call's output is rounded before the merge, a rounding stock makes once)."""
+    return query.dtype in (torch.float32, torch.float64) and _flash_lse() is not None
+
+
+def _worth_skipping(skip, q: int, offset: int, *, merged: bool) -> list[tuple[int, int]]:
     """The spans of ``skip`` the causal base (no mask) should leave out: the rows before the first
     skipped span run on the causal kernel, every kept row after it on the masked one. Skipping
     from span j on saves its entries and costs the extra of the masked rows after it; the best
     j wins, or nothing is skipped."""
+    cost = _MASKED_ENTRY_COST["merged" if merged else "mask"]
     best, best_gain = len(skip), 0.0
     for j in range(len(skip)):
         later = skip[j:]
         saved = sum(_causal_entries(a, c, offset) for a, c in later)
         masked = sum(_causal_entries(a, c, offset) for a, c in _complement(later, q)
                      if c > later[0][0] or offset > 0)
-        gain = saved - (_MASKED_ENTRY_COST - 1.0) * masked
+        gain = saved - (cost - 1.0) * masked
         if gain > best_gain:
             best, best_gain = j, gain
     return list(skip[best:])
@@ -268,12 +343,11 @@ def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, 
                   and base_kwargs.get("position_bias") is None
                   and base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is True)
     if plain_sdpa and attention_mask is None:
-        skip = _worth_skipping(skip, q, offset)
+        skip = _worth_skipping(skip, q, offset, merged=_merges(query))
     if not skip or not plain_sdpa:
         return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                     softcap=softcap, **base_kwargs)[0]
     out = query.new_empty(batch, q, heads, value.shape[-1])               # (batch, q, heads, dv)
-    groups = heads // key.shape[1]
     for a, c in _complement(skip, q):
         if attention_mask is not None:                                   # the layer's own mask rows
             out[:, a:c] = base(module, query[:, :, a:c], key, value, attention_mask[:, :, a:c],
@@ -282,16 +356,7 @@ def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, 
             out[:, :c] = base(module, query[:, :, :c], key[:, :, :c], value[:, :, :c], None,
                               dropout=0.0, scaling=scaling, softcap=softcap, **base_kwargs)[0]
         else:
-            # Rows [a, c) see keys [0, offset + i]: lower-right causal over keys [0, offset + c), in
-            # chunks whose (rows, keys) mask stays within the budget (bool, then float in SDPA).
-            step = c - a if budget is None else max(1, int(budget * 2**20) // (5 * (offset + c)))
-            for i in range(a, c, step):
-                j = min(c, i + step)
-                bias = causal_lower_right(j - i, offset + j)
-                o = torch.nn.functional.scaled_dot_product_attention(
-                    query[:, :, i:j], key[:, :, :offset + j], value[:, :, :offset + j], attn_mask=bias,
-                    scale=scaling, enable_gqa=groups > 1)                # (batch, heads, r, dv)
-                out[:, i:j] = o.transpose(1, 2)                          # (batch, r, heads, dv)
+            _causal_rows(out, query, key, value, a, c, offset=offset, scaling=scaling, budget=budget)
     return out
 
 

@@ -41,11 +41,27 @@ def _kept(skip, q):
     return keep
 
 
+ALWAYS = {"merged": 1.0, "mask": 1.0}                              # skip whenever any row is saved
+
+
+def _without_merge(monkeypatch):
+    """The fallback: rows after a skipped span through an explicit lower-right mask."""
+    monkeypatch.setattr(A, "_FLASH_LSE_PROBED", True)
+    monkeypatch.setattr(A, "_FLASH_LSE", None)
+
+
+def test_the_merged_kernel_is_available_here():
+    assert A._flash_lse() is not None, "torch's CPU flash kernel with its log-sum-exp"
+
+
+@pytest.mark.parametrize("path", ["merged", "mask"])
 @pytest.mark.parametrize("budget", [None, 1e-9, 0.002])
 @pytest.mark.parametrize("offset", [0, 17])
 @pytest.mark.parametrize("masked", [False, True], ids=["causal", "padded"])
-def test_kept_rows_equal_the_whole_base(monkeypatch, budget, offset, masked):
-    monkeypatch.setattr(A, "_MASKED_ENTRY_COST", 1.0)                # skip whenever any row is saved
+def test_kept_rows_equal_the_whole_base(monkeypatch, path, budget, offset, masked):
+    monkeypatch.setattr(A, "_MASKED_ENTRY_COST", ALWAYS)
+    if path == "mask":
+        _without_merge(monkeypatch)
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     q_len = 64
     k_len = offset + q_len
@@ -64,27 +80,34 @@ def test_kept_rows_equal_the_whole_base(monkeypatch, budget, offset, masked):
         assert (got[:, keep] - whole[:, keep]).abs().max() < 1e-6, (skip, budget, offset, masked)
 
 
-def test_rows_are_not_skipped_where_the_mask_would_cost_more(monkeypatch):
+def test_rows_are_skipped_only_where_that_saves_work(monkeypatch):
+    _without_merge(monkeypatch)                                      # the mask path: 1.75x per entry
+    # Skipping 20 rows would put the 34 rows after them on the masked path: not worth it.
+    assert A._worth_skipping([(10, 30)], 64, 0, merged=False) == []
+    # Late rows skipped, a few rows after them: worth it; a trailing span costs nothing.
+    assert A._worth_skipping([(30, 60)], 64, 0, merged=False) == [(30, 60)]
+    assert A._worth_skipping([(40, 64)], 64, 0, merged=False) == [(40, 64)]
+    # An early span not worth its masked rows is run; the later ones are still left out.
+    assert A._worth_skipping([(2, 4), (40, 50), (60, 64)], 64, 0, merged=False) == [(40, 50), (60, 64)]
+    # merged: nearly stock price
+    assert A._worth_skipping([(10, 30)], 64, 0, merged=True) == [(10, 30)]     # 410 entries saved, 81 extra
+    assert A._worth_skipping([(1, 2)], 64, 0, merged=True) == []                # 2 saved, 104 extra
+
+
+def test_half_precision_rows_are_not_merged():
+    q, _, _ = _qkv(1, 8, 8, seed=0)
+    assert A._merges(q) and not A._merges(q.to(torch.bfloat16))
+
+
+def test_whole_base_when_nothing_is_worth_skipping(monkeypatch):
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
-    seen = []
-    real = A.causal_lower_right
-    monkeypatch.setattr(A, "causal_lower_right", lambda *a: seen.append(a) or real(*a))
+    calls = []
+    monkeypatch.setattr(A, "_causal_rows", lambda *a, **k: calls.append(a))
     q, k, v = _qkv(1, 64, 64, seed=3)
-    # Skipping 2 early rows would put 60 later rows on the masked path: the whole base runs.
-    A._base_rows(sdpa, _Module(2), q, k, v, None, [(2, 4)], offset=0, scaling=0.3, softcap=None,
-                 dropout=0.0, budget=None, base_kwargs={})
-    assert not seen
-    # Skipping the last rows leaves only the square head: no mask at all.
-    A._base_rows(sdpa, _Module(2), q, k, v, None, [(40, 64)], offset=0, scaling=0.3, softcap=None,
-                 dropout=0.0, budget=None, base_kwargs={})
-    assert not seen
-    # Late rows skipped, a few rows after them: the masked path runs for those.
-    A._base_rows(sdpa, _Module(2), q, k, v, None, [(30, 60)], offset=0, scaling=0.3, softcap=None,
-                 dropout=0.0, budget=None, base_kwargs={})
-    assert seen == [(4, 64)]
-    # An early span not worth its masked rows is run; the trailing one is still left out.
-    assert A._worth_skipping([(2, 4), (40, 64)], 64, 0) == [(40, 64)]
-    assert A._worth_skipping([(2, 4)], 64, 0) == []
+    whole = sdpa(_Module(2), q, k, v, None, scaling=0.3)[0]
+    got = A._base_rows(sdpa, _Module(2), q, k, v, None, [(1, 2)], offset=0, scaling=0.3, softcap=None,
+                       dropout=0.0, budget=None, base_kwargs={})
+    assert not calls and torch.equal(got, whole)
 
 
 def test_rows_all_edit_is_the_intersection_over_the_batch():
@@ -120,7 +143,7 @@ def test_model_equal_with_and_without_skipping(monkeypatch, family, config, padd
     monkeypatch.setattr(A, "_base_rows", spy)
     at.enable(model, config)
     with torch.no_grad():
-        monkeypatch.setattr(A, "_MASKED_ENTRY_COST", 1.0)            # skip wherever a row is saved
+        monkeypatch.setattr(A, "_MASKED_ENTRY_COST", ALWAYS)         # skip wherever a row is saved
         skipping = model(x, attention_mask=mask).logits
         assert any(skipped), "some layer must skip rows"
         monkeypatch.setattr(A, "_rows_all_edit", lambda *a: [])      # the base on every row
