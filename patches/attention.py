@@ -250,7 +250,7 @@ def _causal_rows(out, query, key, value, a: int, c: int, *, offset: int, scaling
     sees keys [0, offset + i]. In chunks of rows whose temporaries stay within the budget."""
     batch, heads, _, dv = query.shape
     keys = offset + c
-    if _merges(query):
+    if _merges(query, value):
         op = _flash_lse()
         # Chunk [i, j): keys [0, offset + i) seen by every row, and the square [offset + i, offset + j)
         # (causal, upper-left is right); about six (r, heads, dv) float32 temporaries.
@@ -310,10 +310,13 @@ def _complement(spans, q: int) -> list[tuple[int, int]]:
     return kept
 
 
-def _merges(query: torch.Tensor) -> bool:
+def _merges(query: torch.Tensor, value: torch.Tensor) -> bool:
     """Whether rows after a skipped span are merged from two kernel calls: float32 / float64 only
-    (in half precision each call's output is rounded before the merge, a rounding stock makes once)."""
-    return query.dtype in (torch.float32, torch.float64) and _flash_lse() is not None
+    (in half precision each call's output is rounded before the merge, a rounding stock makes
+    once), and one head size for queries, keys and values (the kernel's requirement; MLA-style
+    attention has wider queries and keys than values)."""
+    return (query.dtype in (torch.float32, torch.float64) and query.shape[-1] == value.shape[-1]
+            and _flash_lse() is not None)
 
 
 def _worth_skipping(skip, q: int, offset: int, *, merged: bool) -> list[tuple[int, int]]:
@@ -343,7 +346,7 @@ def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, 
                   and base_kwargs.get("position_bias") is None
                   and base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is True)
     if plain_sdpa and attention_mask is None:
-        skip = _worth_skipping(skip, q, offset, merged=_merges(query))
+        skip = _worth_skipping(skip, q, offset, merged=_merges(query, value))
     if not skip or not plain_sdpa:
         return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                     softcap=softcap, **base_kwargs)[0]

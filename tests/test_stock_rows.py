@@ -94,9 +94,10 @@ def test_rows_are_skipped_only_where_that_saves_work(monkeypatch):
     assert A._worth_skipping([(1, 2)], 64, 0, merged=True) == []                # 2 saved, 104 extra
 
 
-def test_half_precision_rows_are_not_merged():
-    q, _, _ = _qkv(1, 8, 8, seed=0)
-    assert A._merges(q) and not A._merges(q.to(torch.bfloat16))
+def test_half_precision_and_mla_rows_are_not_merged():
+    q, _, v = _qkv(1, 8, 8, seed=0)
+    assert A._merges(q, v) and not A._merges(q.to(torch.bfloat16), v.to(torch.bfloat16))
+    assert not A._merges(q, v[..., :4])                              # values narrower than queries (MLA)
 
 
 def test_whole_base_when_nothing_is_worth_skipping(monkeypatch):
