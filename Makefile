@@ -54,7 +54,8 @@ $(FLOOR_VENV)/.installed-transformers-$(FLOOR_TRANSFORMERS): setup.cfg pyproject
 # file using the marker is listed). A file list, not all of tests/: other test modules may need
 # packages or model types the floor environment does not have, even to be collected.
 FLOOR_TESTS := tests/test_patch.py tests/test_schedule_conformance.py tests/test_config.py \
-	tests/test_versions.py tests/test_classic_mass.py tests/test_long_prompts.py tests/test_settings.py
+	tests/test_versions.py tests/test_classic_mass.py tests/test_long_prompts.py tests/test_settings.py \
+	tests/test_stock_rows.py
 # ATTN_TRANSITION_EXPECT_TRANSFORMERS makes tests/test_versions.py check the floor really is installed.
 FLOOR_RUN = ATTN_TRANSITION_EXPECT_TRANSFORMERS=$(FLOOR_TRANSFORMERS) $(FLOOR_PY) -m pytest -q -m "patch and not slow" $(FLOOR_TESTS)
 

@@ -1,14 +1,20 @@
 """The attention function registered in transformers' ``AttentionInterface``.
 
 One function per *base* implementation (``sdpa`` or ``eager``). When a call edits
-(see :mod:`.calls`), it first runs the base implementation on the whole input (fused
-SDPA for the stock model), then recomputes only the query rows the schedule edits,
-explicitly and in float32, edits them with :mod:`attn_transition.schedules` and writes
-their outputs back. The edited rows are computed in chunks of rows sized from a memory
-budget (``max_chunk_mib``, per layer), so the extra memory stays bounded whatever the
-prompt length; every step of both schedules is row-wise, so chunking changes nothing in
-the result. Calls that edit nothing (decoding steps, stock calls) go straight to the
-base implementation.
+(see :mod:`.calls`), the base implementation computes the rows the schedule leaves alone
+(fused SDPA for the stock model), and the rows it edits are recomputed explicitly in
+float32, edited with :mod:`attn_transition.schedules` and written in. The edited rows are
+computed in chunks of rows sized from a memory budget (``max_chunk_mib``, per layer), so the
+extra memory stays bounded whatever the prompt length; every step of both schedules is
+row-wise, so chunking changes nothing in the result. Calls that edit nothing (decoding
+steps, stock calls) go straight to the base implementation.
+
+On the CPU the sdpa base skips the rows every batch row recomputes wherever that saves work:
+rows before the first skipped span are one causal kernel call; rows after it are not a
+causal square any more, and are merged from two kernel calls (the keys every row sees, then
+the causal square) by their log-sum-exp, or given an explicit lower-right mask where that
+kernel is not available. Elsewhere (accelerators, eager) the base runs on every row and the
+edited rows are overwritten.
 
 The function is excluded from ``torch.compile`` graphs (it reads Python state and sizes
 its loops from the prompt): a compiled model runs it eagerly, once per layer, and the
@@ -248,8 +254,7 @@ def _causal_rows(out, query, key, value, a: int, c: int, *, offset: int, scaling
                  budget: Optional[float]) -> None:
     """Write the causal attention of query rows [a, c) into ``out`` (batch, q, heads, dv); row i
     sees keys [0, offset + i]. In chunks of rows whose temporaries stay within the budget."""
-    batch, heads, _, dv = query.shape
-    keys = offset + c
+    heads, dv = query.shape[1], value.shape[-1]
     if _merges(query, value):
         op = _flash_lse()
         # Chunk [i, j): keys [0, offset + i) seen by every row, and the square [offset + i, offset + j)
@@ -265,13 +270,14 @@ def _causal_rows(out, query, key, value, a: int, c: int, *, offset: int, scaling
         return
     # A lower-right causal mask over keys [0, offset + j): (rows, keys) bool, then float in SDPA.
     groups = heads // key.shape[1]
-    step = c - a if budget is None else max(1, int(budget * 2**20) // (5 * keys))
+    step = c - a if budget is None else max(1, int(budget * 2**20) // (5 * (offset + c)))
     for i in range(a, c, step):
         j = min(c, i + step)
         o = torch.nn.functional.scaled_dot_product_attention(
             query[:, :, i:j], key[:, :, :offset + j], value[:, :, :offset + j],
             attn_mask=causal_lower_right(j - i, offset + j), scale=scaling, enable_gqa=groups > 1)
         out[:, i:j] = o.transpose(1, 2)                                  # (batch, r, heads, dv)
+
 
 def _rows_all_edit(call: CallPlan, plans) -> list[tuple[int, int]]:
     """The call's query rows (local indices) that every batch row recomputes, as sorted spans."""
