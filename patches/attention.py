@@ -385,7 +385,8 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
     plans = [layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
              for row in call.rows]
     if base is not None:
-        skip = () if every_row or grad or dropout > 0 or shift else _rows_all_edit(call, plans)
+        skip = (() if every_row or grad or dropout > 0 or shift or attention_mask is not None
+                else _rows_all_edit(call, plans))
         out = _base_rows(base, module, query, key, value, attention_mask, skip, offset=call.offset,
                          scaling=scaling, softcap=softcap, dropout=dropout, budget=budget,
                          base_kwargs=base_kwargs)                        # (batch, q, heads, dv)

@@ -132,19 +132,21 @@ def test_rows_all_edit_is_the_intersection_over_the_batch():
     assert A._rows_all_edit(chunk, [plan]) == [(0, 5), (5, 15)]
 
 
-@pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])
+# mistral's tiny model has a sliding-window mask on every call: nothing is skipped there.
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
 @pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
 def test_model_equal_with_and_without_skipping(monkeypatch, family, config):
     model = tiny_model(family)
     x, mask = left_padded(1, N, row=0, pad=0, seed=4)
     skipped = []
-    real = A._base_rows
+    real = A._worth_skipping
 
-    def spy(base, module, query, key, value, attention_mask, skip, **kwargs):
-        skipped.append(bool(skip))
-        return real(base, module, query, key, value, attention_mask, skip, **kwargs)
+    def spy(*args, **kwargs):                                        # the spans the base really leaves out
+        spans = real(*args, **kwargs)
+        skipped.append(bool(spans))
+        return spans
 
-    monkeypatch.setattr(A, "_base_rows", spy)
+    monkeypatch.setattr(A, "_worth_skipping", spy)
     at.enable(model, config)
     with torch.no_grad():
         monkeypatch.setattr(A, "_MASKED_ENTRY_COST", ALWAYS)         # skip wherever a row is saved
