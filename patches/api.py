@@ -61,6 +61,7 @@ class TransitionState:
     active: bool = True
     max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB
     call: Optional[CallPlan] = field(default=None, repr=False)
+    scratch: attention.Scratch = field(default_factory=attention.Scratch, repr=False, compare=False)
     warned_continuation: bool = field(default=False, repr=False)
     warned_packed: bool = field(default=False, repr=False)
 
@@ -72,6 +73,7 @@ class TransitionState:
         # An unpickled (or deep-copied) model needs the registry entries in this process too.
         self.__dict__.update(values)
         self.call = None
+        self.scratch = attention.Scratch()
         attention.register()
         allow_generate_switch()
 
@@ -147,6 +149,14 @@ def _before_decoder(module: torch.nn.Module, args: tuple, kwargs: dict):
     return args, kwargs
 
 
+@torch.compiler.disable
+def _after_decoder(module: torch.nn.Module, args: tuple, output: Any) -> None:
+    """Forward hook of the decoder (also when it raised): the chunks' buffer is let go."""
+    state = getattr(module, STATE_ATTR, None)
+    if state is not None:
+        state.scratch.release()
+
+
 def _attach(model: Any, state: TransitionState) -> None:
     decoder = _decoder(model)
     object.__setattr__(model, STATE_ATTR, state)
@@ -155,6 +165,7 @@ def _attach(model: Any, state: TransitionState) -> None:
         if hasattr(module, "layer_idx"):
             object.__setattr__(module, STATE_ATTR, state)
     decoder.register_forward_pre_hook(_before_decoder, with_kwargs=True)
+    decoder.register_forward_hook(_after_decoder, always_call=True)
 
 
 def _detach(model: Any) -> None:
@@ -165,6 +176,10 @@ def _detach(model: Any) -> None:
         for key in [k for k, fn in hooks.items() if fn is _before_decoder]:
             del hooks[key]
             module._forward_pre_hooks_with_kwargs.pop(key, None)
+        hooks = module._forward_hooks
+        for key in [k for k, fn in hooks.items() if fn is _after_decoder]:
+            del hooks[key]
+            module._forward_hooks_always_called.pop(key, None)
     model.__dict__.pop(STATE_ATTR, None)
 
 

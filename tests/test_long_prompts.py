@@ -89,6 +89,48 @@ def test_non_float32_keys_are_upcast_in_blocks():
     assert (res[0] - res[1]).abs().max() < 1e-2
 
 
+def test_scratch_is_reused_grows_and_keeps_results():
+    from attn_transition.patches.attention import Scratch, row_weights
+
+    scratch = Scratch()
+    a = scratch.take((2, 3, 4), torch.float32, torch.device("cpu"))
+    b = scratch.take((3, 2, 2), torch.float32, torch.device("cpu"))    # fits: the same memory
+    assert b.data_ptr() == a.data_ptr() and scratch.nbytes == 24 * 4
+    c = scratch.take((5, 10), torch.float32, torch.device("cpu"))      # does not fit: grows
+    assert scratch.nbytes == 50 * 4 and c.shape == (5, 10)
+    assert scratch.take((2,), torch.float64, torch.device("cpu")).dtype == torch.float64
+    scratch.release()
+    assert scratch.nbytes == 0
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(6, 5, 8, generator=g), torch.randn(2, 12, 8, generator=g)
+    for softcap in (None, 20.0):
+        want, _ = row_weights(q, k, 7, None, 0.3, softcap)
+        got, _ = row_weights(q, k, 7, None, 0.3, softcap, scratch=scratch)
+        assert torch.equal(got, want) and got.data_ptr() == scratch.take((1,), got.dtype, got.device).data_ptr()
+        again, _ = row_weights(q, k, 7, None, 0.3, softcap, scratch=scratch, inplace=False)
+        assert torch.equal(again, want) and again.data_ptr() != got.data_ptr()   # never in a grad path
+
+
+def test_scratch_lives_for_one_forward_call():
+    model = tiny_model("llama")
+    at.enable(model, CLASSIC)
+    state = at.get_state(model)
+    seen = []
+    layer = model.model.layers[2].self_attn                    # an edited layer (1 .. L - 3)
+    handle = layer.register_forward_hook(lambda *a: seen.append(state.scratch.nbytes))
+    _run(model, ids(1, N))
+    assert seen and seen[0] > 0, "the edited rows are computed in the scratch buffer"
+    assert state.scratch.nbytes == 0, "released when the decoder's forward returns"
+    layer.register_forward_hook(lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        _run(model, ids(1, N))
+    assert state.scratch.nbytes == 0, "released when the forward raises too"
+    handle.remove()
+    layer._forward_hooks.clear()
+    at.disable(model)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules()), "disable removes both hooks"
+
+
 def test_auto_budget_depends_on_the_device():
     from attn_transition.patches.attention import AUTO_CHUNK_MIB, chunk_budget
 
