@@ -483,13 +483,26 @@ def returned_cache(out):
     return cache if cache is not None else out.past_key_values
 
 
-def decode_steps(model, state: dict[str, Any], steps: int) -> float:
-    """Run ``steps`` greedy one-token steps on ``state`` (cache, next token); seconds per token."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the platform does not count them)."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def decode_steps(model, state: dict[str, Any], steps: int) -> tuple[float, float]:
+    """Run ``steps`` greedy one-token steps on ``state`` (cache, next token); seconds per token
+    and minor page faults per token (the dynamic cache reallocates its tensors every step, and
+    whether the allocator maps fresh pages for them varies with where each cache happens to sit:
+    a cause of decode scatter between variants that has nothing to do with the patch)."""
     import torch
 
     device = str(state["next"].device)
     keyword = cache_keyword(model)
     synchronize(device)
+    faults = minor_faults()
     start = time.perf_counter()
     with torch.no_grad():
         for _ in range(steps):
@@ -497,7 +510,7 @@ def decode_steps(model, state: dict[str, Any], steps: int) -> float:
             state["cache"] = returned_cache(out)
             state["next"] = out.logits[:, -1:].argmax(-1)             # (1, 1)
     synchronize(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, (minor_faults() - faults) / steps
 
 
 def measure_decode(model, ids, variants: list[str], configure: Callable[[str], None], repeats: int,
@@ -512,7 +525,7 @@ def measure_decode(model, ids, variants: list[str], configure: Callable[[str], N
     n = ids.shape[1]
     variants = [v for v in variants if v != "full-matrix"]
     states: dict[str, dict[str, Any]] = {}
-    result = {v: {"ms_per_token": None, "rounds_ms": [], "error": None} for v in variants}
+    result = {v: {"ms_per_token": None, "rounds_ms": [], "faults_per_token": [], "error": None} for v in variants}
     for v in variants:
         configure(v)
         try:
@@ -532,7 +545,8 @@ def measure_decode(model, ids, variants: list[str], configure: Callable[[str], N
                 continue
             configure(v)
             try:
-                ms = 1000 * decode_steps(model, states[v], steps)
+                seconds, faults = decode_steps(model, states[v], steps)
+                ms = 1000 * seconds
             except RuntimeError as exc:
                 result[v]["error"] = short_error(exc)
                 del states[v]
@@ -540,7 +554,9 @@ def measure_decode(model, ids, variants: list[str], configure: Callable[[str], N
                 _release(device)
                 continue
             result[v]["rounds_ms"].append(ms)
-            log(f"  {n:>7d} tokens  decode {r + 1}/{repeats}  {v:12s} {ms:8.2f} ms/token")
+            result[v]["faults_per_token"].append(faults)
+            log(f"  {n:>7d} tokens  decode {r + 1}/{repeats}  {v:12s} {ms:8.2f} ms/token"
+                f"  ({faults:.0f} page faults/token)")
     for v in variants:
         if result[v]["rounds_ms"]:
             result[v]["ms_per_token"] = statistics.median(result[v]["rounds_ms"])
@@ -867,6 +883,8 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
             for v, measured in measure_decode(model, ids, variants, configure, args.repeats,
                                               args.decode_steps, log).items():
                 here[v]["decode_ms_per_token"] = measured["ms_per_token"]
+                here[v]["decode_rounds_ms"] = measured["rounds_ms"]
+                here[v]["decode_faults_per_token"] = measured["faults_per_token"]
                 add_error(here[v], measured["error"] and f"decode: {measured['error']}")
         rows += here.values()
         add_ratios(rows)

@@ -207,7 +207,7 @@ def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix
         max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer. The
             extra memory per layer stays near this bound at every prompt length (one row
             over all keys is the smallest chunk); None computes each edit in one piece.
-            "auto" (default): 64 MiB on the CPU, 512 MiB on an accelerator, where larger
+            "auto" (default): 8 MiB on the CPU, 512 MiB on an accelerator, where larger
             chunks mean fewer kernel launches.
 
     Enabling a model that is already enabled replaces these settings and keeps the

@@ -44,12 +44,14 @@ __all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB", "AUTO_
 STATE_ATTR = "_attn_transition"
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
 _PREFIX = "attn_transition_"
-# The default budget ``max_chunk_mib="auto"``: small on the CPU (memory near stock), larger on an
-# accelerator, where one chunk of a few rows would make the edit launch-bound.
+# The default budget ``max_chunk_mib="auto"``: small on the CPU (memory near stock; a chunk that
+# stays in cache is no slower there), larger on an accelerator, where one chunk of a few rows
+# would make the edit launch-bound.
 DEFAULT_MAX_CHUNK_MIB = "auto"
-AUTO_CHUNK_MIB = {"cpu": 64.0, "accelerator": 512.0}
-# Bytes held per (head, row, key) entry of a chunk: float32 scores and weights (the softmax is
-# out of place) and a transient bool mask.
+AUTO_CHUNK_MIB = {"cpu": 8.0, "accelerator": 512.0}
+# Bytes held per (head, row, key) entry of a chunk, at most: float32 scores and weights (the
+# softmax is out of place where autograd needs both; in place otherwise, in the reused buffer of
+# :class:`Scratch`) and a transient bool mask.
 _BYTES_PER_ENTRY = 9
 
 

@@ -135,7 +135,7 @@ def test_auto_budget_depends_on_the_device():
     from attn_transition.patches.attention import AUTO_CHUNK_MIB, chunk_budget
 
     assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
-    assert chunk_budget("auto", torch.device("cpu")) == AUTO_CHUNK_MIB["cpu"] == 64
+    assert chunk_budget("auto", torch.device("cpu")) == AUTO_CHUNK_MIB["cpu"] == 8
     assert chunk_budget("auto", torch.device("meta")) == AUTO_CHUNK_MIB["accelerator"]
     assert chunk_budget(8, torch.device("cpu")) == 8 and chunk_budget(None, torch.device("cpu")) is None
 
