@@ -2,9 +2,10 @@
 
 All state is one :class:`TransitionState` object, ``model._attn_transition``. The same
 object is referenced from the modules that need it at run time (the decoder, whose
-forward pre-hook plans each call, and each attention module), so a copy of the model
+forward pre-hook plans each call and whose forward hook lets go of the call's buffer, and
+each attention module), so a copy of the model
 (``copy.deepcopy``, pickle) carries a working copy of it. ``disable`` removes every
-reference and the hook and switches the model back to the attention implementation it
+reference and both hooks and switches the model back to the attention implementation it
 had, so its logits are bitwise those of the untouched model.
 """
 
@@ -50,6 +51,7 @@ class TransitionState:
         active: Whether calls without ``attn_transition=`` are edited.
         max_chunk_mib: Memory budget of one chunk of edited rows, per layer ("auto", a number of
             MiB, or None: unbounded).
+        scratch: The buffer the edited chunks of a call reuse (empty between calls).
     """
 
     config: TransitionConfig
@@ -207,8 +209,9 @@ def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix
         max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer. The
             extra memory per layer stays near this bound at every prompt length (one row
             over all keys is the smallest chunk); None computes each edit in one piece.
-            "auto" (default): 8 MiB on the CPU, 512 MiB on an accelerator, where larger
-            chunks mean fewer kernel launches.
+            "auto" (default): on the CPU, chunks of 32 query rows (at most 64 MiB), so the
+            extra memory is a fixed small share of the stock model's at every length; 512 MiB
+            on an accelerator, where larger chunks mean fewer kernel launches.
 
     Enabling a model that is already enabled replaces these settings and keeps the
     original attention implementation to restore. Nothing on the model changes if it is

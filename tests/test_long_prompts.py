@@ -132,12 +132,18 @@ def test_scratch_lives_for_one_forward_call():
 
 
 def test_auto_budget_depends_on_the_device():
-    from attn_transition.patches.attention import AUTO_CHUNK_MIB, chunk_budget
+    from attn_transition.patches.attention import AUTO_CHUNK_MIB, AUTO_CPU_ROWS, chunk_budget
 
     assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
-    assert chunk_budget("auto", torch.device("cpu")) == AUTO_CHUNK_MIB["cpu"] == 8
-    assert chunk_budget("auto", torch.device("meta")) == AUTO_CHUNK_MIB["accelerator"]
-    assert chunk_budget(8, torch.device("cpu")) == 8 and chunk_budget(None, torch.device("cpu")) is None
+    cpu = torch.device("cpu")
+    # CPU: a fixed number of rows per chunk (memory a fixed share of stock's), within a cap.
+    for heads, keys in [(9, 2048), (9, 16384), (4, 150)]:
+        budget = chunk_budget("auto", cpu, heads, keys)
+        assert budget < AUTO_CHUNK_MIB["cpu"] and rows_per_chunk(heads, keys, budget) == AUTO_CPU_ROWS == 32
+    assert chunk_budget("auto", cpu, 32, 131072) == AUTO_CHUNK_MIB["cpu"] == 64       # capped
+    assert 1 <= rows_per_chunk(32, 131072, 64) < AUTO_CPU_ROWS
+    assert chunk_budget("auto", torch.device("meta"), 9, 2048) == AUTO_CHUNK_MIB["accelerator"]
+    assert chunk_budget(8, cpu, 9, 2048) == 8 and chunk_budget(None, cpu, 9, 2048) is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "64", True])
