@@ -13,7 +13,7 @@
 # Steps: environment (versions, the GPU; stops the check if there is no CUDA device outside
 # --tiny), gpu tests (pytest -m gpu, at most 3 minutes), sweep (benchmarks/prefill.py: stock,
 # classic and sra defaults, 2 interleaved rounds per length, peak memory from
-# torch.cuda.max_memory_allocated, decode latency over 16 greedy steps at 64k and 128k; the
+# torch.cuda.max_memory_allocated, decode latency over 8 rounds of 4 greedy steps at 64k and 128k; the
 # JSON is rewritten after every length and the run is cut at the time budget, so a 128k that
 # does not fit or finish leaves the shorter lengths in place), then summary.md.
 #
@@ -56,12 +56,12 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
 if [[ "$TINY" == 1 ]]; then
     MODE=tiny
     SWEEP=(--model random:tiny --device cpu --dtype float32 --tokens 128,256 --optional-tokens 512
-           --decode-tokens 256,512 --repeats 1 --decode-steps 4 --threads 1 --skip-memory
+           --decode-tokens 256,512 --repeats 1 --decode-rounds 2 --decode-steps 2 --threads 1 --skip-memory
            --config classic:min_length=0 --config sra:begin_length=8,threshold_len=16)
 else
     MODE=cuda
     SWEEP=(--model random:llama3-8b --device cuda --dtype bfloat16 --tokens 8192,32768,65536
-           --optional-tokens 131072 --decode-tokens 65536,131072 --repeats 2 --decode-steps 16)
+           --optional-tokens 131072 --decode-tokens 65536,131072 --repeats 2 --decode-rounds 8 --decode-steps 4)
 fi
 
 mkdir -p "$OUT"

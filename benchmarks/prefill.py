@@ -31,9 +31,11 @@ How each figure is measured:
   the resident size follows live memory.
 - Decode latency (``--decode-tokens``, default the largest ``--tokens`` length): each variant
   prefills the prompt once with a cache (with that variant on), takes one untimed step,
-  then ``--repeats`` rounds (alternating order again) time ``--decode-steps`` greedy
-  steps of one token each; ms/token is the median over rounds. The cache keeps growing
-  across rounds (a few tokens on a long prompt), equally for every variant.
+  then ``--decode-rounds`` rounds (alternating order again; short rounds, so that the
+  machine's drift hits every variant alike) time ``--decode-steps`` greedy steps of one
+  token each; ms/token is the median over rounds (each round's figure and its
+  minor page faults per token are in the JSON). The cache keeps growing across rounds (a few
+  tokens on a long prompt), equally for every variant.
 - Rows edited: the share of (layer, query row) pairs the schedule edits at that length
   (from ``attn_transition.layer_plan``), the work the transition adds to the stock pass.
 
@@ -190,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="passed as enable(..., max_chunk_mib=N), 'none' for None; omitted unless given")
     parser.add_argument("--decode-tokens", default="max",
                         help="lengths to measure decode at: max (default), all, none or a comma list")
-    parser.add_argument("--decode-steps", type=int, default=16, help="greedy decode steps per round (default 16)")
+    parser.add_argument("--decode-rounds", type=int, default=8,
+                        help="interleaved decode rounds, each variant once per round (default 8)")
+    parser.add_argument("--decode-steps", type=int, default=4, help="greedy decode steps per round (default 4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default bfloat16 on CUDA, float32 otherwise)")
@@ -221,6 +225,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         fail(f"--memory-jobs must be >= 1, got {args.memory_jobs}")
     if args.decode_steps < 1:
         fail(f"--decode-steps must be >= 1, got {args.decode_steps}")
+    if args.decode_rounds < 1:
+        fail(f"--decode-rounds must be >= 1, got {args.decode_rounds}")
     args.enable_kwargs = {}
     if args.max_chunk_mib is not None:
         args.enable_kwargs["max_chunk_mib"] = parse_chunk_mib(args.max_chunk_mib)
@@ -289,9 +295,9 @@ def load_benchmark_model(args: argparse.Namespace, positions: int):
     return load_pretrained_model(args.model, device=args.device, dtype=args.dtype, positions=positions)
 
 
-def positions_needed(lengths: list[int], decoded: list[int], repeats: int, steps: int) -> int:
+def positions_needed(lengths: list[int], decoded: list[int], rounds: int, steps: int) -> int:
     """The longest sequence a run builds: a prompt, plus its decode steps if it is decoded."""
-    extra = 1 + repeats * steps
+    extra = 1 + rounds * steps
     return max([max(lengths)] + [n + extra for n in decoded])
 
 
@@ -494,9 +500,8 @@ def minor_faults() -> int:
 
 def decode_steps(model, state: dict[str, Any], steps: int) -> tuple[float, float]:
     """Run ``steps`` greedy one-token steps on ``state`` (cache, next token); seconds per token
-    and minor page faults per token (the dynamic cache reallocates its tensors every step, and
-    whether the allocator maps fresh pages for them varies with where each cache happens to sit:
-    a cause of decode scatter between variants that has nothing to do with the patch)."""
+    and minor page faults per token (the dynamic cache reallocates its tensors every step; the
+    count tells an allocator effect from the patch's own cost when a variant's decode differs)."""
     import torch
 
     device = str(state["next"].device)
@@ -693,7 +698,7 @@ def environment(args: argparse.Namespace, model, configs: dict[str, Any], varian
         "device": args.device, "dtype": args.dtype, "model": args.model, "model_shape": model_shape(model),
         "variants": variants, "configs": {v: repr(configs[v]) for v in variants if configs[v] is not None},
         **chunk_setting(args.enable_kwargs), "repeats": args.repeats, "decode_tokens": decoded,
-        "decode_steps": args.decode_steps,
+        "decode_rounds": args.decode_rounds, "decode_steps": args.decode_steps,
         "memory": None if args.skip_memory else (
             "torch.cuda.max_memory_allocated above the level before the prefill" if cuda else
             "peak RSS growth during the prefill, one fresh process per variant, MALLOC_MMAP_THRESHOLD_=131072"),
@@ -752,8 +757,8 @@ def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + (f" ({meta['gpu']})" if meta.get("gpu") else "")
         + f", {meta.get('threads')} threads of {meta.get('cpu_count')} CPUs, torch {meta.get('torch')}, "
         f"transformers {meta.get('transformers')}, {meta.get('date')}; max_chunk_mib {meta.get('max_chunk_mib')} "
-        f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds, decode over "
-        f"{meta.get('decode_steps')} steps per round.",
+        f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds, decode: median "
+        f"of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of {meta.get('decode_steps')} steps.",
         "",
         "| tokens | variant | prefill s | time vs stock | peak MiB | memory vs stock "
         "| decode ms/token | decode vs stock | rows edited |",
@@ -857,7 +862,7 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
     variants = parse_variants(args.variants)
     everything = sorted(set(lengths) | set(optional))
     decoded = decode_lengths(args.decode_tokens, lengths, everything)
-    positions = positions_needed(everything, decoded, args.repeats, args.decode_steps)
+    positions = positions_needed(everything, decoded, args.decode_rounds, args.decode_steps)
     configs = variant_configs(args.config)
 
     def log(text: str) -> None:
@@ -880,7 +885,7 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
         for v, measured in measure_prefill(model, ids, variants, configure, args.repeats, log).items():
             fill_prefill(here[v], measured)
         if n in decoded:
-            for v, measured in measure_decode(model, ids, variants, configure, args.repeats,
+            for v, measured in measure_decode(model, ids, variants, configure, args.decode_rounds,
                                               args.decode_steps, log).items():
                 here[v]["decode_ms_per_token"] = measured["ms_per_token"]
                 here[v]["decode_rounds_ms"] = measured["rounds_ms"]

@@ -59,7 +59,7 @@ def test_sweep_on_a_tiny_model_writes_table_json_and_plot(tmp_path, capsys, torc
     out = tmp_path / "sweep"
     # In this process (its imports are done); the memory measurements still run in fresh processes.
     status = bench.main(["--model", "random:tiny", "--tokens", "256,512", "--repeats", "1", "--decode-tokens", "all",
-                         "--decode-steps", "3", "--threads", "1", "--memory-jobs", "3", "--out", str(out),
+                         "--decode-rounds", "2", "--decode-steps", "3", "--threads", "1", "--memory-jobs", "3", "--out", str(out),
                          *TINY_CONFIGS])
     stdout = capsys.readouterr().out
     assert status == 0, stdout[-3000:]
@@ -123,7 +123,7 @@ def test_a_real_models_context_is_not_exceeded(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_sweep_on_cuda_measures_memory_in_process(tmp_path):
     proc = run([sys.executable, PREFILL, "--model", "random:tiny", "--device", "cuda", "--tokens", "256,512",
-                "--repeats", "1", "--decode-steps", "3", "--out", tmp_path, *TINY_CONFIGS])
+                "--repeats", "1", "--decode-rounds", "2", "--decode-steps", "3", "--out", tmp_path, *TINY_CONFIGS])
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "prefill-sweep.json").read_text())
     assert data["meta"]["cuda"] is True and data["meta"]["dtype"] == "bfloat16" and data["meta"]["gpu"]
