@@ -139,8 +139,8 @@ def test_lengths_variants_and_decode_choices():
     assert bench.decode_lengths("max", [2048, 4096], [2048, 4096, 8192]) == [4096]
     assert bench.decode_lengths("all", [2048], [2048, 8192]) == [2048, 8192]
     assert bench.decode_lengths("none", [2048], [2048]) == []
-    assert bench.positions_needed([128, 512], [128], repeats=2, steps=10) == 512
-    assert bench.positions_needed([128, 512], [512], repeats=2, steps=10) == 512 + 1 + 20
+    assert bench.positions_needed([128, 512], [128], rounds=2, steps=10) == 512
+    assert bench.positions_needed([128, 512], [512], rounds=2, steps=10) == 512 + 1 + 20
     for bad in (lambda: bench.parse_lengths("2048,abc"), lambda: bench.parse_lengths("0"),
                 lambda: bench.parse_variants("stock,fast"), lambda: bench.decode_lengths("999", [128], [128]),
                 lambda: bench.random_config("llama9", 10), lambda: bench.variant_configs(["classic:alpah=1"])):
