@@ -36,6 +36,10 @@ How each figure is measured:
   token each; ms/token is the median over rounds (each round's figure and its
   minor page faults per token are in the JSON). The cache keeps growing across rounds (a few
   tokens on a long prompt), equally for every variant.
+- Ratios to stock: of the medians (``time_ratio``, ``decode_ratio``, the plot's), and paired by
+  round (``time_ratio_paired``, ``decode_ratio_paired``: the median over rounds of the variant's
+  figure over stock's in the same round). Round ``i`` of every variant ran back to back, so
+  the paired ratio cancels drift between rounds that the ratio of medians only averages out.
 - Rows edited: the share of (layer, query row) pairs the schedule edits at that length
   (from ``attn_transition.layer_plan``), the work the transition adds to the stock pass.
 
@@ -711,7 +715,8 @@ def new_row(n: int, variant: str, config, num_layers: int, optional: bool = Fals
             "edited_row_fraction": edited_row_fraction(config, num_layers, n),
             "seconds": [], "median_s": None, "time_ratio": None,
             "peak_bytes": None, "peak_mib": None, "memory_ratio": None,
-            "decode_ms_per_token": None, "decode_ratio": None, "error": None}
+            "decode_ms_per_token": None, "decode_ratio": None,
+            "time_ratio_paired": None, "decode_ratio_paired": None, "error": None}
 
 
 def fill_prefill(row: dict[str, Any], measured: dict[str, Any]) -> None:
@@ -733,8 +738,20 @@ def _ratio(value, reference) -> Optional[float]:
     return value / reference
 
 
+def paired_ratio(values: Optional[list], reference: Optional[list]) -> Optional[float]:
+    """Median over rounds of ``values[i] / reference[i]``: round ``i`` of a variant ran next to
+    round ``i`` of stock, so each ratio sees the same machine load. None unless both have the
+    same number of rounds, all positive."""
+    if not values or not reference or len(values) != len(reference):
+        return None
+    if any(v is None or v <= 0 for v in values) or any(r is None or r <= 0 for r in reference):
+        return None
+    return statistics.median(v / r for v, r in zip(values, reference))
+
+
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Fill the ratios of every row to the stock row of the same length."""
+    """Fill the ratios of every row to the stock row of the same length: of the medians, and
+    paired by round (``*_paired``)."""
     stock = {r["tokens"]: r for r in rows if r["variant"] == "stock"}
     for r in rows:
         ref = stock.get(r["tokens"], {})
@@ -742,6 +759,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> None:
         r["time_ratio"] = _ratio(r["median_s"], ref.get("median_s"))
         r["memory_ratio"] = _ratio(r["peak_bytes"], ref.get("peak_bytes"))
         r["decode_ratio"] = _ratio(r["decode_ms_per_token"], ref.get("decode_ms_per_token"))
+        r["time_ratio_paired"] = paired_ratio(r["seconds"], ref.get("seconds"))
+        r["decode_ratio_paired"] = paired_ratio(r.get("decode_rounds_ms"), ref.get("decode_rounds_ms"))
 
 
 def _fmt(value, spec: str, suffix: str = "") -> str:
@@ -760,17 +779,18 @@ def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds, decode: median "
         f"of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of {meta.get('decode_steps')} steps.",
         "",
-        "| tokens | variant | prefill s | time vs stock | peak MiB | memory vs stock "
-        "| decode ms/token | decode vs stock | rows edited |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tokens | variant | prefill s | time vs stock | paired | peak MiB | memory vs stock "
+        "| decode ms/token | decode vs stock | paired | rows edited |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         decode = "-" if r["decode_ms_per_token"] is None and not r["error"] else _fmt(r["decode_ms_per_token"], ".2f")
         decode_ratio = "-" if decode == "-" else _fmt(r["decode_ratio"], ".3f", "x")
+        decode_paired = "-" if decode == "-" else _fmt(r.get("decode_ratio_paired"), ".3f", "x")
         lines.append(
             f"| {r['tokens']} | {r['variant']} | {_fmt(r['median_s'], '.3f')} | {_fmt(r['time_ratio'], '.2f', 'x')} "
-            f"| {_fmt(r['peak_mib'], '.0f' if (r['peak_mib'] or 0) >= 100 else '.1f')} "
-            f"| {_fmt(r['memory_ratio'], '.2f', 'x')} | {decode} | {decode_ratio} "
+            f"| {_fmt(r.get('time_ratio_paired'), '.2f', 'x')} | {_fmt(r['peak_mib'], '.0f' if (r['peak_mib'] or 0) >= 100 else '.1f')} "
+            f"| {_fmt(r['memory_ratio'], '.2f', 'x')} | {decode} | {decode_ratio} | {decode_paired} "
             f"| {100 * r['edited_row_fraction']:.1f}% |")
     errors = [r for r in rows if r["error"]]
     if errors:

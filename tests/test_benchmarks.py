@@ -82,10 +82,13 @@ def test_sweep_on_a_tiny_model_writes_table_json_and_plot(tmp_path, capsys, torc
         assert r["error"] is None, r
         assert len(r["seconds"]) == 1 and positive_finite(r["median_s"])
         assert isinstance(r["peak_bytes"], int) and r["peak_bytes"] > 0, r
-        for key in ("time_ratio", "memory_ratio", "decode_ms_per_token", "decode_ratio"):
+        for key in ("time_ratio", "memory_ratio", "decode_ms_per_token", "decode_ratio",
+                    "time_ratio_paired", "decode_ratio_paired"):
             assert positive_finite(r[key]), (key, r)
+        assert r["time_ratio_paired"] == pytest.approx(r["time_ratio"])    # one round: the same figure
         if r["variant"] == "stock":
             assert r["time_ratio"] == r["memory_ratio"] == r["decode_ratio"] == 1.0
+            assert r["time_ratio_paired"] == r["decode_ratio_paired"] == 1.0
             assert r["edited_row_fraction"] == 0.0
         else:
             assert 0.0 < r["edited_row_fraction"] < 0.5          # the configs above edit something
@@ -93,7 +96,7 @@ def test_sweep_on_a_tiny_model_writes_table_json_and_plot(tmp_path, capsys, torc
         assert r["time_ratio"] == pytest.approx(r["median_s"] / stock["median_s"])
 
     table = (out / "prefill-sweep.md").read_text()
-    assert "| tokens | variant | prefill s | time vs stock | peak MiB | memory vs stock " in table
+    assert "| tokens | variant | prefill s | time vs stock | paired | peak MiB | memory vs stock " in table
     assert sum(line.startswith(("| 256 |", "| 512 |")) for line in table.splitlines()) == 6
     assert "| 512 | classic |" in stdout                       # the same table on stdout
     assert meta["command"].startswith("prefill.py --model random:tiny --tokens 256,512")
@@ -215,6 +218,7 @@ def test_ratios_exit_status_and_merge(tmp_path):
     assert rows[1]["time_ratio"] == pytest.approx(1.1) and rows[1]["memory_ratio"] == pytest.approx(1.5)
     assert rows[1]["decode_ratio"] == pytest.approx(1.01)
     assert rows[3]["time_ratio"] == pytest.approx(1.25) and rows[3]["memory_ratio"] is None
+    assert rows[1]["time_ratio_paired"] == pytest.approx(1.1) and rows[1]["decode_ratio_paired"] is None
     assert bench.exit_status(rows) == 0
     assert bench.exit_status(rows + [_row(4096, "classic", None, None, error="OOM", optional=True)]) == 0
     assert bench.exit_status(rows + [_row(4096, "classic", None, None, error="OOM")]) == 1
@@ -233,6 +237,24 @@ def test_ratios_exit_status_and_merge(tmp_path):
         (8192, "stock", 9.0)]                                       # each length from the last file holding it
     assert data["meta"]["merged_from"] == [str(first), str(second)] and len(data["meta"]["sources"]) == 2
     assert is_png(merged.with_suffix(".png")) and "| 8192 | stock |" in merged.with_suffix(".md").read_text()
+
+
+def test_paired_ratio_is_the_median_of_per_round_ratios():
+    stock = bench.new_row(1024, "stock", None, 4)
+    slow_round = bench.new_row(1024, "classic", None, 4)
+    # stock drifts 2 -> 4 -> 2 s; the variant is 5% slower in every round
+    stock.update(seconds=[2.0, 4.0, 2.0], median_s=2.0, decode_ms_per_token=10.0, decode_rounds_ms=[10.0, 20.0])
+    slow_round.update(seconds=[2.1, 4.2, 2.1], median_s=2.1, decode_ms_per_token=15.0,
+                      decode_rounds_ms=[10.5, 21.0])
+    rows = [stock, slow_round]
+    bench.add_ratios(rows)
+    assert slow_round["time_ratio_paired"] == pytest.approx(1.05)
+    assert slow_round["decode_ratio_paired"] == pytest.approx(1.05)
+    assert slow_round["decode_ratio"] == pytest.approx(1.5)             # the ratio of medians sees the drift
+    assert bench.paired_ratio([1.0, 2.0], [1.0]) is None                # rounds must pair up
+    assert bench.paired_ratio([1.0, 0.0], [1.0, 1.0]) is None
+    table = bench.markdown_table(rows, {"repeats": 3})
+    assert "| 1.05x |" in table and "| 1.050x |" in table, table
 
 
 # ----------------------------------------------------------------------------- gpu_check.sh
