@@ -11,13 +11,14 @@ forward call is computed in one reused buffer (:class:`Scratch`, on the model's 
 when the decoder returns). Calls that edit nothing (decoding steps, stock calls) go straight
 to the base implementation.
 
-On the CPU, in calls without a padding mask, the sdpa base skips the rows the schedule
-recomputes wherever that saves work:
-rows before the first skipped span are one causal kernel call; rows after it are not a
-causal square any more, and are merged from two kernel calls (the keys every row sees, then
-the causal square) by their log-sum-exp, or given an explicit lower-right mask where that
-kernel is not available. Elsewhere (accelerators, eager, padded batches) the base runs on
-every row and the edited rows are overwritten.
+On the CPU the sdpa base skips the rows the schedule recomputes wherever that saves work.
+Without a mask, rows before the first skipped span are one causal kernel call; rows after it
+are not a causal square any more, and are merged from two kernel calls (the keys every row
+sees, then the causal square) by their log-sum-exp, or given an explicit lower-right mask
+where that kernel is not available. With a mask of one row per query row (padded batches,
+sliding windows) the kept rows run on the masked kernel with their rows of the mask, as stock
+does on every row. Elsewhere (accelerators, eager) the base runs on every row and the edited
+rows are overwritten.
 
 The function is excluded from ``torch.compile`` graphs (it reads Python state and sizes
 its loops from the prompt): a compiled model runs it eagerly, once per layer, and the
@@ -403,19 +404,28 @@ def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, 
     """The base attention's output on every query row, except the rows in ``skip`` where that is
     cheaper: they are left unset (the caller recomputes them). (batch, q, heads, dv)."""
     batch, heads, q, _ = query.shape                                     # (batch, heads, q, d)
-    # Only calls without a mask of their own (no padding): with a padded batch's mask, a padded
-    # row came out 4e-3 away from the row alone on SmolLM2 (stock: 2e-4); not understood yet.
-    plain_sdpa = (base is ALL_ATTENTION_FUNCTIONS["sdpa"] and query.device.type == "cpu"
-                  and attention_mask is None and base_kwargs.get("position_bias") is None
+    cpu_sdpa = (base is ALL_ATTENTION_FUNCTIONS["sdpa"] and query.device.type == "cpu"
+                and base_kwargs.get("position_bias") is None)
+    plain_sdpa = (cpu_sdpa and attention_mask is None
                   and base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is True)
+    # A padded batch's own mask, one row per query row (batch or 1, 1, q, keys): stock runs every
+    # row through the masked kernel, so kept rows cost the same per entry in fewer, shorter
+    # calls with the mask's rows, and every recomputed row is saved.
+    masked_sdpa = (cpu_sdpa and attention_mask is not None and attention_mask.dim() == 4
+                   and attention_mask.shape[-2] == q and attention_mask.shape[-1] == key.shape[2])
     if plain_sdpa:
         skip = _worth_skipping(skip, q, offset, merged=_merges(query, value))
-    if not skip or not plain_sdpa:
+    if not skip or not (plain_sdpa or masked_sdpa):
         return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                     softcap=softcap, **base_kwargs)[0]
     out = query.new_empty(batch, q, heads, value.shape[-1])               # (batch, q, heads, dv)
     for a, c in _complement(skip, q):
-        if a == 0 and offset == 0:                                     # square: the causal kernel
+        keys = slice(0, offset + c)                   # the later keys are masked for these rows
+        if masked_sdpa:
+            out[:, a:c] = base(module, query[:, :, a:c], key[:, :, keys], value[:, :, keys],
+                               attention_mask[:, :, a:c, keys], dropout=0.0, scaling=scaling,
+                               softcap=softcap, **base_kwargs)[0]      # (batch, r, heads, dv)
+        elif a == 0 and offset == 0:                                   # square: the causal kernel
             out[:, :c] = base(module, query[:, :, :c], key[:, :, :c], value[:, :, :c], None,
                               dropout=0.0, scaling=scaling, softcap=softcap, **base_kwargs)[0]
         else:
@@ -439,8 +449,7 @@ def _transition(module, query, key, value, attention_mask, call: CallPlan, state
     plans = [layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
              for row in call.rows]
     if base is not None:
-        skip = (() if every_row or grad or dropout > 0 or shift or attention_mask is not None
-                else _rows_all_edit(call, plans))
+        skip = (() if every_row or grad or dropout > 0 or shift else _rows_all_edit(call, plans))
         out = _base_rows(base, module, query, key, value, attention_mask, skip, offset=call.offset,
                          scaling=scaling, softcap=softcap, dropout=dropout, budget=budget,
                          base_kwargs=base_kwargs)                        # (batch, q, heads, dv)

@@ -76,15 +76,32 @@ def test_kept_rows_equal_the_whole_base(monkeypatch, path, budget, offset):
         assert (got[:, keep] - whole[:, keep]).abs().max() < 1e-6, (skip, budget, offset)
 
 
-def test_a_call_with_its_own_mask_runs_the_whole_base():
+def test_a_call_with_its_own_mask_keeps_its_rows_through_the_mask(monkeypatch):
     sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
     q, k, v = _qkv(2, 64, 64, seed=1)
-    mask = torch.ones(64, 64, dtype=torch.bool).tril_()[None, None].repeat(2, 1, 1, 1)
+    mask = torch.ones(64, 64, dtype=torch.bool).tril_()[None, None].repeat(2, 1, 1, 1)   # (batch, 1, q, k)
     mask[1, :, :, :5] = False                                        # row 1: 5 left-padding keys
-    whole = sdpa(_Module(2), q, k, v, mask, scaling=0.3)[0]
-    got = A._base_rows(sdpa, _Module(2), q, k, v, mask, [(30, 60)], offset=0, scaling=0.3, softcap=None,
+    mask[0, :, 40:, :8] = False                                      # row 0: a window of its own
+    whole = sdpa(_Module(2), q, k, v, mask, scaling=0.3)[0]             # (batch, q, heads, dv)
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].shape[2])                               # query rows of the call
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", counted)    # _base_rows checks the registry
+    skip = [(30, 40), (50, 60)]
+    got = A._base_rows(counted, _Module(2), q, k, v, mask, skip, offset=0, scaling=0.3, softcap=None,
                        dropout=0.0, budget=None, base_kwargs={})
-    assert torch.equal(got, whole)
+    keep = _kept(skip, 64)
+    assert calls == [30, 10, 4], calls                               # only the kept rows, with their mask rows
+    torch.testing.assert_close(got[:, keep], whole[:, keep], atol=1e-6, rtol=0, equal_nan=True)
+    # A mask broadcast over the query rows cannot be sliced by row: the whole base.
+    calls.clear()
+    flat = torch.ones(2, 1, 1, 64, dtype=torch.bool)
+    A._base_rows(counted, _Module(2), q, k, v, flat, skip, offset=0, scaling=0.3, softcap=None,
+                 dropout=0.0, budget=None, base_kwargs={})
+    assert calls == [64]
 
 
 def test_rows_are_skipped_only_where_that_saves_work(monkeypatch):
@@ -156,3 +173,31 @@ def test_model_equal_with_and_without_skipping(monkeypatch, family, config):
         whole = model(x, attention_mask=mask).logits
     at.disable(model)
     assert (skipping - whole).abs().max() < 1e-5, (family, config)
+
+
+# A padded batch carries its own mask on every call: the kept rows go through the masked kernel
+# with their rows of the mask (mistral's sliding window included).
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "mistral"])
+@pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
+def test_padded_batch_equal_with_and_without_skipping(monkeypatch, family, config):
+    model = tiny_model(family)
+    x, mask = left_padded(2, N, row=1, pad=6, seed=5)
+    skipped = []
+    real = A._base_rows
+
+    def spy(base, module, query, key, value, attention_mask, skip, **kwargs):
+        skipped.append(attention_mask is not None and bool(skip))
+        return real(base, module, query, key, value, attention_mask, skip, **kwargs)
+
+    monkeypatch.setattr(A, "_base_rows", spy)
+    at.enable(model, config)
+    try:
+        with torch.no_grad():
+            skipping = model(x, attention_mask=mask).logits
+            assert any(skipped), "some layer must skip rows of the padded batch"
+            monkeypatch.setattr(A, "_rows_all_edit", lambda *a: [])  # the base on every row
+            whole = model(x, attention_mask=mask).logits
+    finally:
+        at.disable(model)
+    assert torch.isfinite(skipping).all()
+    assert (skipping - whole).abs().max() < 1e-5, (family, config, (skipping - whole).abs().max())
