@@ -58,6 +58,10 @@ in for the real one; its context is raised to fit the longest prompt (prompt plu
 steps). A real model refuses lengths
 beyond its ``max_position_embeddings``.
 
+``--pad N`` prefills a padded batch instead of one prompt: two rows, the prompt and its last
+``n - N`` tokens left-padded by ``N`` (what ``generate`` runs on a batch of prompts of two
+lengths), so every call carries a padding mask. Prefill only (``--decode-tokens none``).
+
 ``--optional-tokens`` lengths are tried after the others, for lengths that may not fit in
 memory. The JSON file is rewritten after every length, so a run that dies later keeps what
 it measured.
@@ -199,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-rounds", type=int, default=8,
                         help="interleaved decode rounds, each variant once per round (default 8)")
     parser.add_argument("--decode-steps", type=int, default=4, help="greedy decode steps per round (default 4)")
+    parser.add_argument("--pad", type=int, default=0, metavar="N",
+                        help="prefill a batch of two rows, the second left-padded by N tokens (default 0: one row)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                         help="weights dtype (default bfloat16 on CUDA, float32 otherwise)")
@@ -231,6 +237,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         fail(f"--decode-steps must be >= 1, got {args.decode_steps}")
     if args.decode_rounds < 1:
         fail(f"--decode-rounds must be >= 1, got {args.decode_rounds}")
+    if args.pad < 0:
+        fail(f"--pad must be >= 0, got {args.pad}")
+    if args.pad and args.decode_tokens != "none" and args.memory_child is None:
+        fail(f"--pad {args.pad} measures the prefill only; add --decode-tokens none")
     args.enable_kwargs = {}
     if args.max_chunk_mib is not None:
         args.enable_kwargs["max_chunk_mib"] = parse_chunk_mib(args.max_chunk_mib)
@@ -403,6 +413,20 @@ def prompt_ids(vocab: int, tokens: int, seed: int, device: str):
     return torch.randint(10, vocab - 10, (1, tokens), generator=g).to(device)
 
 
+def padded_batch(ids, pad: int):
+    """``(inputs, mask)``: with ``pad`` 0 the prompt and no mask; else two rows, the prompt and its
+    last ``n - pad`` tokens left-padded by ``pad`` positions, and their 0/1 mask (2, n)."""
+    import torch
+
+    if not pad:
+        return ids, None
+    n = ids.shape[1]
+    row = torch.cat([torch.zeros_like(ids[:, :pad]), ids[:, pad:]], 1)         # (1, n)
+    mask = torch.ones(2, n, dtype=torch.long, device=ids.device)              # (2, n)
+    mask[1, :pad] = 0
+    return torch.cat([ids, row]), mask                                         # (2, n), (2, n)
+
+
 def synchronize(device: str) -> None:
     import torch
 
@@ -410,15 +434,15 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_prefill(model, ids) -> float:
-    """Seconds of one prefill without a cache."""
+def time_prefill(model, ids, mask=None) -> float:
+    """Seconds of one prefill without a cache (``mask``: a padded batch's 0/1 mask)."""
     import torch
 
     device = str(ids.device)
     synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
-        model(ids, use_cache=False, logits_to_keep=1)
+        model(ids, attention_mask=mask, use_cache=False, logits_to_keep=1)
     synchronize(device)
     return time.perf_counter() - start
 
@@ -437,8 +461,9 @@ def _release(device: str) -> None:
 
 
 def measure_prefill(model, ids, variants: list[str], configure: Callable[[str], None],
-                    repeats: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Interleaved prefill timings of every variant on ``ids``; on CUDA also peak memory.
+                    repeats: int, log: Callable[[str], None], mask=None) -> dict[str, dict[str, Any]]:
+    """Interleaved prefill timings of every variant on ``ids`` (and ``mask``, a padded batch's);
+    on CUDA also peak memory.
 
     Returns ``{variant: {"seconds": [...], "peak_bytes": int | None, "error": str | None}}``."""
     import torch
@@ -453,7 +478,7 @@ def measure_prefill(model, ids, variants: list[str], configure: Callable[[str], 
     if cuda:                                               # the allocator's pools at this length
         configure("stock")
         try:
-            time_prefill(model, ids)
+            time_prefill(model, ids, mask)
         except RuntimeError as exc:
             log(f"  {n:>7d} tokens  full-length warm-up failed: {short_error(exc)}")
             _release(device)
@@ -466,7 +491,7 @@ def measure_prefill(model, ids, variants: list[str], configure: Callable[[str], 
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()
                     base = torch.cuda.memory_allocated()
-                seconds = time_prefill(model, ids)
+                seconds = time_prefill(model, ids, mask)
                 if cuda:
                     peak = torch.cuda.max_memory_allocated() - base
                     result[v]["peak_bytes"] = max(result[v]["peak_bytes"] or 0, peak)
@@ -578,7 +603,8 @@ def measure_decode(model, ids, variants: list[str], configure: Callable[[str], N
 def memory_child_command(args: argparse.Namespace, variant: str, lengths: list[int], positions: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child", variant,
            "--model", args.model, "--tokens", ",".join(map(str, lengths)), "--device", args.device,
-           "--dtype", args.dtype, "--seed", str(args.seed), "--decode-tokens", "none", "--no-plot"]
+           "--dtype", args.dtype, "--seed", str(args.seed), "--decode-tokens", "none", "--no-plot",
+           "--pad", str(args.pad)]
     cmd += [f"--config={spec}" for spec in args.config]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -659,10 +685,10 @@ def memory_child(args: argparse.Namespace, lengths: list[int]) -> int:
     vocab = model.config.vocab_size
     time_prefill(model, prompt_ids(vocab, WARMUP_TOKENS, args.seed, args.device))   # warm-up
     for n in lengths:
-        ids = prompt_ids(vocab, n, args.seed, args.device)
+        ids, mask = padded_batch(prompt_ids(vocab, n, args.seed, args.device), args.pad)
         gc.collect()
         try:
-            grown = peak_rss_growth(lambda: time_prefill(model, ids))
+            grown = peak_rss_growth(lambda: time_prefill(model, ids, mask))
             print(json.dumps({"tokens": n, "peak_bytes": grown}), flush=True)
         except RuntimeError as exc:
             print(json.dumps({"tokens": n, "error": short_error(exc)}), flush=True)
@@ -702,6 +728,7 @@ def environment(args: argparse.Namespace, model, configs: dict[str, Any], varian
         "device": args.device, "dtype": args.dtype, "model": args.model, "model_shape": model_shape(model),
         "variants": variants, "configs": {v: repr(configs[v]) for v in variants if configs[v] is not None},
         **chunk_setting(args.enable_kwargs), "repeats": args.repeats, "decode_tokens": decoded,
+        "batch": 2 if args.pad else 1, "pad": args.pad,
         "decode_rounds": args.decode_rounds, "decode_steps": args.decode_steps,
         "memory": None if args.skip_memory else (
             "torch.cuda.max_memory_allocated above the level before the prefill" if cuda else
@@ -777,7 +804,8 @@ def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + f", {meta.get('threads')} threads of {meta.get('cpu_count')} CPUs, torch {meta.get('torch')}, "
         f"transformers {meta.get('transformers')}, {meta.get('date')}; max_chunk_mib {meta.get('max_chunk_mib')} "
         f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds, decode: median "
-        f"of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of {meta.get('decode_steps')} steps.",
+        f"of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of {meta.get('decode_steps')} steps"
+        + (f"; a padded batch of 2 rows, the second left-padded by {meta['pad']} tokens." if meta.get("pad") else "."),
         "",
         "| tokens | variant | prefill s | time vs stock | paired | peak MiB | memory vs stock "
         "| decode ms/token | decode vs stock | paired | rows edited |",
@@ -882,6 +910,9 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
     variants = parse_variants(args.variants)
     everything = sorted(set(lengths) | set(optional))
     decoded = decode_lengths(args.decode_tokens, lengths, everything)
+    if args.pad >= everything[0]:
+        fail(f"--pad {args.pad} leaves nothing of the shortest prompt ({everything[0]} tokens); "
+             f"give a --pad below every --tokens length")
     positions = positions_needed(everything, decoded, args.decode_rounds, args.decode_steps)
     configs = variant_configs(args.config)
 
@@ -899,10 +930,10 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
         + f"; decode at {decoded or 'none'}")
     rows: list[dict[str, Any]] = []
     for n in lengths + [m for m in optional if m not in lengths]:
-        ids = prompt_ids(model.config.vocab_size, n, args.seed, args.device)
+        ids, mask = padded_batch(prompt_ids(model.config.vocab_size, n, args.seed, args.device), args.pad)
         here = {v: new_row(n, v, configs[v], shape["num_hidden_layers"], optional=n not in lengths)
                 for v in variants}
-        for v, measured in measure_prefill(model, ids, variants, configure, args.repeats, log).items():
+        for v, measured in measure_prefill(model, ids, variants, configure, args.repeats, log, mask).items():
             fill_prefill(here[v], measured)
         if n in decoded:
             for v, measured in measure_decode(model, ids, variants, configure, args.decode_rounds,

@@ -122,6 +122,32 @@ def test_a_real_models_context_is_not_exceeded(tmp_path, capsys):
         bench.load_pretrained_model(str(tmp_path / "missing"), device="cpu", dtype="float32", positions=8)
 
 
+def test_padded_batch_sweep(tmp_path, capsys, torch_threads):
+    ids = torch.arange(10, 18)[None]                                  # (1, 8)
+    batch, mask = bench.padded_batch(ids, 3)
+    assert batch.tolist() == [list(range(10, 18)), [0, 0, 0] + list(range(13, 18))]
+    assert mask.tolist() == [[1] * 8, [0, 0, 0] + [1] * 5]
+    assert bench.padded_batch(ids, 0) == (ids, None)
+
+    out = tmp_path / "padded"
+    status = bench.main(["--model", "random:tiny", "--tokens", "256", "--pad", "40", "--repeats", "1",
+                         "--decode-tokens", "none", "--threads", "1", "--out", str(out), *TINY_CONFIGS])
+    stdout = capsys.readouterr().out
+    assert status == 0, stdout[-3000:]
+    data = json.loads((out / "prefill-sweep.json").read_text())
+    assert data["meta"]["batch"] == 2 and data["meta"]["pad"] == 40
+    for r in data["rows"]:
+        assert r["error"] is None and positive_finite(r["time_ratio"]) and r["peak_bytes"] > 0, r
+    assert "left-padded by 40 tokens" in (out / "prefill-sweep.md").read_text()
+    for argv, words in ((["--pad", "-1"], "--pad must be >= 0"), (["--pad", "8"], "add --decode-tokens none"),
+                        (["--pad", "256", "--tokens", "256", "--decode-tokens", "none"], "below every --tokens")):
+        with pytest.raises(SystemExit) as info:
+            bench.main(["--model", "random:tiny", "--out", str(tmp_path / "bad"), *argv])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_sweep_on_cuda_measures_memory_in_process(tmp_path):
