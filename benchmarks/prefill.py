@@ -803,8 +803,9 @@ def markdown_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         + (f" ({meta['gpu']})" if meta.get("gpu") else "")
         + f", {meta.get('threads')} threads of {meta.get('cpu_count')} CPUs, torch {meta.get('torch')}, "
         f"transformers {meta.get('transformers')}, {meta.get('date')}; max_chunk_mib {meta.get('max_chunk_mib')} "
-        f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds, decode: median "
-        f"of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of {meta.get('decode_steps')} steps"
+        f"({meta.get('max_chunk_mib_from')}); median of {meta.get('repeats')} interleaved rounds"
+        + (f", decode: median of {meta.get('decode_rounds', meta.get('repeats'))} interleaved rounds of "
+           f"{meta.get('decode_steps')} steps" if meta.get("decode_tokens", True) else ", no decode")
         + (f"; a padded batch of 2 rows, the second left-padded by {meta['pad']} tokens." if meta.get("pad") else "."),
         "",
         "| tokens | variant | prefill s | time vs stock | paired | peak MiB | memory vs stock "

@@ -138,7 +138,8 @@ def test_padded_batch_sweep(tmp_path, capsys, torch_threads):
     assert data["meta"]["batch"] == 2 and data["meta"]["pad"] == 40
     for r in data["rows"]:
         assert r["error"] is None and positive_finite(r["time_ratio"]) and r["peak_bytes"] > 0, r
-    assert "left-padded by 40 tokens" in (out / "prefill-sweep.md").read_text()
+    header = (out / "prefill-sweep.md").read_text().splitlines()[0]
+    assert "no decode; a padded batch of 2 rows, the second left-padded by 40 tokens." in header, header
     for argv, words in ((["--pad", "-1"], "--pad must be >= 0"), (["--pad", "8"], "add --decode-tokens none"),
                         (["--pad", "256", "--tokens", "256", "--decode-tokens", "none"], "below every --tokens")):
         with pytest.raises(SystemExit) as info:
