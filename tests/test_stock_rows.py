@@ -149,52 +149,29 @@ def test_rows_all_edit_is_the_intersection_over_the_batch():
     assert A._rows_all_edit(chunk, [plan]) == [(0, 5), (5, 15)]
 
 
-# mistral's tiny model has a sliding-window mask on every call: nothing is skipped there.
-@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
-@pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
-def test_model_equal_with_and_without_skipping(monkeypatch, family, config):
-    model = tiny_model(family)
-    x, mask = left_padded(1, N, row=0, pad=0, seed=4)
-    skipped = []
-    real = A._worth_skipping
-
-    def spy(*args, **kwargs):                                        # the spans the base really leaves out
-        spans = real(*args, **kwargs)
-        skipped.append(bool(spans))
-        return spans
-
-    monkeypatch.setattr(A, "_worth_skipping", spy)
-    at.enable(model, config)
-    with torch.no_grad():
-        monkeypatch.setattr(A, "_MASKED_ENTRY_COST", ALWAYS)         # skip wherever a row is saved
-        skipping = model(x, attention_mask=mask).logits
-        assert any(skipped), "some layer must skip rows"
-        monkeypatch.setattr(A, "_rows_all_edit", lambda *a: [])      # the base on every row
-        whole = model(x, attention_mask=mask).logits
-    at.disable(model)
-    assert (skipping - whole).abs().max() < 1e-5, (family, config)
-
-
-# A padded batch carries its own mask on every call: the kept rows go through the masked kernel
-# with their rows of the mask (mistral's sliding window included).
+# One row without padding (no mask: causal kernel and merged rows; mistral's sliding window brings a
+# mask of its own) and a left-padded batch (a mask on every call: the kept rows go through the
+# masked kernel with their rows of the mask).
 @pytest.mark.parametrize("family", ["llama", "gemma3_text", "mistral"])
 @pytest.mark.parametrize("config", [CLASSIC, SRA], ids=["classic", "sra"])
-def test_padded_batch_equal_with_and_without_skipping(monkeypatch, family, config):
+@pytest.mark.parametrize("batch,pad", [(1, 0), (2, 6)], ids=["one-row", "padded"])
+def test_model_equal_with_and_without_skipping(monkeypatch, family, config, batch, pad):
     model = tiny_model(family)
-    x, mask = left_padded(2, N, row=1, pad=6, seed=5)
+    x, mask = left_padded(batch, N, row=batch - 1, pad=pad, seed=4)
     skipped = []
     real = A._base_rows
 
-    def spy(base, module, query, key, value, attention_mask, skip, **kwargs):
-        skipped.append(attention_mask is not None and bool(skip))
-        return real(base, module, query, key, value, attention_mask, skip, **kwargs)
+    def spy(*args, **kwargs):                                        # the rows the base may leave out
+        skipped.append(bool(args[6]))
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(A, "_base_rows", spy)
+    monkeypatch.setattr(A, "_MASKED_ENTRY_COST", ALWAYS)             # skip wherever a row is saved
     at.enable(model, config)
     try:
         with torch.no_grad():
             skipping = model(x, attention_mask=mask).logits
-            assert any(skipped), "some layer must skip rows of the padded batch"
+            assert any(skipped), "some layer must skip rows"
             monkeypatch.setattr(A, "_rows_all_edit", lambda *a: [])  # the base on every row
             whole = model(x, attention_mask=mask).logits
     finally:
