@@ -239,7 +239,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         fail(f"--decode-rounds must be >= 1, got {args.decode_rounds}")
     if args.pad < 0:
         fail(f"--pad must be >= 0, got {args.pad}")
-    if args.pad and args.decode_tokens != "none" and args.memory_child is None:
+    if args.pad and args.decode_tokens != "none":
         fail(f"--pad {args.pad} measures the prefill only; add --decode-tokens none")
     args.enable_kwargs = {}
     if args.max_chunk_mib is not None:

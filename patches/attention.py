@@ -399,29 +399,40 @@ def _worth_skipping(skip, q: int, offset: int, *, merged: bool) -> list[tuple[in
     return list(skip[best:])
 
 
+def _rows_to_skip(base: Callable, module, query, key, value, attention_mask, skip, *, offset: int,
+                  base_kwargs: dict) -> tuple[list[tuple[int, int]], bool]:
+    """The spans of ``skip`` the base leaves out (CPU sdpa only), and whether the kept rows run
+    through the call's own mask."""
+    q = query.shape[2]
+    if not skip or base is not ALL_ATTENTION_FUNCTIONS["sdpa"] or query.device.type != "cpu" \
+            or base_kwargs.get("position_bias") is not None:
+        return [], False
+    if attention_mask is None:
+        if base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is not True:
+            return [], False
+        return _worth_skipping(skip, q, offset, merged=_merges(query, value)), False
+    # A mask with a row per query row (padded batches, sliding windows), (batch or 1, heads or 1,
+    # q, keys): stock runs every row through the masked kernel, so the kept rows cost the same
+    # per entry in fewer, shorter calls with their rows of the mask, and every skipped row is saved.
+    if attention_mask.dim() == 4 and attention_mask.shape[-2:] == (q, key.shape[2]):
+        return list(skip), True
+    return [], False
+
+
 def _base_rows(base: Callable, module, query, key, value, attention_mask, skip, *, offset: int,
                scaling: float, softcap, dropout: float, budget: Optional[float], base_kwargs: dict) -> torch.Tensor:
     """The base attention's output on every query row, except the rows in ``skip`` where that is
     cheaper: they are left unset (the caller recomputes them). (batch, q, heads, dv)."""
     batch, heads, q, _ = query.shape                                     # (batch, heads, q, d)
-    cpu_sdpa = (base is ALL_ATTENTION_FUNCTIONS["sdpa"] and query.device.type == "cpu"
-                and base_kwargs.get("position_bias") is None)
-    plain_sdpa = (cpu_sdpa and attention_mask is None
-                  and base_kwargs.get("is_causal", getattr(module, "is_causal", True)) is True)
-    # A padded batch's own mask, one row per query row (batch or 1, 1, q, keys): stock runs every
-    # row through the masked kernel, so kept rows cost the same per entry in fewer, shorter
-    # calls with the mask's rows, and every recomputed row is saved.
-    masked_sdpa = (cpu_sdpa and attention_mask is not None and attention_mask.dim() == 4
-                   and attention_mask.shape[-2] == q and attention_mask.shape[-1] == key.shape[2])
-    if plain_sdpa:
-        skip = _worth_skipping(skip, q, offset, merged=_merges(query, value))
-    if not skip or not (plain_sdpa or masked_sdpa):
+    skip, masked = _rows_to_skip(base, module, query, key, value, attention_mask, skip, offset=offset,
+                                 base_kwargs=base_kwargs)
+    if not skip:
         return base(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                     softcap=softcap, **base_kwargs)[0]
     out = query.new_empty(batch, q, heads, value.shape[-1])               # (batch, q, heads, dv)
     for a, c in _complement(skip, q):
         keys = slice(0, offset + c)                   # the later keys are masked for these rows
-        if masked_sdpa:
+        if masked:
             out[:, a:c] = base(module, query[:, :, a:c], key[:, :, keys], value[:, :, keys],
                                attention_mask[:, :, a:c, keys], dropout=0.0, scaling=scaling,
                                softcap=softcap, **base_kwargs)[0]      # (batch, r, heads, dv)
