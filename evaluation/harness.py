@@ -25,37 +25,24 @@ command line unchanged (``--help`` included), so every lm_eval flag works.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-from dataclasses import fields
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
-import torch
-
-import attn_transition as at
 from attn_transition.commands import register_command
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
-from attn_transition.errors import ConfigError, UsageError
+from attn_transition.extras import MissingExtraError, install_hint, require
 
-try:
-    import lm_eval.models.huggingface as _hf
-    from lm_eval.api.registry import register_model
-    from lm_eval.models.huggingface import HFLM
-except ImportError as exc:                                  # pragma: no cover - depends on the install
-    raise UsageError("lm-evaluation-harness is not installed: pip install 'attn-transition[lm-eval]' "
-                     f"(or pip install 'lm_eval[ruler]'); {exc}") from None
-
+from .harness_args import MODEL_NAME, parse_transition, stray_config_items
 from .models import EMBEDDED, resolve_model
 
-__all__ = ["MODEL_NAME", "AttnTransitionLM", "parse_transition", "add_arguments", "run", "main",
-           "EPILOG"]
+try:                       # registers the model with lm_eval; without lm_eval the command still lists and helps
+    from .harness_model import AttnTransitionLM
+except ImportError as exc:                                  # pragma: no cover - depends on the install
+    _MISSING: Optional[ImportError] = exc
+else:
+    _MISSING = None
 
-MODEL_NAME = "attn-transition"
-
-# Fields of the configs: a model_arg with one of these names is a piece of a transition value
-# that lm_eval's comma splitting cut off.
-_CONFIG_FIELDS = frozenset(f.name for cls in (ClassicConfig, SRAConfig) for f in fields(cls))
-_STOCK = ("none", "off", "stock", "false")
+__all__ = ["MODEL_NAME", "AttnTransitionLM", "parse_transition", "stray_config_items", "require_lm_eval",
+           "add_arguments", "run", "main", "EPILOG"]
 
 EPILOG = """attn-transition lm-eval hands every argument to lm-evaluation-harness's command line, after
 registering the model 'attn-transition' (HFLM plus transition=...). Examples:
@@ -76,121 +63,20 @@ model_args of attn-transition, besides HFLM's:
 """
 
 
-def parse_transition(value: Any) -> Optional[TransitionConfig]:
-    """The config a ``transition=`` model argument names; None means the stock model.
-
-    Accepts a config object, ``True`` (the default classic config), ``None`` / ``False`` /
-    ``"none"`` (stock), or a config string whose items are separated by ``,`` or ``;``.
-    """
-    if isinstance(value, (ClassicConfig, SRAConfig)):
-        return value
-    if value is None or value is False:
-        return None
-    if value is True:
-        return ClassicConfig()
-    if not isinstance(value, str):
-        raise ConfigError(f"transition must be a config string like 'classic', 'sra', "
-                          f"'classic:alpha=1,beta=0.5' or 'none', got {value!r}")
-    text = value.strip()
-    if text.lower() in _STOCK:
-        return None
-    try:
-        return at.parse_config(text.replace(";", ","))
-    except ConfigError as exc:
-        raise ConfigError(f"transition={value!r}: {exc}") from None
+def require_lm_eval(purpose: str = "attn-transition lm-eval") -> None:
+    """MissingExtraError (one line, naming the extra) unless lm_eval and the model import."""
+    require(purpose, "lm_eval", extra="lm-eval")
+    if _MISSING is not None:
+        why = (str(_MISSING).strip().splitlines() or [type(_MISSING).__name__])[0][:200]
+        raise MissingExtraError(f"{purpose} needs lm_eval, which cannot be imported here ({why}): "
+                                f"{install_hint('lm-eval')}")
 
 
-def _stray_config_items(kwargs: dict) -> list[str]:
-    return sorted(k for k in kwargs if k in _CONFIG_FIELDS)
-
-
-@register_model(MODEL_NAME)
-class AttnTransitionLM(HFLM):
-    """lm_eval's ``HFLM`` with attention transition enabled on its model.
-
-    Args:
-        pretrained: As for ``HFLM`` (a hub id, a folder or a loaded model), or an embedded
-            name (``smollm2-135m``, ``gemma3-270m``) resolved to the offline cache.
-        transition: A config string, a config object, or ``"none"`` for the stock model.
-        max_chunk_mib: Passed to :func:`attn_transition.enable`; None keeps its default.
-        **kwargs: Every other ``HFLM`` argument.
-    """
-
-    def __init__(self, pretrained: Any = "smollm2-135m", transition: Any = "classic",
-                 max_chunk_mib: Any = None, **kwargs: Any) -> None:
-        stray = _stray_config_items(kwargs)
-        if stray:
-            raise ConfigError(
-                f"model_args {', '.join(stray)} look like items of transition cut off at a comma; "
-                f"quote the value (transition='classic:alpha=1,beta=0.5') or separate its items "
-                f"with ';' (transition=classic:alpha=1;beta=0.5)")
-        config = parse_transition(transition)       # before loading anything: a typo fails fast
-        if isinstance(pretrained, str):        # embedded names, folders without config.json, offline hub ids
-            pretrained = resolve_model(pretrained)
-        tokenizer = kwargs.get("tokenizer")
-        if isinstance(tokenizer, str) and tokenizer in EMBEDDED:
-            kwargs["tokenizer"] = resolve_model(tokenizer)
-        self._row_lengths: Optional[list[int]] = None
-        super().__init__(pretrained=pretrained, **kwargs)
-        self.transition_config = config
-        if config is not None:
-            options = {} if max_chunk_mib is None else {"max_chunk_mib": max_chunk_mib}
-            at.enable(self.model, config, **options)
-
-    # -- loglikelihood: pass the padding mask of right-padded batches --------------------------
-
-    @contextlib.contextmanager
-    def _recording_row_lengths(self) -> Iterator[None]:
-        """While HFLM builds loglikelihood batches, note each batch's real row lengths.
-
-        HFLM pads a batch with ``pad_and_concat`` right before calling ``_model_call``; the
-        lengths are read there (the function itself is called unchanged) and used by the
-        next ``_model_call`` of a batch of that size.
-        """
-        original = _hf.pad_and_concat
-
-        def recording(max_length: int, tensors: list, padding_side: str = "right"):
-            if padding_side == "right":
-                self._row_lengths = [int(t.shape[-1]) for t in tensors]
-            return original(max_length, tensors, padding_side=padding_side)
-
-        _hf.pad_and_concat = recording
-        try:
-            yield
-        finally:
-            _hf.pad_and_concat = original
-            self._row_lengths = None
-
-    def _loglikelihood_tokens(self, *args: Any, **kwargs: Any):
-        if not self._edits() or self.backend != "causal":
-            return super()._loglikelihood_tokens(*args, **kwargs)
-        if not hasattr(_hf, "pad_and_concat"):                        # pragma: no cover - other lm_eval
-            raise UsageError("this lm_eval version builds loglikelihood batches differently; "
-                             "run the attn-transition model with batch_size=1")
-        with self._recording_row_lengths():
-            return super()._loglikelihood_tokens(*args, **kwargs)
-
-    def _edits(self) -> bool:
-        return isinstance(self.model, torch.nn.Module) and bool(at.is_enabled(self.model))
-
-    def _model_call(self, inps: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                    labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        lengths, self._row_lengths = self._row_lengths, None
-        if (lengths is None or attn_mask is not None or labels is not None or inps.dim() != 2
-                or len(lengths) != inps.shape[0] or max(lengths) > inps.shape[1]
-                or min(lengths) == inps.shape[1]):
-            return super()._model_call(inps, attn_mask, labels)      # no padding in this batch
-        positions = torch.arange(inps.shape[1], device=inps.device)
-        mask = (positions[None, :] < torch.tensor(lengths, device=inps.device)[:, None]).long()
-        with (torch.no_grad(),
-              torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                             enabled=self.mixed_precision_dtype is not None)):
-            return self.model(inps, attention_mask=mask).logits
-
-    def get_model_info(self) -> dict:
-        info = super().get_model_info()
-        info["attn_transition"] = "none" if self.transition_config is None else repr(self.transition_config)
-        return info
+def __getattr__(name: str) -> Any:
+    """``AttnTransitionLM`` without lm_eval: the one-line error that names the extra."""
+    if name == "AttnTransitionLM":
+        require_lm_eval("the attn-transition lm_eval model")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- attn-transition lm-eval ------------------------------------------------------------------
@@ -271,13 +157,20 @@ def resolve_embedded_args(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str]) -> int:
     """Run lm_eval's command line on ``argv`` with the ``attn-transition`` model registered."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(EPILOG)
+        try:
+            require_lm_eval()
+        except MissingExtraError:
+            print(f"lm-eval's own options are listed here once lm_eval is installed: {install_hint('lm-eval')}")
+            return 0
+        print("lm-eval's options (lm-eval run --help):\n", flush=True)
+        argv = ["run", "--help"]
+    require_lm_eval()                          # before anything is converted or loaded
     from lm_eval.__main__ import cli_evaluate
 
     argv = resolve_embedded_args(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(EPILOG)
-        print("lm-eval's options (lm-eval run --help):\n", flush=True)
-        argv = ["run", "--help"]
     saved = sys.argv
     sys.argv = ["attn-transition lm-eval", *argv]
     try:

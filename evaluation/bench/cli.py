@@ -18,6 +18,7 @@ from attn_transition.errors import UsageError
 
 from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, detect_shard, gather
+from ..runtime.requirements import require_embedded, require_plots
 from .options import EPILOG, add_arguments, depths, ints, slug
 from .runner import DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, run_bench
 from .tasks import parse_tasks
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from . import store
 
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
+    require_plots("attn-transition bench (its plots)")
+    require_embedded([args.model], args.cache_dir)
     shard = detect_shard()
     out = output_dir(args, shard)
     previous = store.read_logs(out) if args.resume else None   # read once; a corrupted log fails before loading

@@ -101,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
     from .prompts import resolve_format
     from .ruler_report import build_results, write_outputs
 
+    from ..harness import require_lm_eval
+    from ..runtime.requirements import require_embedded, require_plots
+
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
+    require_lm_eval("attn-transition bench --suite ruler")
+    require_plots("attn-transition bench --suite ruler (its plot)")
+    require_embedded([args.model], args.cache_dir)
     if detect_shard().world > 1:
         raise UsageError("--suite ruler runs in one process; drop accelerate launch / torchrun (lm_eval's own "
                          "data parallelism: attn-transition lm-eval)")

@@ -11,6 +11,7 @@ from typing import Optional
 
 from attn_transition.commands import register_command
 
+from ..runtime.requirements import require_judge_client
 from .client import DEFAULT_BASE_URL
 from .dry_run import dry_run
 from .options import DEFAULT_JUDGE_MODEL, JudgeOptions
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the candidate orders and request seeds")
     parser.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_schema",
                         help="structured output mode the server supports (replies are validated strictly anyway)")
-    parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the judge, in [0, 2]")
     parser.add_argument("--max-tokens", type=int, default=None, help="reply token limit (default: the server's)")
     parser.add_argument("--reask", type=int, default=2, help="re-asks after a malformed/incomplete reply")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
@@ -79,6 +80,8 @@ def _fmt_cost(value: Optional[float]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    if not args.dry_run:
+        require_judge_client()
     if args.dry_run:
         dry_run(args.outputs, options, cache_path=args.cache, use_cache=not args.no_cache)
         return 0

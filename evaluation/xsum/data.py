@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from attn_transition.errors import UsageError
+from attn_transition.extras import require
 
 from ..runtime import files
 from ..seedformat import REQUIRED_FIELDS
@@ -82,11 +83,10 @@ _READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}
 
 
 def _read_hub(name: str, split: str) -> list[dict]:
-    try:
-        import datasets
-    except ImportError:
-        raise UsageError(f"loading {name} needs the datasets package (pip install datasets); or pass a "
-                         f"local JSON / JSONL / CSV file with fields {', '.join(REQUIRED_FIELDS)}") from None
+    require(f"loading {name}", "datasets", extra="eval",
+            alternative=f"or pass a local JSON / JSONL / CSV file with fields {', '.join(REQUIRED_FIELDS)}")
+    import datasets
+
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as exc:  # network, offline mode, unknown split: all the user's to fix

@@ -1,0 +1,103 @@
+"""The optional extras of the ``attn-transition`` package, and the one check a command makes
+before any work: :func:`require`.
+
+The core install (torch, transformers, ...) runs the patch; the evaluation commands need more,
+installed as pip extras (``setup.cfg``'s ``extras_require``). :data:`EXTRAS` names the Python
+packages each extra brings, by the name they are imported under. A command that needs one calls
+:func:`require` first, so a missing package is one line naming the extra to install (a
+:class:`MissingExtraError`, exit code 2 at the command line), never a traceback after the work
+has started.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Optional, Sequence
+
+from .errors import UsageError
+
+__all__ = ["EXTRAS", "MissingExtraError", "install_hint", "extra_of", "missing_modules", "require",
+           "missing_extra_message"]
+
+# extra -> the import names of its packages (setup.cfg's extras_require; tests/test_extras.py checks both agree)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "models": ("gguf",),
+    "eval": ("datasets", "openai", "evaluate", "rouge_score", "matplotlib", "accelerate", "gguf"),
+    "contrast": ("peft", "accelerate", "gguf"),
+    "lm-eval": ("lm_eval",),
+    "notebooks": ("nbclient", "nbformat", "ipykernel"),
+}
+
+
+class MissingExtraError(UsageError):
+    """A package of an optional extra is not installed (or cannot be imported)."""
+
+
+def install_hint(extra: str) -> str:
+    """``pip install "attn-transition[extra]"``."""
+    return f'pip install "attn-transition[{extra}]"'
+
+
+def extra_of(module: str) -> Optional[str]:
+    """The smallest extra that brings ``module`` (its top-level package), or None."""
+    top = module.split(".")[0]
+    holding = [name for name, modules in EXTRAS.items() if top in modules]
+    return min(holding, key=lambda name: len(EXTRAS[name])) if holding else None
+
+
+def missing_modules(modules: Sequence[str]) -> list[tuple[str, ImportError]]:
+    """``(module, the ImportError)`` for each of ``modules`` that cannot be imported."""
+    out = []
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            out.append((module, exc))
+    return out
+
+
+def _why(module: str, exc: ImportError, plural: bool = False) -> str:
+    if isinstance(exc, ModuleNotFoundError) and exc.name == module.split(".")[0]:
+        return "are not installed" if plural else "is not installed"
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return f"cannot be imported ({first})"
+
+
+def require(purpose: str, *modules: str, extra: Optional[str] = None, alternative: str = "") -> None:
+    """MissingExtraError (one line) unless every one of ``modules`` imports.
+
+    ``purpose`` says what needs them (``"attn-transition judge"``); ``extra`` is the extra to
+    install (default: the smallest that brings the first missing module); ``alternative`` is
+    another way out, appended after a ``;`` (``"or pass --no-rouge"``).
+    """
+    missing = missing_modules(modules)
+    if not missing:
+        return
+    module, exc = missing[0]
+    extra = extra or extra_of(module)
+    names = ", ".join(m for m, _ in missing)
+    fix = install_hint(extra) if extra else f"pip install {module.split('.')[0]}"
+    raise MissingExtraError(f"{purpose} needs {names}, which {_why(module, exc, len(missing) > 1)}: {fix}"
+                            + (f"; {alternative}" if alternative else ""))
+
+
+def _named_module(exc: ImportError) -> Optional[str]:
+    """The package an ImportError is about: its ``name``, else the first package of an extra
+    its message names (libraries word it ``"... requires GGUF>=0.10 ..."``)."""
+    name = getattr(exc, "name", None)
+    if name:
+        return name
+    words = set(re.findall(r"[a-z_][a-z0-9_]*", str(exc).lower().replace("-", "_")))
+    return next((m for modules in EXTRAS.values() for m in modules if m in words), None)
+
+
+def missing_extra_message(exc: ImportError) -> Optional[str]:
+    """One line for an ImportError of a package that an extra brings (None for any other):
+    the CLI's last resort when a command did not check with :func:`require` first."""
+    name = _named_module(exc)
+    extra = extra_of(name) if name else None
+    if extra is None:
+        return None
+    why = _why(name, exc) if getattr(exc, "name", None) else "is not installed (or too old)"
+    return f"{name.split('.')[0]} {why}: {install_hint(extra)}"
