@@ -267,7 +267,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default: str = DEFAULT_
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="*", default=[DEFAULT_MODEL],
                         help=f"embedded models to convert (default {DEFAULT_MODEL}); choices: {', '.join(EMBEDDED)}")
-    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--cache-dir", default=None, help="where converted models go (default "
+                                                          "$ATTN_TRANSITION_CACHE or ~/.cache/attn_transition)")
     parser.add_argument("--force", action="store_true", help="convert again even if cached")
 
 

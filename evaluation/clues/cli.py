@@ -17,6 +17,7 @@ from attn_transition.errors import UsageError
 from attn_transition.evaluation.models import MODEL_FLAGS, add_model_arguments
 
 from ..runtime.files import check_paths
+from ..runtime.requirements import require_embedded, require_finetuning
 
 EPILOG = """steps (each also runs alone):
   biographies   generate seeded synthetic biographies (text + tagged answer spans)
@@ -70,7 +71,8 @@ def _add_model(parser: argparse.ArgumentParser, default: str, flag: str = "--mod
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--cache-dir", default=None, help="where converted embedded models live")
+    parser.add_argument("--cache-dir", default=None, help="where converted embedded models live (default "
+                                                          "$ATTN_TRANSITION_CACHE or ~/.cache/attn_transition)")
 
 
 def _add_profile_options(parser: argparse.ArgumentParser) -> None:
@@ -97,23 +99,30 @@ def _add_augment_numbers(parser: argparse.ArgumentParser, copies: int) -> None:
 
 def _add_finetune_options(parser: argparse.ArgumentParser, epochs: float, batch: int, lr: float) -> None:
     g = parser.add_argument_group("fine-tuning (LoRA)")
-    g.add_argument("--epochs", type=float, default=epochs, help=f"(default {epochs})")
+    g.add_argument("--epochs", type=float, default=epochs, help=f"passes over the training texts (default {epochs})")
     g.add_argument("--lr", type=float, default=lr, help=f"learning rate (default {lr})")
     g.add_argument("--batch-size", type=_positive_int, default=batch, help=f"per device (default {batch})")
-    g.add_argument("--grad-accum", type=_positive_int, default=1)
-    g.add_argument("--lora-rank", type=_positive_int, default=16, help="(default 16, the seed's)")
-    g.add_argument("--lora-alpha", type=_positive_int, default=32)
-    g.add_argument("--train-max-length", type=_positive_int, default=256, help="training texts are cut to this")
-    g.add_argument("--scheduler", default="linear", choices=("linear", "constant", "cosine"))
+    g.add_argument("--grad-accum", type=_positive_int, default=1,
+                   help="gradient accumulation steps: batches summed per optimiser step")
+    g.add_argument("--lora-rank", type=_positive_int, default=16, help="rank of the LoRA matrices (default 16, "
+                                                                          "the seed's)")
+    g.add_argument("--lora-alpha", type=_positive_int, default=32,
+                   help="LoRA scaling numerator: the update is scaled by lora_alpha / lora_rank")
+    g.add_argument("--train-max-length", type=_positive_int, default=256,
+                   help="training texts are cut to this many tokens")
+    g.add_argument("--scheduler", default="linear", choices=("linear", "constant", "cosine"),
+                   help="learning-rate schedule over the training steps")
     g.add_argument("--save-total-limit", type=int, default=1,
                    help="epoch checkpoints kept (default 1; 0 keeps all)")
-    g.add_argument("--logging-steps", type=_positive_int, default=5)
+    g.add_argument("--logging-steps", type=_positive_int, default=5,
+                   help="optimiser steps between two loss lines in train_log.json")
 
 
 def _add_qa_options(parser: argparse.ArgumentParser, batch: int = 50, new_tokens: int = 12) -> None:
     g = parser.add_argument_group("QA")
     g.add_argument("--shots", type=int, default=3, help="few-shot examples per question (default 3)")
-    g.add_argument("--qa-batch-size", type=_positive_int, default=batch, help=f"(default {batch})")
+    g.add_argument("--qa-batch-size", type=_positive_int, default=batch,
+                   help=f"questions per generate call (default {batch})")
     g.add_argument("--max-new-tokens", type=_positive_int, default=new_tokens,
                    help=f"answer length cap in tokens (default {new_tokens})")
 
@@ -124,7 +133,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
                                                               "are skipped")
     parser.add_argument("--biographies", type=_positive_int, default=20,
                         help="how many biographies to generate and learn (default 20)")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="seed of the generated biographies (the fine-tuning seeds are --seeds)")
     _add_model(parser, "smollm2-135m", "--small-model")
     _add_model(parser, "gemma3-270m", "--large-model")
     parser.add_argument("--train-model", default=None, help="model fine-tuned and evaluated (default: the small one)")
@@ -154,11 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="step", metavar="STEP")
 
     p = sub.add_parser("biographies", help="generate seeded synthetic biographies")
-    p.add_argument("-n", "--count", type=_positive_int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", "--count", type=_positive_int, default=20, help="how many biographies")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated people and facts")
     p.add_argument("-o", "--output", required=True, help=".jsonl (all fields) or .csv")
     p.add_argument("--questions", default=None, help="also write the QA items (with few-shot prompts) here")
-    p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--shots", type=int, default=3, help="few-shot examples per question in --questions")
 
     p = sub.add_parser("profile", help="per-token attention profile of one model")
     p.add_argument("input", help=".csv or .jsonl with a 'text' column")
@@ -173,26 +183,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, help="contrast .jsonl")
     p.add_argument("--units", default="small", choices=("small", "large", "words"),
                    help="the small model's tokens (default), the large model's tokens, or words")
-    p.add_argument("--normalise", default="rank", choices=("rank", "log-zscore", "zscore", "none"))
+    p.add_argument("--normalise", default="rank", choices=("rank", "log-zscore", "zscore", "none"),
+                   help="per-text normalisation of each profile before differencing")
 
     p = sub.add_parser("augment", help="token-dropout augmentation of a 'text' column")
     p.add_argument("input", help=".csv or .jsonl with a 'text' column")
     p.add_argument("-o", "--output", required=True, help=".csv or .jsonl")
-    p.add_argument("--mode", default="contrast", choices=("random", "attention", "contrast"))
+    p.add_argument("--mode", default="contrast", choices=("random", "attention", "contrast"),
+                   help="how units are ranked for dropping: at random, by attention received, or by the "
+                        "large-minus-small contrast")
     p.add_argument("--scores", default=None, help="contrast .jsonl (any mode) or profile .jsonl (attention, "
                                                   "random); its units are the units dropped")
     p.add_argument("--tokenizer", default=None, help="random mode without --scores: drop this model's tokens "
                                                      "(default: words)")
     p.add_argument("--match-rate", action="store_true", help="random mode: per-text mean of p(r) instead of alpha")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the dropout draws")
     _add_augment_numbers(p, copies=10)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="where converted embedded models live (for --tokenizer; "
+                                                     "default $ATTN_TRANSITION_CACHE or ~/.cache/attn_transition)")
 
     p = sub.add_parser("finetune", help="LoRA continual pretraining on a 'text' column (float32 weights)")
     p.add_argument("input", help=".csv or .jsonl with a 'text' column (e.g. from 'clues augment')")
     p.add_argument("-o", "--output", required=True, help="folder: checkpoints/, adapter/, train_log.json")
     _add_model(p, "smollm2-135m")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the adapter's initialisation and the data order")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     _add_finetune_options(p, epochs=3.0, batch=8, lr=1e-3)
     _add_common(p)
@@ -249,6 +263,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     from .textio import json_safe, read_texts, write_jsonl
 
     config = _profile_config(args)
+    require_embedded([args.model], args.cache_dir)
     rows = read_texts(args.input)                          # validates before the model loads
     out = Path(args.output)
     if out.suffix != ".jsonl":
@@ -345,6 +360,7 @@ def _run_augment(args: argparse.Namespace) -> int:
         raise UsageError(f"mode {args.mode!r} ranks units by attention: pass --scores (a contrast file from "
                          f"'clues contrast', or for 'attention' a profile file)")
     else:
+        require_embedded([args.tokenizer], args.cache_dir)
         items = _word_or_token_items(texts, args.tokenizer, args.cache_dir)
     out = augment_rows(rows, items, config)
     write_rows(args.output, out)
@@ -371,6 +387,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from .textio import read_texts
 
     config = _finetune_config(args, args.seed)
+    require_finetuning("attn-transition clues finetune")
+    require_embedded([args.model], args.cache_dir)
     rows = read_texts(args.input)
     out = Path(args.output)
     if (out / "adapter").exists() and not args.resume:
@@ -391,6 +409,9 @@ def _run_qa(args: argparse.Namespace) -> int:
     from .qa import build_items, generate_answers, score
     from .textio import read_jsonl, write_json, write_jsonl
 
+    if args.adapter:
+        require_finetuning("attn-transition clues qa --adapter")
+    require_embedded([args.model], args.cache_dir)
     bios = [from_record(r) for r in read_jsonl(args.biographies)]
     items = build_items(bios, shots=args.shots, seed=args.seed)
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
@@ -420,6 +441,8 @@ def _run_pipeline(args: argparse.Namespace) -> int:
         equal_steps=not args.no_equal_steps, finetune=_finetune_config(args, 0), profile=_profile_config(args),
         shots=args.shots, qa_batch_size=args.qa_batch_size, max_new_tokens=args.max_new_tokens,
         baseline=not args.no_baseline, device=args.device, cache_dir=args.cache_dir)
+    require_finetuning("attn-transition clues (its finetune step)")
+    require_embedded([config.small_model, config.large_model, config.train_model], config.cache_dir)
     started = time.perf_counter()
     summary = run_pipeline(args.out, config, resume=args.resume)
     print()

@@ -48,7 +48,7 @@ def parse_edges(spec: Optional[str]) -> Optional[tuple[float, ...]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", metavar="SCORES", help="our scores file (OUTPUTS.scores.json) or a seed judged file")
-    parser.add_argument("--json", metavar="PATH", help="write the report as JSON (schema: see --help above)")
+    parser.add_argument("--json", metavar="PATH", help="write the report as JSON (its schema is printed at the end of this help)")
     parser.add_argument("--markdown", metavar="PATH", help="write the report as Markdown")
     parser.add_argument("--plots", metavar="DIR", help="write PNG plots into DIR")
     parser.add_argument("--outputs", metavar="PATH", help="the generation file that was judged (default: the one "
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-edges", metavar="E1,E2", help="explicit inner bucket edges instead, e.g. 800,1200")
     parser.add_argument("--folds", type=int, default=5, help="folds of the cross-fitted best fixed config")
     parser.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples")
-    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--confidence", type=float, default=0.95, help="level of the confidence intervals")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap and fold seed")
     parser.add_argument("--no-rouge", action="store_true", help="skip ROUGE")
 
