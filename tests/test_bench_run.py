@@ -265,6 +265,7 @@ def test_cli_runs_on_a_model_folder(capsys, model_dir, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--config", "classic:alpah=1"], "has no field 'alpah' (did you mean 'alpha'?)"),
     (["--config", "classic:alpha=-1"], "ClassicConfig.alpha must be"),
+    (["--config", "classic:alpha="], "--config 'classic:alpha=': ClassicConfig.alpha must be a number, got ''"),
     (["--config", "clasic"], "did you mean 'classic'?"),
     (["--tasks", "fact,kvv"], "unknown task 'kvv' (did you mean 'kv'?)"),
     (["--lengths", "512,abc"], "--lengths takes a comma list of integers"),

@@ -156,6 +156,7 @@ def test_metadata_sidecar(tiny_dir, base_run):
     assert meta["prompt_template"]["name"] == "summarize_base" and meta["prompt_template"]["version"] == 1
     assert meta["prompt_template"]["text"] == {"template": "{document} Please summarize context above:"}
     assert meta["data"]["source"] == str(FIXTURE)
+    assert meta["data"]["split"] is None                  # a local file has no split (--split is the hub's)
     assert meta["grid"]["keys"] == ["decode_or", CLASSIC_KEY, SRA_KEY]
     assert meta["grid"]["configs"][CLASSIC_KEY] == {"schedule": "classic", "alpha": 1.5, "beta": 1.5,
                                                     "intervals_per_layer": 2, "strategy": "adding",
@@ -422,6 +423,14 @@ def test_bad_grid_value(tmp_path, capsys):
     assert "ClassicConfig.alpha must be a number in (0, inf), got -1.0" in _error(capsys)
     assert run_generate("-o", str(tmp_path / "o.json"), "--config", "classic:bata=1") == 2
     assert "did you mean 'beta'" in _error(capsys)
+
+
+def test_config_errors_name_the_flag(tmp_path, capsys):
+    assert run_generate("-o", str(tmp_path / "o.json"), "--config", "classic:alpha=") == 2
+    assert "--config 'classic:alpha=': ClassicConfig.alpha must be a number, got ''" in _error(capsys)
+    assert run_generate("-o", str(tmp_path / "o.json"), "--grid", "alpha=0.5,-1") == 2
+    assert _error(capsys).startswith("attn-transition generate: error: --grid 'alpha=0.5,-1': ")
+    assert not (tmp_path / "o.json").exists()
 
 
 def test_existing_output_needs_resume_or_overwrite(tiny_dir, tmp_path, capsys):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from attn_transition.config import TransitionConfig, config_dict, format_config, parse_configs
-from attn_transition.errors import UsageError
+from attn_transition.errors import ConfigError, UsageError
 
 from ..runtime.dist import Shard, close, detect_shard, gather
 from ..runtime.files import write_json_atomic
@@ -42,6 +42,17 @@ TUNE_GRID: tuple[str, ...] = (
     "classic", "classic:alpha=1.0", "classic:beta=0.5", "classic:alpha=1.0,beta=0.5",
     "sra", "sra:strengthen_factor_inter=2.0,strengthen_factor_outer=2.0",
 )
+
+
+def parsed_configs(items: Sequence[str | TransitionConfig]) -> tuple[TransitionConfig, ...]:
+    """The configs of ``items`` (specs or configs), each given once; a bad spec is a ConfigError
+    naming it and the field ``configs`` (the command line's ``--config``)."""
+    for item in items:
+        try:
+            parse_configs([item])
+        except ConfigError as exc:
+            raise ConfigError(f"configs {item!r}: {exc}", field="configs") from None
+    return tuple(parse_configs(items).values())
 
 
 class SuiteSettings:
@@ -64,7 +75,7 @@ class SuiteSettings:
                              field="prompt_format")
         if not self.configs:
             raise UsageError("configs must hold at least one config", field="configs")
-        object.__setattr__(self, "configs", tuple(parse_configs(self.configs).values()))   # parsed once
+        object.__setattr__(self, "configs", parsed_configs(self.configs))   # parsed once
 
     def labelled(self) -> dict[str, TransitionConfig]:
         """``label -> config``, in order (the label is the config's canonical spec)."""

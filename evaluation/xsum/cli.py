@@ -29,6 +29,7 @@ from attn_transition.errors import UsageError
 from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, barrier, close, detect_shard
 from ..runtime.files import check_paths
+from ..runtime.requirements import require_embedded
 from ..runtime.versions import library_versions
 from ..seedformat import PLAIN_KEY, read_records, write_json_atomic, write_records
 from . import store
@@ -73,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"dataset id (default {HUB_DATASET}; with --resume and no data: the output's own "
                              f"documents)")
     parser.add_argument("-o", "--output", required=True, help="output JSON file (the seed's format)")
-    parser.add_argument("--split", default="test", help="dataset split for a hub dataset (default test)")
+    parser.add_argument("--split", default="test", help="dataset split for a hub dataset (default test; a local "
+                                                        "file has none, and the metadata records null)")
     sel = parser.add_argument_group("document selection")
     sel.add_argument("--buckets", type=_int_list, default=None,
                      help="prompt-token lengths to select around, e.g. 800,1200,1600,1900 (the seed's)")
@@ -124,6 +126,7 @@ class GenerateRun:
         self.records: list[dict] = []             # the output's records, in output order
         self.docs: list[dict] = []                # the documents read (none when resuming on the output's own)
         self.data_source = ""
+        self.data_split: Optional[str] = None     # the hub dataset's split; None for a local file
         self.model: Any = None
         self.tokenizer: Any = None
         self.template: Optional[PromptTemplate] = None
@@ -174,6 +177,7 @@ class GenerateRun:
             check_buckets(args.buckets, args.per_bucket, args.bucket_tolerance)
         check_limit(args.limit)
         check_generation(args.max_new_tokens, args.batch_size)
+        require_embedded([args.model], args.cache_dir)
 
     def start_processes(self) -> None:
         self.dist = detect_shard()
@@ -197,8 +201,10 @@ class GenerateRun:
             self.docs = load_documents(source, self.args.split)
             if not self.docs:
                 raise UsageError(f"{source} holds no documents")
+            self.data_split = None if Path(str(source)).expanduser().is_file() else self.args.split
         else:
             source = self.old_meta.get("data", {}).get("source") or str(self.output)
+            self.data_split = self.old_meta.get("data", {}).get("split")
         self.data_source = source
 
     # ----------------------------------------------------------------------- model, selection, resume
@@ -380,7 +386,7 @@ class GenerateRun:
                       "num_layers": self.num_layers, "dtype": args.dtype,
                       "device": str(getattr(model, "device", self.device)), "device_map": args.device_map},
             "prompt_template": self.template.as_dict(),
-            "data": {"source": str(self.data_source), "split": args.split, "shuffle": args.shuffle},
+            "data": {"source": str(self.data_source), "split": self.data_split, "shuffle": args.shuffle},
             "selection": {"buckets": buckets, "per_bucket": args.per_bucket if buckets else None,
                           "bucket_tolerance": args.bucket_tolerance if buckets else None,
                           "limit": args.limit,
@@ -419,4 +425,5 @@ def run(args: argparse.Namespace) -> int:
 register_command('generate', help="XSum-style generation into the seed's JSON format",
                  add_arguments=add_arguments, run=run, epilog=EPILOG,
                  flags={"max_new_tokens": "--max-new-tokens", "batch_size": "--batch-size", "template": "--template",
+                        "configs": "--config", "grid": "--grid",
                         **MODEL_FLAGS})

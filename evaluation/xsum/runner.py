@@ -14,7 +14,7 @@ import time
 from typing import Any, Callable, Optional, Sequence
 
 from attn_transition.config import ClassicConfig, TransitionConfig, parse_config, parse_grid, seed_key
-from attn_transition.errors import UsageError
+from attn_transition.errors import ConfigError, UsageError
 
 from ..models import generate_greedy as generate_batch
 from ..seedformat import PLAIN_KEY
@@ -36,7 +36,16 @@ def collect_configs(grid: Optional[str], specs: Sequence[str] = ()) -> dict[str,
     """Output key -> config for a grid spec then every config spec (``--grid``, ``--config``),
     duplicates dropped, in order. With neither, the default classic config (the seed's
     ``attn_transition=True``)."""
-    configs = (parse_grid(grid) if grid else []) + [parse_config(s) for s in specs]
+    try:
+        configs = parse_grid(grid) if grid else []
+    except ConfigError as exc:
+        raise ConfigError(str(exc) if str(exc).startswith("grid ") else f"grid {grid!r}: {exc}",
+                          field="grid") from None
+    for spec in specs:
+        try:
+            configs.append(parse_config(spec))
+        except ConfigError as exc:
+            raise ConfigError(f"configs {spec!r}: {exc}", field="configs") from None
     return keyed_configs(configs if grid is not None or specs else [ClassicConfig()])
 
 
