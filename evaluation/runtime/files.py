@@ -9,7 +9,7 @@ Python reads but JSON does not allow, are refused with their line.
 
 Writing: :func:`atomic_write` writes a temporary file next to the target, flushes it to disk
 and renames it into place (atomic on POSIX and Windows), so an interruption never leaves half
-a file. :func:`check_paths` is the rule for every command's paths: no output may be one of the
+a file. The file gets the permissions the user's umask gives any new file (0o666 & ~umask). :func:`check_paths` is the rule for every command's paths: no output may be one of the
 command's inputs, its cache or another of its outputs (compared after resolving links and
 ``..``), so a mistyped ``-o`` cannot destroy data.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Optional
 
@@ -100,13 +100,28 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
     return out
 
 
+def _new_temp_file(path: Path) -> tuple[int, str]:
+    """A new, empty, hidden file next to ``path``, opened for writing: ``(descriptor, name)``.
+
+    Created with mode 0o666, so the user's umask decides its permissions exactly as for any new
+    file (``tempfile.mkstemp`` would create it 0o600, and the rename would keep that)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(100):
+        tmp = os.path.join(path.parent, f".{path.name}.{secrets.token_hex(4)}")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise UsageError(f"could not create a temporary file next to {path}; check the folder")
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[str]], Any]) -> None:
     """Call ``write(handle)`` on a temporary text file and move it onto ``path``."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _new_temp_file(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             write(fh)
