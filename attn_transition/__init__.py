@@ -7,7 +7,7 @@
 """
 
 from .config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
-from .errors import AttnTransitionError, ConfigError, NotACausalLMError, UnsupportedModelError, UsageError
+from .errors import AttnTransitionError, ConfigError, InputError, NotACausalLMError, UnsupportedModelError, UsageError
 from .schedules import layer_plan, reweight
 
 __version__ = "0.1.0"
@@ -26,5 +26,5 @@ def __getattr__(name):
 __all__ = [
     "ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "reweight", "layer_plan",
     "enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES",
-    "AttnTransitionError", "ConfigError", "UnsupportedModelError", "NotACausalLMError", "UsageError",
+    "AttnTransitionError", "ConfigError", "InputError", "UnsupportedModelError", "NotACausalLMError", "UsageError",
 ]

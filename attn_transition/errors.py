@@ -25,6 +25,10 @@ class ConfigError(AttnTransitionError, ValueError):
     """A configuration field has a wrong type or a value outside its range."""
 
 
+class InputError(AttnTransitionError, ValueError):
+    """A tensor or argument given to a library function has a wrong shape, type or range."""
+
+
 class UnsupportedModelError(AttnTransitionError, ValueError):
     """The model's architecture (``config.model_type``) is not supported by the patch."""
 

@@ -18,6 +18,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from .config import ClassicConfig, SRAConfig, TransitionConfig
+from .errors import ConfigError, InputError
 
 __all__ = [
     "ClassicBlock", "SpanRedistribution", "Edit", "layer_plan", "plan_rows", "apply_plan", "apply_edit_",
@@ -251,6 +252,43 @@ def real_spans(real: torch.Tensor) -> list[Optional[tuple[int, int]]]:
     return spans
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowed) -> None:
+    """InputError / ConfigError naming the argument of :func:`reweight` that is wrong."""
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 4 or weights.shape[-1] != weights.shape[-2]:
+        shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise InputError(f"reweight: weights must be a (batch, heads, n, n) tensor, got {shape}", field="weights")
+    if not weights.is_floating_point():
+        raise InputError(f"reweight: weights must be floating point (post-softmax probabilities), got "
+                         f"{weights.dtype}", field="weights")
+    if not _is_int(num_layers) or num_layers < 1:
+        raise InputError(f"reweight: num_layers must be an int >= 1, got {num_layers!r}", field="num_layers")
+    if not _is_int(layer_idx) or not 0 <= layer_idx < num_layers:
+        raise InputError(f"reweight: layer_idx must be an int in [0, {num_layers - 1}] (num_layers={num_layers}), "
+                         f"got {layer_idx!r}", field="layer_idx")
+    if not isinstance(config, (ClassicConfig, SRAConfig)):
+        raise ConfigError(f"reweight: config must be a ClassicConfig or SRAConfig, got {type(config).__name__}",
+                          field="config")
+    batch, _, n, _ = weights.shape
+    if padding_mask is not None and (not isinstance(padding_mask, torch.Tensor)
+                                     or tuple(padding_mask.shape) != (batch, n)):
+        shape = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
+        raise InputError(f"reweight: padding_mask must be (batch, n) = {(batch, n)}, got {shape}",
+                         field="padding_mask")
+    if allowed is not None:
+        try:
+            ok = torch.broadcast_shapes(tuple(allowed.shape), tuple(weights.shape)) == tuple(weights.shape)
+        except (RuntimeError, AttributeError):
+            ok = False
+        if not ok:
+            shape = tuple(allowed.shape) if isinstance(allowed, torch.Tensor) else type(allowed).__name__
+            raise InputError(f"reweight: allowed must broadcast to weights {tuple(weights.shape)}, got {shape}",
+                             field="allowed")
+
+
 def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: TransitionConfig,
              *, padding_mask: Optional[torch.Tensor] = None,
              allowed: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -269,16 +307,15 @@ def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: Tra
 
     Returns:
         A new tensor of the same shape and dtype; edits are computed in float32.
+
+    Raises:
+        InputError: a tensor of the wrong shape or type, or a layer outside ``[0, num_layers)``.
+        ConfigError: ``config`` is not a schedule config.
     """
-    assert weights.dim() == 4 and weights.shape[-1] == weights.shape[-2], \
-        f"weights must be (batch, heads, n, n), got {tuple(weights.shape)}"
+    _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowed)
     batch, _, n, _ = weights.shape
     out = weights.detach().to(torch.float32, copy=True)                # (batch, heads, n, n)
-    if padding_mask is None:
-        spans: list[Optional[tuple[int, int]]] = [(0, n)] * batch
-    else:
-        assert padding_mask.shape == (batch, n), f"padding_mask {tuple(padding_mask.shape)} != {(batch, n)}"
-        spans = real_spans(padding_mask)
+    spans = [(0, n)] * batch if padding_mask is None else real_spans(padding_mask)
     if allowed is not None:
         allowed = allowed.to(torch.bool).expand_as(out)
     for b, span in enumerate(spans):

@@ -1,83 +1,36 @@
 """enable / disable / enabled: attach attention transition to a loaded model and remove it.
 
-All state is one :class:`TransitionState` object, ``model._attn_transition``. The same
-object is referenced from the modules that need it at run time (the decoder, whose
-forward pre-hook plans each call and whose forward hook lets go of the call's buffer, and
-each attention module), so a copy of the model
-(``copy.deepcopy``, pickle) carries a working copy of it. ``disable`` removes every
-reference and both hooks and switches the model back to the attention implementation it
-had, so its logits are bitwise those of the untouched model.
+All state is one :class:`~.state.TransitionState` object, ``model._attn_transition`` (see
+:mod:`.state`). ``enable`` registers two hooks on the decoder and keeps their handles in the
+state: a forward pre-hook that plans each call (:mod:`.calls`) and a forward hook that ends
+it (its scratch buffer is let go, also when the forward raised). ``disable`` removes both by
+their handles and every reference to the state, and switches the model back to the attention
+implementation it had, so its logits are bitwise those of the untouched model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
 import torch
 
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig
-from attn_transition.errors import ConfigError, NotACausalLMError, UnsupportedModelError
+from attn_transition.config import TransitionConfig
+from attn_transition.errors import NotACausalLMError, UnsupportedModelError
 
-from . import attention
-from .attention import DEFAULT_MAX_CHUNK_MIB, STATE_ATTR
-from .calls import CallPlan, plan_call
+from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
+from .calls import plan_call
 from .compat import allow_generate_switch
 from .families import family_for, schedule_layout
+from .registration import BASE_IMPLEMENTATIONS, register
+from .state import STATE_ATTR, Options, TransitionState
 
-__all__ = ["TransitionState", "enable", "disable", "enabled", "is_enabled", "get_state", "STATE_ATTR",
+__all__ = ["TransitionState", "Options", "enable", "disable", "enabled", "is_enabled", "get_state", "STATE_ATTR",
            "DEFAULT_MAX_CHUNK_MIB"]
 
 logger = logging.getLogger("attn_transition")
-_UNSET: Any = object()
-
-
-@dataclass(eq=False)
-class TransitionState:
-    """What ``enable`` attached to a model (``model._attn_transition``).
-
-    Args:
-        config: The schedule applied by calls that do not choose one.
-        num_layers: Layers the schedule spreads over.
-        schedule_index: Attention module ``layer_idx`` -> its layer in the schedule (only
-            where the two differ, e.g. hybrid models that count attention layers only).
-        previous_implementation: The attention implementation ``disable`` restores.
-        base_implementation: ``sdpa`` or ``eager``: what unedited rows run on.
-        full_matrix: Compute every row explicitly (slow; for comparison).
-        active: Whether calls without ``attn_transition=`` are edited.
-        max_chunk_mib: Memory budget of one chunk of edited rows, per layer ("auto", a number of
-            MiB, or None: unbounded).
-        scratch: The buffer the edited chunks of a call reuse (empty between calls).
-    """
-
-    config: TransitionConfig
-    num_layers: int
-    schedule_index: dict
-    previous_implementation: str
-    base_implementation: str
-    full_matrix: bool = False
-    active: bool = True
-    max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB
-    call: Optional[CallPlan] = field(default=None, repr=False)
-    scratch: attention.Scratch = field(default_factory=attention.Scratch, repr=False, compare=False)
-    warned_continuation: bool = field(default=False, repr=False)
-    warned_packed: bool = field(default=False, repr=False)
-
-    @property
-    def implementation(self) -> str:
-        return attention.implementation_name(self.base_implementation)
-
-    def __setstate__(self, values: dict) -> None:
-        # An unpickled (or deep-copied) model needs the registry entries in this process too.
-        self.__dict__.update(values)
-        self.call = None
-        self.scratch = attention.Scratch()
-        attention.register()
-        allow_generate_switch()
 
 
 def _check_model(model: Any) -> None:
@@ -92,19 +45,6 @@ def _check_model(model: Any) -> None:
         raise NotACausalLMError(
             f"{type(model).__name__} does not route attention through transformers' AttentionInterface, "
             f"so its attention cannot be patched at run time")
-
-
-def _check_options(config: Any, active: Any, max_chunk_mib: Any, full_matrix: Any) -> None:
-    if not isinstance(config, (ClassicConfig, SRAConfig)):
-        raise ConfigError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
-    for name, value in (("active", active), ("full_matrix", full_matrix)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"enable({name}=...) must be True or False, got {value!r}")
-    if max_chunk_mib is not None and max_chunk_mib != "auto" and (
-            isinstance(max_chunk_mib, bool) or not isinstance(max_chunk_mib, (int, float))
-            or not math.isfinite(max_chunk_mib) or max_chunk_mib <= 0):
-        raise ConfigError(f"enable(max_chunk_mib=...) must be a number in (0, inf) (MiB of edited rows per "
-                          f"layer), 'auto' or None for no bound, got {max_chunk_mib!r}")
 
 
 def get_state(model: Any) -> Optional[TransitionState]:
@@ -143,20 +83,20 @@ def _decoder(model: Any) -> torch.nn.Module:
 
 @torch.compiler.disable
 def _before_decoder(module: torch.nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of the decoder: plan this call once for all its layers."""
+    """Forward pre-hook of the decoder: plan this call once for all its layers (this thread's)."""
     state = getattr(module, STATE_ATTR, None)
     if state is None:
         return None
-    state.call = plan_call(state, args, kwargs)
+    state.begin_call(plan_call(state, args, kwargs))
     return args, kwargs
 
 
 @torch.compiler.disable
 def _after_decoder(module: torch.nn.Module, args: tuple, output: Any) -> None:
-    """Forward hook of the decoder (also when it raised): the chunks' buffer is let go."""
+    """Forward hook of the decoder (also when it raised): the call ends, its buffer is let go."""
     state = getattr(module, STATE_ATTR, None)
     if state is not None:
-        state.scratch.release()
+        state.end_call()
 
 
 def _attach(model: Any, state: TransitionState) -> None:
@@ -166,22 +106,18 @@ def _attach(model: Any, state: TransitionState) -> None:
     for module in decoder.modules():
         if hasattr(module, "layer_idx"):
             object.__setattr__(module, STATE_ATTR, state)
-    decoder.register_forward_pre_hook(_before_decoder, with_kwargs=True)
-    decoder.register_forward_hook(_after_decoder, always_call=True)
+    state.hooks = [decoder.register_forward_pre_hook(_before_decoder, with_kwargs=True),
+                   decoder.register_forward_hook(_after_decoder, always_call=True)]
 
 
 def _detach(model: Any) -> None:
+    state = get_state(model)
+    if state is not None:
+        for handle in state.hooks:
+            handle.remove()
+        state.hooks = []
     for module in model.modules():
         module.__dict__.pop(STATE_ATTR, None)
-        # The hook is found by identity so that a copy of the model removes its own.
-        hooks = module._forward_pre_hooks
-        for key in [k for k, fn in hooks.items() if fn is _before_decoder]:
-            del hooks[key]
-            module._forward_pre_hooks_with_kwargs.pop(key, None)
-        hooks = module._forward_hooks
-        for key in [k for k, fn in hooks.items() if fn is _after_decoder]:
-            del hooks[key]
-            module._forward_hooks_always_called.pop(key, None)
     model.__dict__.pop(STATE_ATTR, None)
 
 
@@ -194,13 +130,14 @@ def _implementation_changed(model: Any, state: TransitionState) -> bool:
     return True
 
 
-def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
-           active: bool = True, max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB) -> Any:
+def enable(model: Any, config: Union[TransitionConfig, str, None] = None, *, full_matrix: bool = False,
+           active: bool = True, max_chunk_mib: ChunkSetting = DEFAULT_MAX_CHUNK_MIB) -> Any:
     """Turn attention transition on for ``model`` and return it.
 
     Args:
         model: A loaded transformers causal LM of a supported family.
-        config: :class:`ClassicConfig` (default) or :class:`SRAConfig`.
+        config: :class:`ClassicConfig` (default), :class:`SRAConfig`, or a config string
+            (``"classic:alpha=1"``, ``"sra"``).
         full_matrix: Compute every row of every layer explicitly, as the reference did
             (slow; for comparison and debugging). By default only the rows a schedule
             edits are computed explicitly.
@@ -217,31 +154,35 @@ def enable(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix
     original attention implementation to restore. Nothing on the model changes if it is
     not supported.
     """
-    config = ClassicConfig() if config is None else config
-    _check_options(config, active, max_chunk_mib, full_matrix)
+    from attn_transition.config import ClassicConfig
+
+    options = Options(ClassicConfig() if config is None else config, active=active, full_matrix=full_matrix,
+                      max_chunk_mib=max_chunk_mib)
+    return _enable(model, options)
+
+
+def _enable(model: Any, options: Options) -> Any:
     _check_model(model)
     _decoder(model)                               # a model whose layers cannot be found: before any change
     num_layers, schedule_index = schedule_layout(model.config)
-    attention.register()
+    register()
     allow_generate_switch()
 
     state = get_state(model)
     if state is not None and not _implementation_changed(model, state):
-        logger.info("attn_transition: model already enabled; replacing %r with %r", state.config, config)
-        state.config, state.full_matrix, state.active, state.max_chunk_mib = config, full_matrix, active, max_chunk_mib
-        state.call = None
+        logger.info("attn_transition: model already enabled; replacing %r with %r", state.config, options.config)
+        state.replace_options(options)
         return model
     if state is not None:                         # stale: start again from the implementation set by hand
         _detach(model)
 
     previous = _config_implementation(model) or "eager"
-    base = previous if previous in attention.BASE_IMPLEMENTATIONS else "sdpa"
+    base = previous if previous in BASE_IMPLEMENTATIONS else "sdpa"
     if base != previous and not previous.startswith("attn_transition_"):
         warnings.warn(f"attn_transition: the model uses {previous!r}; while enabled, rows the schedule does "
-                      f"not edit go through 'sdpa' instead ({previous!r} comes back on disable)", stacklevel=2)
-    state = TransitionState(config=config, num_layers=num_layers, schedule_index=schedule_index,
-                            previous_implementation=previous, base_implementation=base,
-                            full_matrix=full_matrix, active=active, max_chunk_mib=max_chunk_mib)
+                      f"not edit go through 'sdpa' instead ({previous!r} comes back on disable)", stacklevel=3)
+    state = TransitionState(options=options, num_layers=num_layers, schedule_index=schedule_index,
+                            previous_implementation=previous, base_implementation=base)
     model.set_attn_implementation(state.implementation)
     _attach(model, state)
     return model
@@ -265,20 +206,18 @@ def disable(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def enabled(model: Any, config: Optional[TransitionConfig] = None, *, full_matrix: bool = False,
-            active: bool = True, max_chunk_mib: Union[float, str, None] = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
+def enabled(model: Any, config: Union[TransitionConfig, str, None] = None, *, full_matrix: bool = False,
+            active: bool = True, max_chunk_mib: ChunkSetting = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
     """Context manager: transition on inside the block, the previous state restored after it.
 
     If the model was already enabled, its previous settings come back on exit.
     """
-    before = get_state(model) if is_enabled(model) else None
-    saved = None if before is None else dict(config=before.config, full_matrix=before.full_matrix,
-                                             active=before.active, max_chunk_mib=before.max_chunk_mib)
+    before = get_state(model).options if is_enabled(model) else None
     enable(model, config, full_matrix=full_matrix, active=active, max_chunk_mib=max_chunk_mib)
     try:
         yield model
     finally:
-        if saved is None:
+        if before is None:
             disable(model)
         else:
-            enable(model, saved.pop("config"), **saved)
+            _enable(model, before)

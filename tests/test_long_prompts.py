@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import attn_transition as at
-from attn_transition.patches.attention import rows_per_chunk
+from attn_transition.kernel import Budget
 from hf_compat import cache_kwarg, cache_of
 from tiny_models import N, edit_configs, greedy, ids, left_padded, tiny_model
 
@@ -26,12 +26,12 @@ def _run(model, x, **kw):
 
 def test_rows_per_chunk_respects_the_budget():
     for heads, keys, mib in [(9, 16384, 64), (32, 131072, 256), (4, 150, 0.02), (32, 10**6, 1)]:
-        rows = rows_per_chunk(heads, keys, mib)
+        rows = Budget(mib).rows(heads, keys)
         assert rows >= 1
         if rows > 1:
             assert rows * heads * keys * 9 <= mib * 2**20, (heads, keys, mib, rows)
         assert (rows + 1) * heads * keys * 9 > mib * 2**20          # the largest that fits
-    assert rows_per_chunk(9, 4096, None) > 10**9
+    assert Budget(None).rows(9, 4096) > 10**9
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma3_text"])
@@ -90,7 +90,7 @@ def test_non_float32_keys_are_upcast_in_blocks():
 
 
 def test_scratch_is_reused_grows_and_keeps_results():
-    from attn_transition.patches.attention import Scratch, row_weights
+    from attn_transition.kernel import Scratch, attention_weights as row_weights
 
     scratch = Scratch()
     a = scratch.take((2, 3, 4), torch.float32, torch.device("cpu"))
@@ -117,14 +117,20 @@ def test_scratch_lives_for_one_forward_call():
     state = at.get_state(model)
     seen = []
     layer = model.model.layers[2].self_attn                    # an edited layer (1 .. L - 3)
-    handle = layer.register_forward_hook(lambda *a: seen.append(state.scratch.nbytes))
+    calls = []
+
+    def look(*args) -> None:
+        seen.append(state.current_call().scratch.nbytes)
+        calls.append(state.current_call())
+
+    handle = layer.register_forward_hook(look)
     _run(model, ids(1, N))
-    assert seen and seen[0] > 0, "the edited rows are computed in the scratch buffer"
-    assert state.scratch.nbytes == 0, "released when the decoder's forward returns"
+    assert seen and seen[0] > 0, "the edited rows are computed in the call's scratch buffer"
+    assert state.current_call() is None and calls[0].scratch.nbytes == 0, "released when the decoder's forward returns"
     raising = layer.register_forward_hook(lambda *a: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         _run(model, ids(1, N))
-    assert state.scratch.nbytes == 0, "released when the forward raises too"
+    assert state.current_call() is None and calls[-1].scratch.nbytes == 0, "released when the forward raises too"
     handle.remove()
     raising.remove()
     at.disable(model)
@@ -132,18 +138,18 @@ def test_scratch_lives_for_one_forward_call():
 
 
 def test_auto_budget_depends_on_the_device():
-    from attn_transition.patches.attention import AUTO_CHUNK_MIB, AUTO_CPU_ROWS, chunk_budget
+    from attn_transition.patches.budget import AUTO_CHUNK_MIB, AUTO_CPU_ROWS, chunk_budget
 
     assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
     cpu = torch.device("cpu")
     # CPU: a fixed number of rows per chunk (memory a fixed share of stock's), within a cap.
     for heads, keys in [(9, 2048), (9, 16384), (4, 150)]:
         budget = chunk_budget("auto", cpu, heads, keys)
-        assert budget < AUTO_CHUNK_MIB["cpu"] and rows_per_chunk(heads, keys, budget) == AUTO_CPU_ROWS == 32
-    assert chunk_budget("auto", cpu, 32, 131072) == AUTO_CHUNK_MIB["cpu"] == 64       # capped
-    assert 1 <= rows_per_chunk(32, 131072, 64) < AUTO_CPU_ROWS
-    assert chunk_budget("auto", torch.device("meta"), 9, 2048) == AUTO_CHUNK_MIB["accelerator"]
-    assert chunk_budget(8, cpu, 9, 2048) == 8 and chunk_budget(None, cpu, 9, 2048) is None
+        assert budget.mib < AUTO_CHUNK_MIB["cpu"] and budget.rows(heads, keys) == AUTO_CPU_ROWS == 32
+    assert chunk_budget("auto", cpu, 32, 131072).mib == AUTO_CHUNK_MIB["cpu"] == 64       # capped
+    assert 1 <= Budget(64).rows(32, 131072) < AUTO_CPU_ROWS
+    assert chunk_budget("auto", torch.device("meta"), 9, 2048).mib == AUTO_CHUNK_MIB["accelerator"]
+    assert chunk_budget(8, cpu, 9, 2048).mib == 8 and chunk_budget(None, cpu, 9, 2048).mib is None
 
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), "64", True])
@@ -223,8 +229,12 @@ def test_decoding_steps_plan_nothing():
     x = ids(1, N, seed=13)
     at.enable(model, CLASSIC)
     state = at.get_state(model)
+    seen = []
+    handle = model.model.layers[0].register_forward_hook(lambda *a: seen.append(state.current_call()))
     model.generate(x, max_new_tokens=3, do_sample=False, pad_token_id=0)
-    assert state.call.q_len == 1 and state.call.config is None and state.call.rows == ()
+    handle.remove()
+    assert len(seen) == 3 and seen[0].config == CLASSIC and seen[0].q_len == N
+    assert all(c.q_len == 1 and c.config is None and c.rows == () for c in seen[1:]), seen
     at.disable(model)
 
 

@@ -319,9 +319,21 @@ def test_disable_without_enable_warns():
 
 def test_enable_rejects_a_non_config():
     model = tiny_model("llama")
-    with pytest.raises(at.ConfigError, match="ClassicConfig or SRAConfig"):
+    with pytest.raises(at.ConfigError, match="ClassicConfig, an SRAConfig or a config string"):
         at.enable(model, {"alpha": 1})
+    with pytest.raises(at.ConfigError, match="ClassicConfig.alpha"):
+        at.enable(model, "classic:alpha=-1")
     assert not at.is_enabled(model)
+
+
+def test_enable_takes_a_config_string():
+    model = tiny_model("llama")
+    at.enable(model, "classic:alpha=1,beta=0.5")
+    assert at.get_state(model).config == at.ClassicConfig(alpha=1.0, beta=0.5)
+    with at.enabled(model, "sra"):
+        assert at.get_state(model).config == at.SRAConfig()
+    assert at.get_state(model).config == at.ClassicConfig(alpha=1.0, beta=0.5)
+    at.disable(model)
 
 
 def test_other_models_are_unaffected():

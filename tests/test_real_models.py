@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import attn_transition as at
-from attn_transition.patches.attention import STATE_ATTR, implementation_name
+from attn_transition.patches.registration import implementation_name
+from attn_transition.patches.state import STATE_ATTR
 
 pytestmark = pytest.mark.slow
 

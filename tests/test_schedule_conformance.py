@@ -177,9 +177,24 @@ def test_allowed_mask_keeps_weights_inside_window():
     assert got[..., ~allowed].abs().max() == 0
 
 
-def test_reweight_rejects_non_square():
-    with pytest.raises(AssertionError, match="batch, heads, n, n"):
-        at.reweight(torch.rand(1, 1, 4, 5), 1, 6, at.ClassicConfig())
+@pytest.mark.parametrize("args, kwargs, field", [
+    ((torch.rand(1, 1, 4, 5), 1, 6), {}, "weights"),                       # not square
+    ((torch.rand(1, 4, 4), 1, 6), {}, "weights"),                          # not 4D
+    ((torch.ones(1, 1, 4, 4, dtype=torch.int64), 1, 6), {}, "weights"),    # not probabilities
+    ((torch.rand(1, 1, 4, 4), -1, 6), {}, "layer_idx"),
+    ((torch.rand(1, 1, 4, 4), 6, 6), {}, "layer_idx"),
+    ((torch.rand(1, 1, 4, 4), 1.0, 6), {}, "layer_idx"),
+    ((torch.rand(1, 1, 4, 4), 0, 0), {}, "num_layers"),
+    ((torch.rand(2, 1, 4, 4), 1, 6), {"padding_mask": torch.ones(1, 4)}, "padding_mask"),
+    ((torch.rand(2, 1, 4, 4), 1, 6), {"allowed": torch.ones(3, 4, dtype=torch.bool)}, "allowed"),
+])
+def test_reweight_names_the_bad_argument(args, kwargs, field):
+    """Library errors, not asserts (which ``python -O`` removes): each names its argument."""
+    with pytest.raises(at.InputError, match=rf"reweight: {field} ") as err:
+        at.reweight(*args, at.ClassicConfig(), **kwargs)
+    assert err.value.field == field and isinstance(err.value, at.AttnTransitionError)
+    with pytest.raises(at.ConfigError, match="config must be"):
+        at.reweight(torch.rand(1, 1, 4, 4), 1, 6, {"alpha": 1})
 
 
 def test_reweight_bfloat16_is_edited_in_float32():

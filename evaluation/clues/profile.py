@@ -160,7 +160,7 @@ def _profile_attention(module, query, key, value, attention_mask, dropout: float
     import torch
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from attn_transition.patches.attention import row_weights, weighted_values
+    from attn_transition.kernel import attention_weights, weighted_values
 
     collector = _ACTIVE
     layer = getattr(module, "layer_idx", None)
@@ -177,7 +177,7 @@ def _profile_attention(module, query, key, value, attention_mask, dropout: float
     for start in range(0, n, _CHUNK):
         end = min(n, start + _CHUNK)                               # rows [start, end) see keys [0, end)
         mask_rows = None if attention_mask is None else attention_mask[0, 0, start:end, :end]   # (r, end)
-        w, _ = row_weights(query[0, :, start:end], key[0, :, :end], start, mask_rows, scaling, softcap)  # (heads, r, end)
+        w, _ = attention_weights(query[0, :, start:end], key[0, :, :end], start, mask_rows, scaling, softcap)  # (heads, r, end)
         out[0, start:end] = weighted_values(w, value[0, :, :end]).transpose(0, 1).to(out.dtype)  # (r, heads, d)
         column_sums[:, :end] += w.sum(dim=1)
         column_sums[:, start:end] -= w[:, :, start:].diagonal(dim1=-2, dim2=-1)    # only queries i > j count
@@ -194,7 +194,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from attn_transition.patches.attention import register_attention
+    from attn_transition.patches.registration import register_attention
 
     register_attention(IMPLEMENTATION, _profile_attention, mask="sdpa")
     _REGISTERED = True
