@@ -30,6 +30,10 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
+# pip's names of the packages whose import name differs
+_PIP_NAMES = {"rouge_score": "rouge-score", "lm_eval": "lm_eval[ruler]"}
+
+
 class MissingExtraError(UsageError):
     """A package of an optional extra is not installed (or cannot be imported)."""
 
@@ -77,7 +81,13 @@ def require(purpose: str, *modules: str, extra: Optional[str] = None, alternativ
     module, exc = missing[0]
     extra = extra or extra_of(module)
     names = ", ".join(m for m, _ in missing)
-    fix = install_hint(extra) if extra else f"pip install {module.split('.')[0]}"
+    packages = " ".join(_PIP_NAMES.get(m.split(".")[0], m.split(".")[0]) for m, _ in missing)
+    if extra is None:
+        fix = f"pip install {packages}"
+    elif len(EXTRAS[extra]) > 1:
+        fix = f"{install_hint(extra)} (or only pip install {packages})"
+    else:
+        fix = install_hint(extra)
     raise MissingExtraError(f"{purpose} needs {names}, which {_why(module, exc, len(missing) > 1)}: {fix}"
                             + (f"; {alternative}" if alternative else ""))
 

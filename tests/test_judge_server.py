@@ -267,8 +267,12 @@ def test_cli_missing_key_says_how_to_set_it(tmp_path, monkeypatch, capsys):
     assert main(["judge", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "export OPENAI_API_KEY=" in err and "--base-url" in err
-    assert main(["judge", str(out), "--base-url", "http://127.0.0.1:9/v1", "--quiet"]) == 2
+    assert main(["judge", str(out), "--base-url", "http://192.0.2.1:8000/v1", "--quiet"]) == 2
     assert "OPENAI_API_KEY=dummy" in capsys.readouterr().err
+    # a server on this machine needs no key: the run goes on (and here finds nobody listening)
+    assert main(["judge", str(out), "--base-url", "http://127.0.0.1:9/v1", "--max-retries", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "OPENAI_API_KEY" not in err and "cannot reach http://127.0.0.1:9/v1" in err
 
 
 def test_cli_unreachable_server(tmp_path, monkeypatch, capsys):

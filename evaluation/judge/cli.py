@@ -7,9 +7,11 @@ Thin layer: parses options into :class:`~.options.JudgeOptions` and calls
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Optional
 
 from attn_transition.commands import register_command
+from attn_transition.errors import UsageError
 
 from ..runtime.requirements import require_judge_client
 from .client import DEFAULT_BASE_URL
@@ -24,7 +26,8 @@ EPILOG = """examples:
   attn-transition judge out.json --dry-run                       # one prompt + estimated tokens and cost
   export OPENAI_API_KEY=sk-...; attn-transition judge out.json   # gpt-4o, joint protocol -> out.scores.json
   attn-transition judge out.json --repeats 3 --protocol single --with-reference
-  OPENAI_API_KEY=dummy attn-transition judge out.json --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct
+  attn-transition judge out.json --base-url http://localhost:8000/v1 --judge-model Qwen/Qwen2.5-7B-Instruct  # no key needed
+  attn-transition judge out.json --stand-in                      # offline stand-in, no key: NOT a judgement
   attn-transition report out.scores.json --markdown report.md
 
 Rerunning the same command reuses every cached answer (out.judge-cache.jsonl): after a crash,
@@ -32,6 +35,8 @@ Ctrl-C or a server error only the missing requests are sent. A reply that stays 
 recorded as a failure (raw text in the scores file); rerun with a larger --reask to ask again
 (only the new attempts are sent). A request the server refuses for its content (HTTP 400, e.g.
 context_length_exceeded) is recorded as a failure with the server's message; the others go on.
+Every retry and timeout is told as it happens, one line on stderr. A --base-url on this machine
+(127.0.0.1, localhost, ::1) needs no OPENAI_API_KEY.
 """
 
 
@@ -63,6 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print one prompt, how many requests the cache already answers, and the estimated "
                              "tokens/cost of the rest; send nothing")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--stand-in", action="store_true",
+                        help="judge against the offline stand-in server, started here: NOT a judgement (it scores "
+                             "each text by a hash), to try the pipeline without a key or a network; writes "
+                             "OUTPUTS.stand-in.scores.json unless -o, caches nothing, and the report says "
+                             "'not a judgement'")
 
 
 def options_from_args(args: argparse.Namespace) -> JudgeOptions:
@@ -78,7 +88,31 @@ def _fmt_cost(value: Optional[float]) -> str:
     return "unknown" if value is None else f"${value:.4f}"
 
 
+STAND_IN_MODEL = "stand-in"
+
+
+def _stand_in_run(args: argparse.Namespace) -> int:
+    """``--stand-in``: the stand-in server in this process, the judge against it."""
+    from pathlib import Path
+
+    from .testing import FakeJudgeServer
+
+    if args.base_url.rstrip("/") != DEFAULT_BASE_URL:
+        raise UsageError("--stand-in starts its own server: drop --base-url")
+    outputs = Path(args.outputs)
+    with FakeJudgeServer(models=(STAND_IN_MODEL,)) as server:
+        args.base_url, args.judge_model = server.base_url, STAND_IN_MODEL
+        args.output = args.output or str(outputs.with_name(outputs.stem + ".stand-in.scores.json"))
+        args.no_cache, args.stand_in = True, False
+        args.price_in = args.price_out = 0.0                # nothing is paid
+        print("judge: --stand-in: the offline stand-in answers (scores are a hash of each text): NOT a judgement",
+              file=sys.stderr)
+        return run(args)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.stand_in and not args.dry_run:
+        return _stand_in_run(args)
     options = options_from_args(args)
     if not args.dry_run:
         require_judge_client()

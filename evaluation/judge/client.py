@@ -4,7 +4,8 @@
 else calls the official ``openai`` client (built with ``max_retries=0``: retrying is done
 here) and caches the answer. 429, 408/409, 5xx, timeouts and connection errors are retried
 with exponential backoff (deterministic jitter), honouring the server's ``retry-after-ms`` /
-``Retry-After`` headers; every wait is recorded in ``waits``. Errors that retrying cannot
+``Retry-After`` headers; every wait is recorded in ``waits`` and said as it happens, one line
+on stderr (:meth:`JudgeClient.say`: what failed, which retry, how long the wait). Errors that retrying cannot
 fix and that hit every request (unknown model, rejected key, an unsupported
 ``response_format`` or other request setting) become a one-line
 :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's content
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,10 +28,13 @@ from attn_transition.errors import UsageError
 
 from .cache import JudgeCache
 
-__all__ = ["DEFAULT_BASE_URL", "RetryPolicy", "Completion", "JudgeClient", "Aborted", "Rejected",
+__all__ = ["DEFAULT_BASE_URL", "STAND_IN_FINGERPRINT", "RetryPolicy", "Completion", "JudgeClient", "Aborted", "Rejected",
            "retry_after_seconds", "import_optional"]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# The system_fingerprint of every reply of the offline stand-in server (:mod:`.testing`): its scores
+# are no judgement, and the scores file says so.
+STAND_IN_FINGERPRINT = "attn-transition-stand-in"
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 # Statuses a server may give for one request's own content (400; 413 too large; 422 invalid
 # input, e.g. text-generation-inference's over-long prompts), and the codes that always mean
@@ -165,9 +170,49 @@ class JudgeClient:
     waits: list = field(default_factory=list)      # every backoff/Retry-After wait, in seconds
     sent: int = 0                                  # HTTP requests sent (retries included)
     cache_path_hint: str = ""
+    notify: Optional[Callable[[str], None]] = None  # one line per retry or note; default: stderr
+    notes: list = field(default_factory=list)      # every line given to notify
+    stand_in: bool = False                         # an answer came from the offline stand-in (not a judge)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._noted: set[str] = set()
+
+    def _note_server(self, fingerprint: Optional[str]) -> None:
+        """Remember an answer from the offline stand-in (:mod:`.testing`), which marks its replies."""
+        if fingerprint == STAND_IN_FINGERPRINT:
+            self.stand_in = True
+
+    def say(self, line: str) -> None:
+        """One line for the user as it happens (above the progress bar), through ``notify``."""
+        with self._lock:
+            self.notes.append(line)
+        if self.notify is not None:
+            self.notify(line)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(line, file=sys.stderr)
+
+    def say_once(self, topic: str, line: str) -> None:
+        """:meth:`say` ``line`` the first time ``topic`` comes up in this run only."""
+        with self._lock:
+            if topic in self._noted:
+                return
+            self._noted.add(topic)
+        self.say(line)
+
+    def _failure(self, exc: Exception) -> str:
+        """What went wrong with one try, in a few words."""
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            timeout = getattr(self.client, "timeout", None)
+            return f"no answer within {timeout:g} s (--timeout)" if isinstance(timeout, (int, float)) else \
+                "the request timed out (--timeout)"
+        if isinstance(exc, openai.APIConnectionError):
+            return f"cannot reach {self.base_url} ({_error_text(exc)[:120]})"
+        return f"HTTP {getattr(exc, 'status_code', '?')} ({_error_text(exc)[:120]})"
 
     def _sleep(self, seconds: float) -> None:
         with self._lock:
@@ -183,6 +228,7 @@ class JudgeClient:
         """The answer to ``payload``: from the cache, else from the server (then cached)."""
         hit = self.cache.get(key)
         if hit is not None:
+            self._note_server(hit.get("system_fingerprint"))
             usage = hit.get("usage") or {}
             return Completion(hit.get("content"), hit.get("finish_reason"), int(usage.get("prompt_tokens", 0)),
                               int(usage.get("completion_tokens", 0)), True, hit.get("response_model"))
@@ -198,9 +244,13 @@ class JudgeClient:
                 raise TypeError(f"message content is a {type(content).__name__}, not text")
         except Exception as exc:
             raise self._unexpected(exc) from None
+        fingerprint = getattr(response, "system_fingerprint", None)
+        fingerprint = fingerprint if isinstance(fingerprint, str) else None
+        self._note_server(fingerprint)
         self.cache.put(key, {"model": self.model, "base_url": self.base_url, "content": content,
                              "finish_reason": finish, "usage": {"prompt_tokens": pt, "completion_tokens": ct},
-                             "response_model": getattr(response, "model", None), "time": time.time()})
+                             "response_model": getattr(response, "model", None), "system_fingerprint": fingerprint,
+                             "time": time.time()})
         return Completion(content, finish, pt, ct, False, getattr(response, "model", None))
 
     def _saved(self) -> str:
@@ -285,7 +335,11 @@ class JudgeClient:
                 raise self._unexpected(exc) from None
             if attempt == self.retry.max_retries:
                 break
-            self._sleep(wait if wait is not None else self.retry.backoff(attempt, key))
+            delay = wait if wait is not None else self.retry.backoff(attempt, key)
+            asked = " as the server asked" if wait is not None else ""
+            self.say(f"judge: {self._failure(last)}; retry {attempt + 1} of {self.retry.max_retries} in "
+                     f"{delay:.1f} s{asked}")
+            self._sleep(delay)
         saved = f"; answers so far are kept in {self.cache_path_hint}, rerun to continue" \
             if self.cache_path_hint else ""
         tries = self.retry.max_retries + 1

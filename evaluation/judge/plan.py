@@ -36,6 +36,7 @@ server's error text is in ``error``; not re-asked, not cached: a rerun asks agai
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -56,7 +57,7 @@ from .payload import (PROMPTS_PATH, ReplyError, build_payload, cache_key, load_p
                       presentation_order, request_seed, with_reask)
 from .pricing import cost_usd, price_for
 
-__all__ = ["RequestSpec", "TrialResult", "record_keys", "plan_requests", "payload_for", "judge_records",
+__all__ = ["LOCAL_PLACEHOLDER_KEY", "is_loopback", "RequestSpec", "TrialResult", "record_keys", "plan_requests", "payload_for", "judge_records",
            "make_client", "judge_file", "default_scores_path", "default_cache_path", "SCORES_FORMAT",
            "SCORES_FORMAT_VERSION"]
 
@@ -91,10 +92,12 @@ class TrialResult:
 def record_keys(records: Sequence[dict]) -> list[str]:
     """Candidate keys of the file (those of the first record); every record must have the same set."""
     if not records:
-        raise UsageError("the generation file holds no records")
+        raise UsageError("the generation file holds no records; run `attn-transition generate` first to make "
+                         "the candidates to judge")
     keys = candidate_keys(records[0])
     if not keys:
-        raise UsageError(f"record 0 (id {records[0].get('id')!r}) has no 'decode_*' candidate fields")
+        raise UsageError(f"record 0 (id {records[0].get('id')!r}) has no 'decode_*' candidate fields: nothing to "
+                         f"judge; run `attn-transition generate` on its documents first")
     for i, rec in enumerate(records):
         ks = candidate_keys(rec)
         if set(ks) != set(keys):
@@ -160,6 +163,11 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
         try:
             reply = parse_reply(comp.content, labels)
         except ReplyError as exc:
+            if options.response_format != "none" and not _is_json(comp.content):
+                client.say_once("not-json", f"judge: a reply is not JSON although --response-format "
+                                            f"{options.response_format} asked for JSON: the server seems to ignore "
+                                            f"response_format (transformers serve does); such replies are re-asked "
+                                            f"and recorded as failures (see --reask)")
             error = reply_problem(exc, comp.finish_reason)
             result.failures.append({"repeat": spec.repeat, "candidate": spec.candidate, "attempt": attempt,
                                     "error": error, "raw": comp.content, "finish_reason": comp.finish_reason,
@@ -172,6 +180,20 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
             failure["recovered"] = True
         break
     return result
+
+
+def _is_json(text: Optional[str]) -> bool:
+    """Whether ``text`` is a JSON value (code fences around it allowed, as some servers add them)."""
+    if text is None:
+        return False
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`").removeprefix("json").strip()
+    try:
+        json.loads(body)
+    except ValueError:
+        return False
+    return True
 
 
 def _run_pool(specs: Sequence[RequestSpec], work: Callable[[RequestSpec], TrialResult], concurrency: int,
@@ -280,6 +302,7 @@ def judge_records(records: Sequence[dict], options: JudgeOptions, client: JudgeC
     judge_meta = {k: v for k, v in asdict(options).items()
                   if k not in ("concurrency", "max_retries", "timeout", "price_in", "price_out")}
     judge_meta = {"model": judge_meta.pop("judge_model"), **judge_meta}
+    judge_meta["stand_in"] = client.stand_in        # the offline stand-in answered: not a judgement
     judge_meta["prompts"] = {"name": prompt_data["name"], "version": prompt_data["version"],
                              "sha256": file_sha256(PROMPTS_PATH)}
     return {"format": SCORES_FORMAT, "format_version": SCORES_FORMAT_VERSION, "plain_key": PLAIN_KEY,
@@ -299,14 +322,37 @@ def default_cache_path(outputs: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".judge-cache.jsonl")
 
 
+LOCAL_PLACEHOLDER_KEY = "placeholder-for-a-local-server"
+
+
+def is_loopback(base_url: str) -> bool:
+    """Whether ``base_url`` names this machine (127.0.0.0/8, localhost, ::1)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(base_url).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 # -- files --------------------------------------------------------------------------------------
 def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[str] = None,
                 sleep: Optional[Callable[[float], None]] = None) -> JudgeClient:
     """The official ``openai`` client (its own retries off) wrapped with cache and retries."""
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+    if not key and is_loopback(options.base_url):
+        key = LOCAL_PLACEHOLDER_KEY              # a server on this machine: the client needs some key
     if not key:
         hint = ("export OPENAI_API_KEY=sk-..." if options.base_url == DEFAULT_BASE_URL else
-                "a local server that needs no key still needs a placeholder: export OPENAI_API_KEY=dummy")
+                "export the server's key, or for a server that needs none a placeholder: export "
+                "OPENAI_API_KEY=dummy (a server on this machine needs no key)")
         raise UsageError(f"OPENAI_API_KEY is not set; {hint} (or use --base-url for a local OpenAI-compatible "
                          f"server; --dry-run needs no key)")
     OpenAI = import_optional("openai", "the judge").OpenAI
@@ -332,7 +378,13 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
     cache = JudgeCache(cache_path, enabled=use_cache)
     if client is None:
         client = make_client(options, cache, api_key=api_key, sleep=sleep)
-    doc = judge_records(records, options, client, on_result=on_result, progress=progress)
+    try:
+        doc = judge_records(records, options, client, on_result=on_result, progress=progress)
+    except KeyboardInterrupt:
+        kept = (f"every answer received so far is kept in {cache.path}; rerun the same command to continue"
+                if cache.enabled else "answers were not kept (--no-cache)")
+        client.say(f"judge: interrupted; {kept}")
+        raise
     rel = os.path.relpath(outputs.resolve(), scores_path.resolve().parent)
     doc = {"format": doc.pop("format"), "format_version": doc.pop("format_version"),
            "outputs": {"path": rel, "sha256": file_sha256(outputs), "documents": len(records)}, **doc}

@@ -28,6 +28,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterable, Optional
 
+from .client import STAND_IN_FINGERPRINT
+
 __all__ = ["FakeJudgeServer", "fake_score", "error_body", "candidates", "tokens"]
 
 Answer = tuple[int, Any, dict[str, str]]      # HTTP status, JSON body, extra headers
@@ -60,7 +62,7 @@ class FakeJudgeServer:
     """A threaded local HTTP server on an ephemeral port; use as a context manager."""
 
     def __init__(self, *, models: Iterable[str] = ("fake-judge",), scorer: Callable[[str], int] = fake_score,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", port: int = 0):
         self.models = set(models)
         self.scorer = scorer
         self.requests: list[dict] = []        # parsed bodies of every chat request, in arrival order
@@ -68,7 +70,8 @@ class FakeJudgeServer:
         self.answered = 0                     # successful (200) answers
         self.usage_sent = {"prompt_tokens": 0, "completion_tokens": 0}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer((host, 0), self._handler_class())
+        self.host = host
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
         self._server.daemon_threads = True
         self._thread: Optional[threading.Thread] = None
 
@@ -79,7 +82,8 @@ class FakeJudgeServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
 
     def start(self) -> "FakeJudgeServer":
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
@@ -132,6 +136,7 @@ class FakeJudgeServer:
             self.usage_sent["prompt_tokens"] += usage["prompt_tokens"]
             self.usage_sent["completion_tokens"] += usage["completion_tokens"]
         return 200, {"id": f"chatcmpl-fake-{n}", "object": "chat.completion", "created": 0, "model": body.get("model"),
+                     "system_fingerprint": STAND_IN_FINGERPRINT,
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                   "finish_reason": "stop"}], "usage": usage}, {}
 
@@ -181,3 +186,41 @@ class FakeJudgeServer:
                 self._send(*server.answer(body))
 
         return Handler
+
+
+# -- python -m attn_transition.evaluation.judge.testing ---------------------------------------
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Serve the stand-in until Ctrl-C, its URL printed first (``--help`` for the options)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m attn_transition.evaluation.judge.testing",
+        description="Serve the offline stand-in for an OpenAI-compatible judge server. It is NOT a judge: it "
+                    "scores each candidate by a hash of its text, so the judge pipeline can run without a key "
+                    "or a network. To judge against it in one step: attn-transition judge OUTPUTS.json --stand-in",
+        epilog="then: attn-transition judge OUTPUTS.json --base-url URL --judge-model MODEL "
+               "(a loopback URL needs no OPENAI_API_KEY)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any free port)")
+    parser.add_argument("--model", action="append", default=None,
+                        help="model name it answers to, repeatable (default: fake-judge)")
+    args = parser.parse_args(argv)
+    try:
+        server = FakeJudgeServer(models=args.model or ("fake-judge",), host=args.host, port=args.port)
+    except OSError as exc:
+        parser.exit(2, f"{parser.prog}: error: cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                       f"choose another --host/--port\n")
+    with server:
+        print(f"stand-in judge (not a judge: scores are a hash of each text) at {server.base_url}, "
+              f"model(s) {', '.join(sorted(server.models))}; Ctrl-C stops it", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -31,6 +31,7 @@ What it reports (all on the completely scored documents, paired by document):
 
     {"format": "attn_transition.judge_report", "format_version": 1,
      "source": {"path": str, "kind": "judge" | "seed", "judge": {...} | null,
+                "stand_in": bool (the offline stand-in made the scores: not a judgement),
                 "usage": {...} (judge files: the scores file's usage block)},
      "settings": {"n_boot": int, "confidence": float, "seed": int, "folds": int, "length_buckets": int,
                   "length_edges": [float] | null},
@@ -156,7 +157,8 @@ def build_report(table: ScoreTable, options: ReportOptions = ReportOptions()) ->
                      "diff_ci": cmp["diff_ci"], "wins": cmp["wins"], "ties": cmp["ties"], "losses": cmp["losses"]})
     report = {
         "format": REPORT_FORMAT, "format_version": 1,
-        "source": {"path": table.path, "kind": table.source, "judge": table.meta.get("judge")},
+        "source": {"path": table.path, "kind": table.source, "judge": table.meta.get("judge"),
+                   "stand_in": is_stand_in(table)},
         "settings": {"n_boot": options.n_boot, "confidence": options.confidence, "seed": options.seed,
                      "folds": options.folds, "length_buckets": options.length_buckets,
                      "length_edges": list(options.length_edges) if options.length_edges else None},
@@ -173,5 +175,17 @@ def build_report(table: ScoreTable, options: ReportOptions = ReportOptions()) ->
     if table.source == "judge":
         usage = table.meta.get("usage") or {}
         report["source"]["usage"] = usage
+    if report["source"]["stand_in"]:
+        notes.insert(0, STAND_IN_NOTE)
     report["notes"] = notes
     return report
+
+
+STAND_IN_NOTE = ("not a judgement: stand-in scores. The offline stand-in server scored each candidate by a hash "
+                 "of its text; every number here says nothing about quality.")
+
+
+def is_stand_in(table: ScoreTable) -> bool:
+    """Whether the offline stand-in (not a judge) made the scores: the scores file's judge block
+    says so (``stand_in``, set from the stand-in's marked replies)."""
+    return bool((table.meta.get("judge") or {}).get("stand_in"))

@@ -33,6 +33,10 @@ def _header(report: dict, pk: str, conf: int) -> list[str]:
     src = report["source"]
     judge = src.get("judge") or {}
     lines = [f"# Judge report: {Path(src['path']).name}", ""]
+    if src.get("stand_in"):
+        lines = [f"# Judge report: {Path(src['path']).name} -- not a judgement: stand-in scores", "",
+                 "**Not a judgement: stand-in scores.** The offline stand-in server scored each candidate by a "
+                 "hash of its text; no number below says anything about quality.", ""]
     lines.append(f"Source: {src['kind']} file `{src['path']}`; judge {judge.get('model', '?')}, protocol "
                  f"{judge.get('protocol', '?')}" + (f", {judge.get('repeats')} repeat(s)" if judge.get('repeats') else ""))
     lines.append(f"Documents: {docs['complete']} of {docs['total']} completely scored and used; "
