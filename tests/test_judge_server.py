@@ -504,3 +504,14 @@ def test_end_to_end_against_transformers_serve(tmp_path, monkeypatch):
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_cli_file_without_candidates_says_run_generate_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"document": "d", "summary": "s", "id": "1"}]))
+    assert main(["judge", str(data), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no 'decode_*' candidate fields" in err
+    assert "run `attn-transition generate` on its documents first" in err
+    assert not (tmp_path / "data.scores.json").exists()
