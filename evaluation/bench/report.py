@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
-__all__ = ["markdown", "write_markdown", "write_plots"]
+__all__ = ["markdown", "write_markdown", "write_plots", "figures", "heatmap_figure", "accuracy_figure", "HEATMAP_CMAP"]
 
 
 def _pct(x: Any) -> str:
@@ -152,40 +152,46 @@ def _grid(items: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any
         return right / total, total
 
 
-def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """``heatmap.png`` and ``accuracy_vs_length.png`` in ``out_dir``; returns their paths."""
-    import matplotlib
+HEATMAP_CMAP = "viridis"      # colour-blind safe and readable in grey; not red/green
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from attn_transition.evaluation.stats import wilson_interval
-
-    summary, items, records = results["summary"], results["items"], results["records"]
-    configs = summary["configs"]
-    used = {it["item_id"] for it in items if summary["scope"] == "all items" or it["split"] == "test"}
-    items = [it for it in items if it["item_id"] in used]
-    records = [r for r in records if r["item"] in used]
+def _used(results: Mapping[str, Any]) -> tuple[list, list, list[str], list[str | None], list[float], list[int]]:
+    """The items and records a plot shows (the test split after --tune), its configs, panels
+    (each task, then all tasks), depths and lengths."""
+    summary = results["summary"]
+    used = {it["item_id"] for it in results["items"] if summary["scope"] == "all items" or it["split"] == "test"}
+    items = [it for it in results["items"] if it["item_id"] in used]
+    records = [r for r in results["records"] if r["item"] in used]
     tasks = list(dict.fromkeys(it["task"] for it in items))
-    depths = sorted({it["depth"] for it in items})
-    lengths = sorted({it["length"] for it in items})
-    panels: list[str | None] = [*tasks, None] if len(tasks) > 1 else tasks
-    paths = []
+    panels: list[str | None] = [*tasks, None] if len(tasks) > 1 else list(tasks)
+    return (items, records, list(summary["configs"]), panels, sorted({it["depth"] for it in items}),
+            sorted({it["length"] for it in items}))
 
+
+def _scope(results: Mapping[str, Any]) -> str:
+    return "" if results["summary"]["scope"] == "all items" else f" ({results['summary']['scope']})"
+
+
+def heatmap_figure(plt: Any, results: Mapping[str, Any]) -> Any:
+    """Accuracy by needle depth x prompt length, one panel per config (rows) and task (columns)."""
     import textwrap
 
+    items, records, configs, panels, depths, lengths = _used(results)
     fig, axes = plt.subplots(len(configs), len(panels), squeeze=False, layout="constrained",
                              figsize=(1.6 + 1.0 * max(2, len(lengths)) * len(panels),
                                       1.0 + 0.45 * max(3, len(depths)) * len(configs)))
+    im = None
     for r, config in enumerate(configs):
         for c, task in enumerate(panels):
             ax = axes[r][c]
             acc, n = _grid(items, records, config, task, depths, lengths)
-            im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+            im = ax.imshow(acc, vmin=0, vmax=1, cmap=HEATMAP_CMAP, aspect="auto")
             for i in range(len(depths)):
                 for j in range(len(lengths)):
                     if n[i, j]:
-                        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7)
+                        # viridis is dark below about 0.55: white text there, black above
+                        ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                                color="white" if acc[i, j] < 0.55 else "black")
             ax.set_xticks(range(len(lengths)), [str(x) for x in lengths] if r == len(configs) - 1 else [],
                           fontsize=7)
             ax.set_yticks(range(len(depths)), [f"{round(100 * d)}%" for d in depths] if c == 0 else [],
@@ -196,13 +202,19 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
                 ax.set_ylabel(textwrap.fill(config, 24) + "\nneedle depth", fontsize=7)
             if r == len(configs) - 1:
                 ax.set_xlabel("prompt tokens", fontsize=7)
-    fig.colorbar(im, ax=axes, shrink=0.6, label="accuracy")
-    fig.suptitle(f"{results['meta']['model']}: accuracy by needle depth x prompt length", fontsize=9)
-    paths.append(Path(out_dir) / "heatmap.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    if im is not None:
+        fig.colorbar(im, ax=axes, shrink=0.6, label="accuracy")
+    fig.suptitle(f"{results['meta']['model']}: accuracy by needle depth x prompt length{_scope(results)}",
+                 fontsize=9)
+    return fig
 
-    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.6 * len(panels), 3.4 + 0.25 * len(configs)),
+
+def accuracy_figure(plt: Any, results: Mapping[str, Any]) -> Any:
+    """Accuracy vs prompt length per config with 95% Wilson intervals, one panel per task."""
+    from attn_transition.evaluation.stats import wilson_interval
+
+    items, records, configs, panels, depths, lengths = _used(results)
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.6 * len(panels), 3.6 + 0.25 * len(configs)),
                              layout="constrained")
     for c, task in enumerate(panels):
         ax = axes[0][c]
@@ -219,6 +231,7 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=config)
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(x) for x in lengths])
+        ax.minorticks_off()
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("prompt tokens")
         ax.set_title(task or "all tasks", fontsize=9)
@@ -226,7 +239,34 @@ def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
             ax.set_ylabel("accuracy (95% Wilson CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
-    paths.append(Path(out_dir) / "accuracy_vs_length.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    fig.suptitle(f"{results['meta']['model']}: accuracy vs prompt length{_scope(results)}", fontsize=10)
+    return fig
+
+
+PLOTS = {"heatmap.png": heatmap_figure, "accuracy_vs_length.png": accuracy_figure}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figures(results: Mapping[str, Any]) -> dict[str, Any]:
+    """``file name -> Figure`` of every plot (the caller closes them)."""
+    plt = _pyplot()
+    return {name: build(plt, results) for name, build in PLOTS.items()}
+
+
+def write_plots(results: Mapping[str, Any], out_dir: Path) -> list[Path]:
+    """``heatmap.png`` and ``accuracy_vs_length.png`` in ``out_dir``; returns their paths."""
+    plt = _pyplot()
+    paths = []
+    for name, fig in figures(results).items():
+        paths.append(Path(out_dir) / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
     return paths
