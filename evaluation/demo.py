@@ -1,10 +1,17 @@
 """``attn-transition demo``: one long prompt answered with and without attention transition.
 
-The prompt is a news article from the small sample shipped with the package (about 440
+The prompt is a news article from the small sample shipped with the package (about 470
 tokens with SmolLM2's chat template, just over the classic schedule's ``min_length`` of
 400) and a request to summarize it. The model answers twice, greedily: once stock and
 once with ``attn_transition.enable(model, config)``; the answers are printed side by
-side with a line saying whether they differ. Takes well under a minute on a CPU.
+side with a line saying whether they differ. Before the timed answers one untimed short
+answer of each warms the model up, so the two times compare like with like. The inputs
+(config, prompt file, document id) are checked before the model is loaded. Takes well
+under a minute on a CPU.
+
+The default config, ``classic:alpha=1,beta=0.5``, visibly changes SmolLM2's answer to
+the default prompt; the reference defaults (``--config classic``) change a word or
+nothing. ``attn-transition bench --tune`` chooses a config on a dev split for a model.
 """
 
 from __future__ import annotations
@@ -23,13 +30,19 @@ from attn_transition.errors import UsageError, did_you_mean
 from .models import MODEL_FLAGS
 from .xsum import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
 
-__all__ = ["DemoResult", "answer_both", "side_by_side", "add_arguments", "run", "EPILOG"]
+__all__ = ["DemoResult", "DEFAULT_CONFIG", "answer_both", "warm_up", "side_by_side", "verdict", "add_arguments",
+           "run", "EPILOG"]
 
-EPILOG = """examples:
-  attn-transition demo                                   # SmolLM2, the default classic config
+DEFAULT_CONFIG = "classic:alpha=1,beta=0.5"
+
+EPILOG = f"""examples:
+  attn-transition demo                                   # SmolLM2, {DEFAULT_CONFIG}
+  attn-transition demo --config classic                  # the reference defaults (changes little here)
   attn-transition demo --config sra:begin_length=5,threshold_len=50
   attn-transition demo --model gemma3-270m --template base --document syn-0003
   attn-transition demo --prompt-file my_long_prompt.txt  # your own prompt, used as is
+
+A config that acts on a model: attn-transition bench --model NAME --tune (chosen on a dev split).
 """
 
 
@@ -52,13 +65,29 @@ class DemoResult:
         return isinstance(self.config, ClassicConfig) and self.prompt_tokens < self.config.min_length
 
 
+def warm_up(model: Any, tokenizer: Any, prompt: str, config: TransitionConfig, *, add_special_tokens: bool) -> None:
+    """One untimed two-token answer (a prefill and one decoding step), stock and with ``config``:
+    the first calls of a process pay one-off costs (kernel selection, allocator growth, lazy
+    imports) that would otherwise be charged to whichever answer is timed first."""
+    import attn_transition as at
+
+    plain_switch = at.is_enabled(model)
+    generate_batch(model, tokenizer, [prompt], max_new_tokens=2, add_special_tokens=add_special_tokens,
+                   plain_switch=plain_switch)
+    with at.enabled(model, config):
+        generate_batch(model, tokenizer, [prompt], max_new_tokens=2, add_special_tokens=add_special_tokens)
+
+
 def answer_both(model: Any, tokenizer: Any, prompt: str, config: TransitionConfig, *,
-                add_special_tokens: bool, max_new_tokens: int = 32) -> DemoResult:
-    """Greedy answers of the stock model and of the model with ``config``; the model is left
-    as it was (``enabled`` restores the previous state)."""
+                add_special_tokens: bool, max_new_tokens: int = 32, warm: bool = True) -> DemoResult:
+    """Greedy answers of the stock model and of the model with ``config``, each timed after an
+    untimed warm-up (``warm``); the model is left as it was (``enabled`` restores the previous
+    state)."""
     import attn_transition as at
 
     n = prompt_lengths(tokenizer, [prompt], add_special_tokens)[0]
+    if warm:
+        warm_up(model, tokenizer, prompt, config, add_special_tokens=add_special_tokens)
     started = time.perf_counter()
     plain_switch = at.is_enabled(model)
     plain = generate_batch(model, tokenizer, [prompt], max_new_tokens=max_new_tokens,
@@ -91,7 +120,8 @@ def verdict(result: DemoResult) -> str:
                 f"{result.config.min_length}: the transition edits nothing and the answers are identical. "
                 f"Use a longer prompt or --config classic:min_length=<smaller>.")
     if not result.differ:
-        return "The answers are identical: this setting did not change the greedy answer for this prompt."
+        return ("The answers are identical: this setting did not change the greedy answer for this prompt. "
+                f"Try a stronger one (--config {DEFAULT_CONFIG}), or let attn-transition bench --tune choose one.")
     a, b = result.plain, result.transition
     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
     return f"The answers differ (from character {first} on)."
@@ -100,8 +130,9 @@ def verdict(result: DemoResult) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .models import add_model_arguments
 
-    parser.add_argument("--config", default="classic",
-                        help="transition config, e.g. classic, sra, classic:alpha=1,beta=0.5 (default classic)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"transition config, e.g. classic (the reference defaults), sra, classic:alpha=1.5,beta=1 "
+                             f"(default {DEFAULT_CONFIG}, which visibly changes SmolLM2's answer to the default prompt)")
     parser.add_argument("--document", default=None,
                         help=f"id of a document in the packaged sample {SAMPLE_PATH.name} (default: the first)")
     parser.add_argument("--prompt-file", default=None, help="a text file used as the prompt, as is")
@@ -111,39 +142,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def _prompt(args: argparse.Namespace, tokenizer: Any) -> tuple[str, bool, str]:
-    """``(prompt, add_special_tokens, where it came from)``."""
+@dataclass(frozen=True)
+class DemoInput:
+    """What ``run`` answers, read and checked before the model is loaded: the prompt file's text,
+    or the sample document to render with the model's template."""
+    config: TransitionConfig
+    prompt_text: Optional[str] = None
+    prompt_path: Optional[str] = None
+    document: Optional[dict] = None
+
+
+def check_inputs(args: argparse.Namespace) -> DemoInput:
+    """Every input the user gives, checked (UsageError, exit code 2) without loading a model."""
+    config = parse_config(args.config)
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be an int >= 1, got {args.max_new_tokens}")
     if args.prompt_file:
         from pathlib import Path
 
         from .runtime.files import read_text
 
         path = Path(args.prompt_file).expanduser()
-        return read_text(path), True, str(path)
+        return DemoInput(config, prompt_text=read_text(path), prompt_path=str(path))
     docs = load_documents(SAMPLE_PATH)
     if args.document is None:
-        doc = docs[0]
-    else:
-        by_id = {d["id"]: d for d in docs}
-        if args.document not in by_id:
-            extra = did_you_mean(args.document, by_id)
-            raise UsageError(f"--document {args.document!r} is not in the sample{extra}; ids: {', '.join(by_id)}")
-        doc = by_id[args.document]
-    template = load_template(args.template, tokenizer)
+        return DemoInput(config, document=docs[0])
+    by_id = {d["id"]: d for d in docs}
+    if args.document not in by_id:
+        extra = did_you_mean(args.document, by_id)
+        raise UsageError(f"--document {args.document!r} is not in the sample{extra}; ids: {', '.join(by_id)}")
+    return DemoInput(config, document=by_id[args.document])
+
+
+def _prompt(inputs: DemoInput, template_name: str, tokenizer: Any) -> tuple[str, bool, str]:
+    """``(prompt, add_special_tokens, where it came from)``."""
+    if inputs.prompt_text is not None:
+        return inputs.prompt_text, True, str(inputs.prompt_path)
+    doc = inputs.document
+    assert doc is not None
+    template = load_template(template_name, tokenizer)
     return (template.render(doc["document"], tokenizer), template.add_special_tokens,
             f"sample document {doc['id']}, template {template.name} v{template.version}")
 
 
 def run(args: argparse.Namespace) -> int:
-    config: Optional[TransitionConfig] = parse_config(args.config)
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be an int >= 1, got {args.max_new_tokens}")
+    inputs = check_inputs(args)
+    config = inputs.config
     from .models import load_model
 
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype,
                                   device_map=args.device_map, cache=args.cache_dir)
-    prompt, special, where = _prompt(args, tokenizer)
+    prompt, special, where = _prompt(inputs, args.template, tokenizer)
     result = answer_both(model, tokenizer, prompt, config, add_special_tokens=special,
                          max_new_tokens=args.max_new_tokens)
     width = args.width or max(30, (shutil.get_terminal_size((120, 24)).columns - 3) // 2)
@@ -152,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
     print(side_by_side(result.plain, result.transition,
                        (f"without transition ({result.seconds_plain:.1f} s)",
                         f"with transition ({result.seconds_transition:.1f} s)"), width))
+    print("(each time is one greedy answer after an untimed warm-up of both)")
     print()
     print(verdict(result))
     print(f"total {time.perf_counter() - t0:.1f} s")
