@@ -25,8 +25,9 @@ command line unchanged (``--help`` included), so every lm_eval flag works.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 from attn_transition.commands import register_command
 from attn_transition.extras import MissingExtraError, install_hint, require
@@ -42,6 +43,7 @@ else:
     _MISSING = None
 
 __all__ = ["MODEL_NAME", "AttnTransitionLM", "parse_transition", "stray_config_items", "require_lm_eval",
+           "uses_ruler", "import_ruler_quietly", "without_unasked_lengths",
            "add_arguments", "run", "main", "EPILOG"]
 
 EPILOG = """attn-transition lm-eval hands every argument to lm-evaluation-harness's command line, after
@@ -61,6 +63,80 @@ model_args of attn-transition, besides HFLM's:
   max_chunk_mib=N      memory budget of the edited rows per layer (at.enable's max_chunk_mib)
   pretrained=smollm2-135m | gemma3-270m | a folder | a hub id
 """
+
+
+# Task names (or their prefixes) of lm_eval's RULER group, whose data module tries to download
+# nltk's punkt_tab when it is imported.
+_RULER_TASKS = ("ruler", "niah", "vt", "cwe", "fwe", "qa_squad", "qa_hotpot")
+
+
+def uses_ruler(argv: Sequence[str]) -> bool:
+    """Whether lm_eval's ``--tasks`` in ``argv`` name a RULER task."""
+    names: list[str] = []
+    for i, token in enumerate(argv):
+        if token in ("--tasks", "-t") and i + 1 < len(argv):
+            names += argv[i + 1].split(",")
+        elif token.startswith("--tasks="):
+            names += token.split("=", 1)[1].split(",")
+    return any(name.strip().startswith(_RULER_TASKS) for name in names)
+
+
+def import_ruler_quietly() -> None:
+    """Import lm_eval's RULER data module without its noise: on import it tries to download nltk's
+    ``punkt_tab`` (an error block offline) and prints ``Downloaded punkt_tab on rank 0`` either
+    way. The download is asked for quietly and the print is swallowed; lm_eval's own errors
+    (a missing ``wonderwords``, say) come when lm_eval imports it itself."""
+    import io
+
+    try:
+        import nltk
+    except ImportError:
+        return
+    download, swallowed = nltk.download, io.StringIO()
+    nltk.download = lambda *args, **kwargs: download(*args, **{**kwargs, "quiet": True,
+                                                             "print_error_to": swallowed})
+    try:
+        with contextlib.redirect_stdout(swallowed), contextlib.redirect_stderr(swallowed):
+            import lm_eval.tasks.ruler.prepare_niah  # noqa: F401
+    except Exception:                                      # reported by lm_eval when it needs the module
+        pass
+    finally:
+        nltk.download = download
+
+
+def without_unasked_lengths(result_dict: dict, column: str = "results") -> dict:
+    """``result_dict`` without the RULER rows of lengths that were not asked for: RULER reports
+    every default length and gives -1 (stderr N/A) to those that saw no document."""
+    rows = result_dict.get(column)
+    if not isinstance(rows, dict):
+        return result_dict
+    kept = {}
+    for task, metrics in rows.items():
+        if not isinstance(metrics, dict):
+            kept[task] = metrics
+            continue
+        unasked = {key.split(",")[0] for key, value in metrics.items()
+                   if key.split(",")[0].isdigit() and value == -1}
+        kept[task] = {key: value for key, value in metrics.items()
+                      if key.split(",")[0].removesuffix("_stderr") not in unasked}
+    return {**result_dict, column: kept}
+
+
+@contextlib.contextmanager
+def _asked_lengths_only() -> Iterator[None]:
+    """lm_eval's printed results table without the rows of :func:`without_unasked_lengths`."""
+    import lm_eval.utils
+
+    original = lm_eval.utils.make_table
+
+    def make_table(result_dict: dict, column: str = "results", *args: Any, **kwargs: Any) -> str:
+        return original(without_unasked_lengths(result_dict, column), column, *args, **kwargs)
+
+    lm_eval.utils.make_table = make_table
+    try:
+        yield
+    finally:
+        lm_eval.utils.make_table = original
 
 
 def require_lm_eval(purpose: str = "attn-transition lm-eval") -> None:
@@ -171,10 +247,13 @@ def main(argv: Sequence[str]) -> int:
     from lm_eval.__main__ import cli_evaluate
 
     argv = resolve_embedded_args(argv)
+    if uses_ruler(argv):
+        import_ruler_quietly()
     saved = sys.argv
     sys.argv = ["attn-transition lm-eval", *argv]
     try:
-        cli_evaluate()
+        with _asked_lengths_only():
+            cli_evaluate()
     except SystemExit as exc:                  # argparse's --help and errors, lm_eval's own exits
         code = exc.code
         if code is None or isinstance(code, int):

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from .prompts import resolve_format
     from .ruler_report import build_results, write_outputs
 
-    from ..harness import require_lm_eval
+    from ..harness import import_ruler_quietly, require_lm_eval
     from ..runtime.requirements import require_embedded, require_plots
 
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
@@ -129,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    import_ruler_quietly()                                 # nltk's punkt_tab download noise
     t0 = time.perf_counter()
     lm, folder = _load(args)
     load_seconds = time.perf_counter() - t0
