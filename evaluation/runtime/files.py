@@ -9,7 +9,8 @@ Python reads but JSON does not allow, are refused with their line.
 
 Writing: :func:`atomic_write` writes a temporary file next to the target, flushes it to disk
 and renames it into place (atomic on POSIX and Windows), so an interruption never leaves half
-a file. The file gets the permissions the user's umask gives any new file (0o666 & ~umask). :func:`check_paths` is the rule for every command's paths: no output may be one of the
+a file; the file gets the permissions the user's umask gives any new file (0o666 & ~umask).
+:func:`check_paths` is the rule for every command's paths: no output may be one of the
 command's inputs, its cache or another of its outputs (compared after resolving links and
 ``..``), so a mistyped ``-o`` cannot destroy data.
 """
