@@ -14,6 +14,13 @@ text: the scores carry no information about quality. An unknown model gets 404
     with FakeJudgeServer() as server:
         client = OpenAI(base_url=server.base_url, api_key="dummy", max_retries=0)
 
+From the command line: ``attn-transition judge OUTPUTS.json --stand-in`` starts it in-process and
+judges against it (scores in ``OUTPUTS.stand-in.scores.json``); ``python -m
+attn_transition.evaluation.judge.testing [--host H] [--port P] [--model M]`` serves it until
+Ctrl-C and prints its URL. Every reply carries the ``system_fingerprint``
+:data:`~.client.STAND_IN_FINGERPRINT`, so a scores file made from its answers records
+``"stand_in": true`` and ``attn-transition report`` heads it "not a judgement: stand-in scores".
+
 A subclass changes how a request is answered by overriding :meth:`FakeJudgeServer.answer`,
 using :meth:`~FakeJudgeServer.unknown_model`, :meth:`~FakeJudgeServer.reply` and
 :meth:`~FakeJudgeServer.completion` as building blocks.
