@@ -30,7 +30,9 @@ def _opts(server, **kw) -> JudgeOptions:
 
 
 def _judge_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("judge: ")]
+    """The judge's own lines (not the progress bar's redraws)."""
+    pieces = err.replace("\r", "\n").splitlines()
+    return [line for line in pieces if line.startswith("judge: ") and "%|" not in line]
 
 
 def test_each_retry_and_timeout_is_one_line_as_it_happens_and_the_answers_land(tmp_path, capsys):
@@ -51,13 +53,15 @@ def test_cli_shows_retries_on_stderr_with_a_loopback_server_and_no_key(tmp_path,
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with FakeJudgeServer(script=["slow", "429"], slow_seconds=30, retry_after="0.05") as server:
         code = main(["judge", str(out), "--base-url", server.base_url, "--judge-model", FAKE_MODEL,
-                     "--timeout", "0.5", "--concurrency", "1", "--quiet"])
+                     "--timeout", "0.5", "--concurrency", "1"])
         assert server.n_requests == 4
     captured = capsys.readouterr()
     assert code == 0, captured.err
     lines = _judge_lines(captured.err)
-    assert [line.split(";")[0] for line in lines] == ["judge: no answer within 0.5 s (--timeout)",
-                                                      "judge: HTTP 429 (Rate limit reached (fake))"]
+    assert lines[0] == (f"judge: asking {FAKE_MODEL} at {server.base_url} (1 request(s) at a time, --timeout 0.5 s, "
+                        f"--max-retries 6); answers kept in {tmp_path / 'out.judge-cache.jsonl'} as they arrive")
+    assert [line.split(";")[0] for line in lines[1:]] == ["judge: no answer within 0.5 s (--timeout)",
+                                                          "judge: HTTP 429 (Rate limit reached (fake))"]
     assert "2/2 documents fully scored" in captured.out
     scores = json.loads((tmp_path / "out.scores.json").read_text())
     assert scores["judge"]["stand_in"] is True            # the package's stand-in answered: marked

@@ -378,6 +378,10 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
     cache = JudgeCache(cache_path, enabled=use_cache)
     if client is None:
         client = make_client(options, cache, api_key=api_key, sleep=sleep)
+    if progress:
+        kept = f"kept in {cache.path} as they arrive" if cache.enabled else "not kept (--no-cache)"
+        client.say(f"judge: asking {options.judge_model} at {options.base_url} ({options.concurrency} request(s) at "
+                   f"a time, --timeout {options.timeout:g} s, --max-retries {options.max_retries}); answers {kept}")
     try:
         doc = judge_records(records, options, client, on_result=on_result, progress=progress)
     except KeyboardInterrupt:
