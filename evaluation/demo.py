@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     print(side_by_side(result.plain, result.transition,
                        (f"without transition ({result.seconds_plain:.1f} s)",
                         f"with transition ({result.seconds_transition:.1f} s)"), width))
-    print("(each time is one greedy answer after an untimed warm-up of both)")
+    print("(each time is one greedy answer after an untimed warm-up of both; on a busy machine the times vary "
+          "by more than the transition costs)")
     print()
     print(verdict(result))
     print(f"total {time.perf_counter() - t0:.1f} s")
