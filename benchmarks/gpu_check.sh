@@ -11,7 +11,9 @@
 #             GPU_CHECK_TINY=1): a check of this script where there is no GPU
 #
 # Steps: environment (versions, the GPU; stops the check if there is no CUDA device outside
-# --tiny), gpu tests (pytest -m gpu, at most 3 minutes), sweep (benchmarks/prefill.py: stock,
+# --tiny), gpu tests (pytest -m gpu, at most 3 minutes), vllm tests (the vLLM plugin on CUDA:
+# tests/test_vllm_gpu.py in the vLLM environment, GPU_CHECK_VLLM_PYTHON or .venv-vllm, at most
+# 5 minutes; skipped in --tiny mode or without vllm there; vllm.log), sweep (benchmarks/prefill.py: stock,
 # classic and sra defaults, 2 interleaved rounds per length, peak memory from
 # torch.cuda.max_memory_allocated, decode latency over 8 rounds of 4 greedy steps at 64k and 128k; the
 # JSON is rewritten after every length and the run is cut at the time budget, so a 128k that
@@ -49,6 +51,10 @@ PYTHON=${GPU_CHECK_PYTHON:-}
 if [[ -z "$PYTHON" ]]; then
     if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python3; fi
 fi
+# The vLLM plugin's gpu tests run in the vLLM environment (GPU_CHECK_VLLM_PYTHON, default .venv-vllm),
+# skipped when it has no vllm.
+VLLM_PYTHON=${GPU_CHECK_VLLM_PYTHON:-}
+if [[ -z "$VLLM_PYTHON" && -x "$ROOT/.venv-vllm/bin/python" ]]; then VLLM_PYTHON="$ROOT/.venv-vllm/bin/python"; fi
 BUDGET_S=${GPU_CHECK_BUDGET_S:-470}
 read -r -a EXTRA <<< "${GPU_CHECK_SWEEP_ARGS:-}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_VERBOSITY=error
@@ -109,6 +115,10 @@ ENV_RC=$(tail -n 1 "$OUT/steps.tsv" | cut -f2)
 
 if [[ "$ENV_RC" == 0 ]]; then
     run_step "gpu tests" pytest.log "$(left 60 180)" "$PYTHON" -m pytest -m gpu -q -p no:cacheprovider
+    if [[ "$TINY" == 0 && -n "$VLLM_PYTHON" ]] && "$VLLM_PYTHON" -c "import vllm" 2>/dev/null; then
+        run_step "vllm tests" vllm.log "$(left 60 300)" "$VLLM_PYTHON" -m pytest -m "vllm and gpu" -q -s \
+            -p no:cacheprovider tests/test_vllm_gpu.py
+    fi
     run_step sweep sweep.log "$(left 60)" "$PYTHON" benchmarks/prefill.py "${SWEEP[@]}" \
         --json "$OUT/sweep.json" --plot "$OUT/sweep.png" "${EXTRA[@]}"
     if [[ -f "$OUT/sweep.json" && ! -f "$OUT/sweep.png" ]]; then   # cut short: redraw what it wrote
@@ -133,6 +143,8 @@ if status.get("environment", 1) != 0:
     problems.append("environment: " + ((out / "env.txt").read_text().strip().splitlines() or ["failed"])[-1])
 if status.get("gpu tests") not in (None, 0):
     problems.append(f"gpu tests failed (exit status {status['gpu tests']}, see pytest.log)")
+if status.get("vllm tests") not in (None, 0):
+    problems.append(f"vLLM plugin gpu tests failed (exit status {status['vllm tests']}, see vllm.log)")
 
 sweep_lines = []
 data = json.loads((out / "sweep.json").read_text()) if (out / "sweep.json").exists() else None

