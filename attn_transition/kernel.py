@@ -131,7 +131,8 @@ def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_ro
 
     Args:
         q_rows: (heads, r, d) queries. k: (kv_heads, c, d) keys.
-        mask_rows: (r, c) bool or additive float mask, or None for plain causal.
+        mask_rows: (r, c) or per head (heads, r, c) bool or additive float mask, or None for
+            plain causal.
         scaling / softcap: the layer's own.
         sinks: (heads,) attention-sink logits (gpt-oss) that join each row's softmax.
         inplace: compute in place (no autograd through the result).
@@ -244,8 +245,9 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         real_end: end (prompt position) of the sequence's real rows; default ``row_start + R``.
         every_row: compute every real row explicitly, edited or not (full-matrix mode, or
             when the weights are returned).
-        mask: (R, C) bool or additive mask of these rows over these keys (padding, windows), or
-            None: causal, limited to ``window`` keys (row p sees keys ``(p - window, p]``) if given.
+        mask: (R, C), or per head (heads or 1, R, C), bool or additive mask of these rows over
+            these keys (padding, windows, a family's per-head dynamic mask), or None: causal,
+            limited to ``window`` keys (row p sees keys ``(p - window, p]``) if given.
         budget / scratch: chunk size and the reused buffer (see :class:`Budget`, :class:`Scratch`).
         dropout: attention dropout on the final weights (train mode).
         weights_out: (heads, R, C) float, receives the weights of the rows computed.
@@ -270,7 +272,7 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             qi = slice(a - row_start, c - row_start)                     # local query rows
             ki = slice(pad - key_start, c - key_start)                   # local key columns
             if mask is not None:
-                mask_rows = mask[qi, ki]                                 # (r, c - pad)
+                mask_rows = mask[..., qi, ki]                            # ([heads,] r, c - pad)
             elif window is not None:
                 pos = torch.arange(a, c, device=key.device)[:, None]     # (r, 1) row positions
                 cols = torch.arange(pad, c, device=key.device)[None, :]  # (1, c - pad) key positions

@@ -36,6 +36,11 @@ logger = logging.getLogger("attn_transition")
 def _check_model(model: Any) -> None:
     from transformers import PreTrainedModel
 
+    if not isinstance(model, PreTrainedModel) and callable(getattr(model, "get_base_model", None)):
+        raise NotACausalLMError(
+            f"attn_transition.enable got a {type(model).__name__} (a PEFT wrapper); enable the model inside it, "
+            f"at.enable(peft_model.get_base_model()), or enable the model before wrapping it "
+            f"(at.enable(model); get_peft_model(model, ...))")
     if not isinstance(model, PreTrainedModel):
         raise NotACausalLMError(
             f"attn_transition.enable needs a transformers causal LM (e.g. from AutoModelForCausalLM), "

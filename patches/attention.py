@@ -90,7 +90,7 @@ def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
         transition_rows(query[b], key[b], value[b], plan, row_start=call.offset - row.first,
                         key_start=shift - row.first, real_end=row.real_end - row.first, every_row=every_row,
                         scaling=scaling, softcap=softcap, sinks=sinks,
-                        mask=None if attention_mask is None else attention_mask[mb, 0],   # (q, k)
+                        mask=None if attention_mask is None else attention_mask[mb],   # (heads or 1, q, k)
                         budget=budget, scratch=call.scratch, dropout=dropout, out=out[b],
                         weights_out=None if weights_out is None else weights_out[b])
     return out, weights_out

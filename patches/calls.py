@@ -175,6 +175,8 @@ def _prompt_width(state: Any, length: Optional[int], offset: int, q: int, cache:
             state.chunked = ChunkedPrefill(generate_id, cache_id, width, offset + q) if offset + q < width else None
             return width                            # the next chunk of the prompt
         state.chunked = None
+        if q == 1:                                 # a decoding step after all
+            return None
         state.warn_once("continuation",
                         f"attn_transition: generate continues {offset} cached tokens it was given; the "
                         f"{width - offset} new prompt tokens are not edited (the schedule's positions are "
@@ -191,6 +193,8 @@ def _prompt_width(state: Any, length: Optional[int], offset: int, q: int, cache:
         return length if offset < length else None
     if offset == 0:
         return WHOLE                               # a whole prompt: each row's own real tokens
+    if q == 1:                                     # a decoding step fed by hand
+        return None
     state.warn_once("continuation",
                     f"attn_transition: a {q}-token input continues {offset} cached tokens without "
                     f"{LENGTH_KWARG}; it is not edited. If the cached tokens were the first chunk of one "
@@ -211,7 +215,9 @@ def plan_call(state: Any, args: tuple, kwargs: dict) -> CallPlan:
     if x is None:                                  # an input this hook does not know: nothing edited
         return CallPlan(None, 0, 0, 0, ())
     batch, q = int(x.shape[0]), int(x.shape[1])
-    if config is None or q <= 1:                   # stock call, or a decoding step: no tensor work
+    # A stock call, or a decoding step: no tensor work. One token can still be the end of a
+    # prompt fed in chunks (transformers 4.57's generate prefills the last prompt token alone).
+    if config is None or (q <= 1 and state.chunked is None):
         return CallPlan(None, batch, q, 0, ())
     offset, mask, cache = _offset_and_mask(args, kwargs, q)
     width = _prompt_width(state, length, offset, q, cache)
