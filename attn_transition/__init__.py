@@ -8,6 +8,7 @@
 
 from .config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
 from .errors import AttnTransitionError, ConfigError, InputError, NotACausalLMError, UnsupportedModelError, UsageError
+from . import kernel
 from .schedules import layer_plan, reweight
 
 __version__ = "0.1.0"
@@ -20,11 +21,15 @@ def __getattr__(name):
 
         patches = importlib.import_module("attn_transition.patches")
         return patches if name == "patches" else getattr(patches, name)
+    if name == "models":                     # the embedded models (imports the evaluation package)
+        import importlib
+
+        return importlib.import_module("attn_transition.models")
     raise AttributeError(f"module 'attn_transition' has no attribute {name!r}")
 
 
 __all__ = [
-    "ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "reweight", "layer_plan",
+    "ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "reweight", "layer_plan", "kernel",
     "enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES",
     "AttnTransitionError", "ConfigError", "InputError", "UnsupportedModelError", "NotACausalLMError", "UsageError",
 ]
