@@ -5,9 +5,9 @@ then rounds: in each round every length is run on every engine, the engine order
 round to round (interleaved, so a slower period of a shared machine falls on every setting),
 each prompt fresh (random token ids, a new seed per round and length), one request at a time:
 
-- prefill: ``generate`` with one new token (the prompt's prefill and one sampling step);
-- decode: ``generate`` of the same prompt with ``1 + --decode-steps`` new tokens; the extra time
-  over the prefill run, per token.
+- one ``generate`` of ``1 + --decode-steps`` new tokens per prompt, timed by the engine's own
+  timestamps (``RequestOutput.metrics``, with ``disable_log_stats=False``): prefill from the
+  request's scheduling to its first token, decode per token from the first token to the last.
 
 Prefix caching is off on every engine (the plugin turns it off; the stock engine is started the
 same way, so both compute every prompt in full). The report gives, per length, each setting's
@@ -49,6 +49,9 @@ def model_folder(model: str) -> str:
 
 
 def start_engines(folder: str, configs: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    # Every engine is alive at once: without a size, each CPU engine takes most of the machine's memory
+    # for its KV cache (VLLM_CPU_KVCACHE_SPACE, GiB; one request of 4k tokens needs a fraction of one).
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
 
     engines = {}
@@ -57,18 +60,20 @@ def start_engines(folder: str, configs: list[str], args: argparse.Namespace) -> 
         started = time.perf_counter()
         engines[name] = LLM(model=folder, dtype=args.dtype, enforce_eager=True, seed=0, skip_tokenizer_init=True,
                             max_model_len=max(args.tokens) + args.decode_steps + 8, enable_prefix_caching=False,
-                            **extra)
+                            disable_log_stats=False, **extra)
         print(f"engine {name}: started in {time.perf_counter() - started:.0f} s", flush=True)
     return engines
 
 
-def timed(llm: Any, prompt: list[int], new_tokens: int) -> float:
+def timed(llm: Any, prompt: list[int], new_tokens: int) -> tuple[float, float]:
+    """(prefill seconds, decode seconds per token) of one request, from the engine's own timestamps
+    (``RequestOutput.metrics``: scheduled, first token, last token; the engine core's monotonic clock)."""
     from vllm import SamplingParams
 
     params = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, temperature=0.0, detokenize=False)
-    started = time.perf_counter()
-    llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
-    return time.perf_counter() - started
+    (output,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    m = output.metrics
+    return m.first_token_ts - m.scheduled_ts, (m.last_token_ts - m.first_token_ts) / max(new_tokens - 1, 1)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,10 +92,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             prompt = torch.randint(10, vocab, (n,), generator=g).tolist()
             order = names[r % len(names):] + names[:r % len(names)]
             for name in order:
-                prefill = timed(engines[name], prompt, 1)
-                full = timed(engines[name], prompt, 1 + args.decode_steps)
+                prefill, decode = timed(engines[name], prompt, 1 + args.decode_steps)
                 rows.append({"round": r, "tokens": n, "setting": name, "prefill_s": prefill,
-                             "decode_s_per_token": max(full - prefill, 0.0) / args.decode_steps})
+                             "decode_s_per_token": decode})
                 print(f"round {r} {n:>5} tokens {name:>8}: prefill {prefill:.3f} s, "
                       f"decode {rows[-1]['decode_s_per_token'] * 1e3:.1f} ms/token", flush=True)
     return {"model": args.model, "dtype": args.dtype, "settings": names, "tokens": args.tokens,
