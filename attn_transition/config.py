@@ -10,12 +10,14 @@ Text forms (parse once at the boundary; everything past it holds config objects)
   :func:`format_config` (canonical: non-default fields only; ``parse_config(format_config(c)) == c``),
   also the label of a config in bench logs and tables; :func:`parse_configs` for a list;
 - the grid, ``alpha=0.5,1;beta=0.1,0.5`` (the product of the values; ``sra:...``; ``seed``):
-  :func:`parse_grid`;
-- the seed's output key, ``decode_al_05_be_01_lay_2`` / ``decode_sra_thr_64``: the named codec
-  :func:`seed_key` / :func:`parse_seed_key` (``decode_or`` is the plain model).
+  :func:`parse_grid`.
 
-The dataclasses and every text form of them stay in this one file (about 400 lines) on purpose:
-a field added to a config is then added to each of its forms in one place.
+The seed's output keys (``decode_al_05_be_01_lay_2``) are the seed format's, in
+``attn_transition.evaluation.seedformat``: its table names every field of both configs and
+a field added here without a name there stops that module's import.
+
+The dataclasses and their spec and grid forms stay in this one file on purpose: a field added
+to a config is then added to each of its forms in one place.
 """
 
 from __future__ import annotations
@@ -24,14 +26,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, fields
 import itertools
-import re
-from typing import Any, ClassVar, Optional, Sequence, Union
+from typing import Any, ClassVar, Sequence, Union
 
 from .errors import ConfigError, did_you_mean
 
 __all__ = ["ClassicConfig", "SRAConfig", "TransitionConfig", "SCHEDULES", "parse_config", "format_config",
-           "parse_configs", "parse_grid", "seed_grid", "SEED_GRID", "config_dict", "SEED_PLAIN_KEY", "seed_key",
-           "parse_seed_key"]
+           "parse_configs", "parse_grid", "seed_grid", "SEED_GRID", "config_dict"]
 
 
 def _check_number(owner: str, name: str, value: Any, *, low: float, high: float = math.inf,
@@ -304,112 +304,3 @@ def parse_grid(spec: str) -> list[TransitionConfig]:
         message = str(exc)
         raise ConfigError(message if message.startswith("unknown schedule") else f"grid {spec!r}: {message}") \
             from None
-
-
-# --------------------------------------------------------------------------- the seed's output keys
-
-SEED_PLAIN_KEY = "decode_or"
-_CLASSIC_KEY = re.compile(r"^decode_al_(\d+)_be_(\d+)_lay_(\d+)((?:_[a-z]+\d*)*)$")
-_SRA_ABBREV = {  # field -> short name used in keys, only written when not the default
-    "begin_length": "beg", "threshold_len": "thr", "elimi_factor_inter": "ei", "elimi_factor_outer": "eo",
-    "strengthen_factor_inter": "si", "strengthen_factor_outer": "so", "dyna_div": "div",
-}
-
-
-def _num(x: float) -> str:
-    """0.5 -> '05', 1.0 -> '1', 1.5 -> '15', 0.1 -> '01' (the seed drops the decimal point)."""
-    return f"{float(x):g}".replace(".", "")
-
-
-def _unnum(text: str) -> float:
-    """Inverse of ``_num`` for the seed's values: a leading 0 means '0.'; '15' means 1.5."""
-    if text.startswith("0") and len(text) > 1:
-        return float("0." + text[1:])
-    if len(text) >= 2:
-        return float(text[0] + "." + text[1:])
-    return float(text)
-
-
-def _pnum(x: float) -> str:
-    """SRA keys spell the decimal point as 'p' (0.5 -> '0p5', 10 -> '10'): unambiguous."""
-    return f"{x:g}".replace(".", "p")
-
-
-def _seed_key(config: TransitionConfig) -> str:
-    if isinstance(config, ClassicConfig):
-        key = f"decode_al_{_num(config.alpha)}_be_{_num(config.beta)}_lay_{config.intervals_per_layer}"
-        if config.strategy != "adding":
-            key += f"_{config.strategy}"
-        if config.min_length != ClassicConfig.min_length:
-            key += f"_min{config.min_length}"
-        return key
-    if isinstance(config, SRAConfig):
-        parts = ["decode_sra"]
-        for f in fields(SRAConfig):
-            value = getattr(config, f.name)
-            if value == f.default:
-                continue
-            if f.name in _SRA_ABBREV:
-                parts.append(f"{_SRA_ABBREV[f.name]}_{_pnum(value)}")
-            else:  # booleans
-                parts.append(f.name.replace("_", "") if value else f"no{f.name.replace('_', '')}")
-        return "_".join(parts)
-    raise TypeError(f"not a transition config: {config!r}")
-
-
-def seed_key(config: TransitionConfig, *, strict: bool = False) -> str:
-    """The seed-format output key of a config, e.g. ``decode_al_05_be_01_lay_2`` or ``decode_sra``.
-
-    Classic keys drop the decimal point, so not every value can be written: with ``strict``,
-    a config whose key does not read back as itself raises ConfigError."""
-    key = _seed_key(config)
-    if strict and parse_seed_key(key) != config:
-        raise ConfigError(f"config {format_config(config)!r} cannot be named in the seed's output-key scheme: "
-                          f"{key!r} reads back as {format_config(parse_seed_key(key))!r}; classic keys write "
-                          f"values without the decimal point, so each must be below 10 with at most 3 decimals")
-    return key
-
-
-def _parse_sra_key(key: str) -> SRAConfig:
-    tokens = key.split("_")[2:]
-    by_abbrev = {v: k for k, v in _SRA_ABBREV.items()}
-    flags = {f.name.replace("_", ""): f.name for f in fields(SRAConfig) if isinstance(f.default, bool)}
-    kwargs: dict[str, Any] = {}
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok in by_abbrev and i + 1 < len(tokens):
-            name = by_abbrev[tok]
-            try:
-                kwargs[name] = _coerce("SRAConfig", _field(SRAConfig, name), tokens[i + 1].replace("p", "."))
-            except ConfigError:
-                raise ConfigError(f"bad value {tokens[i + 1]!r} for {name} in output key {key!r}") from None
-            i += 2
-        elif tok in flags or (tok.startswith("no") and tok[2:] in flags):
-            kwargs[flags[tok] if tok in flags else flags[tok[2:]]] = tok in flags
-            i += 1
-        else:
-            raise ConfigError(f"unrecognised part {tok!r} in output key {key!r}")
-    return SRAConfig(**kwargs)
-
-
-def parse_seed_key(key: str) -> Optional[TransitionConfig]:
-    """The config of a seed-format output key; ``None`` for the plain ``decode_or``."""
-    if key == SEED_PLAIN_KEY:
-        return None
-    m = _CLASSIC_KEY.match(key)
-    if m:
-        kwargs: dict[str, Any] = {"alpha": _unnum(m.group(1)), "beta": _unnum(m.group(2)),
-                                  "intervals_per_layer": int(m.group(3))}
-        for extra in filter(None, m.group(4).split("_")):
-            if extra in ClassicConfig.STRATEGIES:
-                kwargs["strategy"] = extra
-            elif extra.startswith("min") and extra[3:].isdigit():
-                kwargs["min_length"] = int(extra[3:])
-            else:
-                raise ConfigError(f"unrecognised suffix {extra!r} in output key {key!r}")
-        return ClassicConfig(**kwargs)
-    if key == "decode_sra" or key.startswith("decode_sra_"):
-        return _parse_sra_key(key)
-    raise ConfigError(f"output key {key!r} is neither {SEED_PLAIN_KEY!r}, a classic key like "
-                      f"'decode_al_05_be_01_lay_2' nor an SRA key like 'decode_sra'")

@@ -70,8 +70,7 @@ def test_parse_config_errors(spec, fragment):
 
 # ----------------------------------------------------------------------------- the text codec
 
-from attn_transition.config import (SEED_PLAIN_KEY, format_config, parse_configs, parse_grid,  # noqa: E402
-                                    parse_seed_key, seed_grid, seed_key)
+from attn_transition.config import format_config, parse_configs, parse_grid  # noqa: E402
 
 CODEC_CASES = [at.ClassicConfig(), at.ClassicConfig(alpha=1.5, beta=1.0), at.ClassicConfig(strategy="multi"),
                at.ClassicConfig(alpha=0.1234567), at.SRAConfig(), at.SRAConfig(threshold_len=64, outer=False),
@@ -94,22 +93,6 @@ def test_format_config_keeps_the_labels_old_logs_hold():
 def test_parse_configs_drops_the_same_config_written_twice():
     got = parse_configs(["classic", "classic:alpha=0.5", "sra", "classic:alpha=1"])
     assert list(got) == ["classic", "sra", "classic:alpha=1"]
-
-
-def test_seed_keys_read_back_for_the_whole_seed_grid_and_sra():
-    grid = seed_grid()
-    assert len(grid) == 63 and len({seed_key(c) for c in grid}) == 63
-    for config in grid + CODEC_CASES[4:]:
-        assert parse_seed_key(seed_key(config, strict=True)) == config
-    assert seed_key(at.ClassicConfig(alpha=0.5, beta=0.1, intervals_per_layer=2)) == "decode_al_05_be_01_lay_2"
-    assert parse_seed_key(SEED_PLAIN_KEY) is None
-
-
-def test_a_config_the_seed_keys_cannot_name_is_refused_under_strict():
-    with pytest.raises(at.ConfigError, match="cannot be named"):
-        seed_key(at.ClassicConfig(alpha=12.0), strict=True)
-    with pytest.raises(at.ConfigError, match="unrecognised part 'zz'"):
-        parse_seed_key("decode_sra_zz")
 
 
 def test_grid_is_the_product_and_names_what_is_wrong():

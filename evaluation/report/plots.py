@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from attn_transition.config import ClassicConfig, SRAConfig, format_config, parse_seed_key
+from attn_transition.config import ClassicConfig, SRAConfig, format_config
 from attn_transition.errors import ConfigError
 
 from ..judge.client import import_optional
+from ..seedformat import parse_config_key
 
 __all__ = ["PLOTS_HINT", "write_plots", "figures", "config_label", "bucket_label"]
 
@@ -31,7 +32,7 @@ def config_label(key: str) -> str:
     ``alpha 0.5, beta 0.1, 2 intervals``; ``decode_sra`` -> ``SRA (defaults)``; a key that is
     not in the seed's scheme is shown without its ``decode_`` prefix."""
     try:
-        config = parse_seed_key(key)
+        config = parse_config_key(key)
     except ConfigError:
         config = None
     if isinstance(config, ClassicConfig):

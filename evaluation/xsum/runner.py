@@ -13,11 +13,11 @@ import contextlib
 import time
 from typing import Any, Callable, Optional, Sequence
 
-from attn_transition.config import ClassicConfig, TransitionConfig, parse_config, parse_grid, seed_key
+from attn_transition.config import ClassicConfig, TransitionConfig, parse_config, parse_grid
 from attn_transition.errors import ConfigError, UsageError
 
 from ..models import generate_greedy as generate_batch
-from ..seedformat import PLAIN_KEY
+from ..seedformat import PLAIN_KEY, config_key
 from .templates import prompt_lengths
 
 __all__ = ["generate_batch", "generate_records", "check_generation", "keyed_configs", "collect_configs"]
@@ -28,7 +28,7 @@ def keyed_configs(configs: Sequence[TransitionConfig]) -> dict[str, TransitionCo
     config the scheme cannot name."""
     out: dict[str, TransitionConfig] = {}
     for config in configs:
-        out.setdefault(seed_key(config, strict=True), config)
+        out.setdefault(config_key(config, strict=True), config)
     return out
 
 
