@@ -353,6 +353,59 @@ def test_repeated_depths_lengths_or_tasks_are_refused():
             BenchSettings(**kwargs)
 
 
+
+# The files that make a folder a run's results, for bench and bench --suite ruler alike: a log of
+# one process, a rank's log of a data-parallel run (any number of ranks), the merged results.
+HELD = ("records.jsonl", "records.rank1-of-2.jsonl", "results.json")
+
+
+def hold(folder, name):
+    """``folder`` holding only ``name``; returns its contents, to check that a refusal kept them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text('{"type": "header", "format": "attn-transition-bench-log/1", "identity": {}}\n'
+                               if name.endswith(".jsonl") else '{"format": "earlier results"}', encoding="utf-8")
+    return contents(folder)
+
+
+def contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("name", HELD)
+def test_a_folder_with_results_is_refused_without_resume_and_kept(tmp_path, name):
+    before = hold(tmp_path, name)
+    assert store.results_in(tmp_path) == [name]
+    with pytest.raises(UsageError) as info:
+        store.refuse_results(tmp_path, resume=False)
+    assert str(info.value) == (f"{tmp_path} already holds results; add --resume to continue them or choose another "
+                               f"--output-dir (it has {name})")
+    store.refuse_results(tmp_path, resume=True)
+    assert contents(tmp_path) == before
+
+
+def test_an_empty_or_unrelated_folder_is_not_refused_and_resume_needs_a_log(tmp_path):
+    store.refuse_results(tmp_path / "missing", resume=False)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "summary.md").write_text("x")
+    store.refuse_results(tmp_path, resume=False)
+    with pytest.raises(UsageError, match=r"--resume: .* holds no records\*\.jsonl to continue; drop --resume"):
+        store.require_logs(tmp_path)
+    hold(tmp_path, "results.json")
+    with pytest.raises(UsageError, match="holds no records"):       # results alone: nothing to continue
+        store.require_logs(tmp_path)
+    hold(tmp_path, "records.rank0-of-4.jsonl")
+    store.require_logs(tmp_path)
+    assert [p.name for p in store.log_paths(tmp_path)] == ["records.rank0-of-4.jsonl"]
+
+
+def test_the_refusal_lists_what_every_rank_found(tmp_path):
+    found = ["records.rank0-of-2.jsonl", "records.rank1-of-2.jsonl", "records.rank0-of-2.jsonl", "results.json",
+             "records.jsonl"]
+    with pytest.raises(UsageError, match=r"\(it has records.jsonl, records.rank0-of-2.jsonl, "
+                                         r"records.rank1-of-2.jsonl and 1 more\)$"):
+        store.refuse_results(tmp_path, resume=False, found=found)
+    store.refuse_results(tmp_path, resume=False, found=[])
+
 def test_atomic_json_write_replaces_whole_files(tmp_path):
     path = tmp_path / "results.json"
     fileio.write_json_atomic(path, {"a": 1})

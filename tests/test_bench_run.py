@@ -17,7 +17,7 @@ from attn_transition.evaluation.bench import store
 from attn_transition.config import format_config as config_label
 from attn_transition.evaluation.bench.runner import BenchSettings, edits_anything, run_bench
 from attn_transition.evaluation.runtime.dist import Shard, detect_shard
-from test_bench_pure import char_tokenizer
+from test_bench_pure import HELD, char_tokenizer, contents, hold
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: one thread (conftest)
 
@@ -164,6 +164,17 @@ def test_resume_refuses_a_log_of_another_run(lm, full_run, tmp_path):
         run_bench(model, tok, other, out, model_name="tiny", progress=False, resume=True)
 
 
+
+@pytest.mark.parametrize("name", HELD)
+def test_run_bench_refuses_a_folder_with_results_before_running_and_keeps_them(lm, tmp_path, name):
+    # Before, only this rank's log counted: a folder with another world's logs was written into.
+    model, tok = lm
+    before = hold(tmp_path, name)
+    with pytest.raises(at.UsageError, match=rf"already holds results; add --resume .* \(it has {name}\)"):
+        run_bench(model, tok, SETTINGS, tmp_path, model_name="tiny", progress=False,
+                  on_records=lambda records: pytest.fail("generated before refusing"))
+    assert contents(tmp_path) == before
+
 def test_tune_chooses_on_dev_and_reports_test_only(lm, tmp_path):
     model, tok = lm
     settings = BenchSettings(tasks=("kv",), lengths=(400,), depths=(0.0, 0.5, 1.0), per_cell=2,
@@ -305,6 +316,16 @@ def test_cli_resume_with_a_corrupted_log_changes_nothing(capsys, model_dir, tmp_
     code, _, err = _cli(capsys, "--model", model_dir, *SMALL, "--output-dir", run)
     assert code == 2 and "add --resume" in err and log.read_bytes() == before
 
+
+
+@pytest.mark.parametrize("name", HELD)
+def test_cli_refuses_a_folder_with_results_naming_resume_and_keeps_them(capsys, model_dir, tmp_path, name):
+    before = hold(tmp_path / "run", name)
+    code, _, err = _cli(capsys, "--model", model_dir, *SMALL, "--output-dir", tmp_path / "run")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"already holds results; add --resume to continue them or choose another --output-dir (it has {name})" \
+        in err
+    assert contents(tmp_path / "run") == before
 
 def test_lengths_below_the_schedule_thresholds_are_reported(lm):
     model, _ = lm

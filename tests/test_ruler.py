@@ -20,6 +20,7 @@ from attn_transition.errors import UsageError
 from attn_transition.evaluation.bench import ruler, ruler_report, store
 from attn_transition.evaluation.bench.analysis import STOCK
 from attn_transition.evaluation.stats import compare_paired, mcnemar_exact, mean_ci
+from test_bench_pure import HELD, contents, hold
 
 STRONG = "classic:alpha=1.5,beta=1"
 S_LABEL = format_config(at.parse_config(STRONG))
@@ -227,6 +228,15 @@ def test_resume_refuses_other_documents_another_run_or_no_resume(tmp_path):
         ruler.run_cells(FakeCells(), FAKE, tmp_path, identity=IDENTITY)
 
 
+@pytest.mark.parametrize("name", HELD)
+def test_run_cells_refuses_a_folder_with_results_before_asking_and_keeps_them(tmp_path, name):
+    before = hold(tmp_path, name)
+    cells = FakeCells()
+    with pytest.raises(UsageError, match=rf"already holds results; add --resume .* \(it has {name}\)"):
+        ruler.run_cells(cells, FAKE, tmp_path, identity=IDENTITY)
+    assert cells.calls == cells.prepared == [] and contents(tmp_path) == before
+
+
 def test_more_documents_per_cell_later_adds_only_those(tmp_path):
     ruler.run_cells(FakeCells(), FAKE, tmp_path, identity=IDENTITY)
     cells = FakeCells()
@@ -288,7 +298,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(capsys, tmp_path, args, message):
 
 def test_cli_resume_needs_a_log(capsys, tmp_path):
     code, _, err = _cli(capsys, "--resume", "--output-dir", tmp_path)
-    assert code == 2 and "holds no records.jsonl to continue" in err
+    assert code == 2 and "holds no records*.jsonl to continue" in err
+
+
+@pytest.mark.parametrize("name", HELD)
+def test_cli_refuses_a_folder_with_results_naming_resume_and_keeps_them(capsys, tmp_path, name):
+    # Before, a data-parallel bench's rank logs did not count: RULER records were written beside them.
+    before = hold(tmp_path, name)
+    code, _, err = _cli(capsys, "--tasks", "niah_single_1", "--lengths", "1024", "--output-dir", tmp_path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"already holds results; add --resume to continue them or choose another --output-dir (it has {name})" \
+        in err
+    assert contents(tmp_path) == before
 
 
 # ------------------------------------------------------------------ lm_eval's RULER on a tiny model

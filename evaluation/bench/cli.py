@@ -19,8 +19,9 @@ from attn_transition.errors import UsageError
 from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, detect_shard, gather
 from ..runtime.requirements import require_embedded, require_plots
+from . import store
 from .options import EPILOG, add_arguments, depths, ints, slug
-from .runner import DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, run_bench
+from .runner import DEFAULT_CONFIGS, TUNE_GRID, BenchSettings, refuse_results, run_bench
 from .tasks import parse_tasks
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
@@ -36,12 +37,12 @@ def output_dir(args: argparse.Namespace, shard: Shard) -> Path:
     """The run's folder: ``--output-dir``, the newest matching run on ``--resume``, or a new one."""
     if args.output_dir:
         out = Path(args.output_dir).expanduser()
-        if args.resume and not any(out.glob("records*.jsonl")):
-            raise UsageError(f"--resume: {out} holds no records*.jsonl to continue; drop --resume to start there")
+        if args.resume:
+            store.require_logs(out)
         return out
     name = slug(args.model)
     if args.resume:
-        runs = sorted((p for p in Path("runs").glob(f"bench-{name}-*") if any(p.glob("records*.jsonl"))),
+        runs = sorted((p for p in Path("runs").glob(f"bench-{name}-*") if store.log_paths(p)),
                       key=lambda p: p.stat().st_mtime)
         if not runs:
             raise UsageError(f"--resume: no earlier run of {args.model} under runs/; pass its --output-dir")
@@ -57,18 +58,13 @@ def run(args: argparse.Namespace) -> int:
         return run_ruler(args)
     from attn_transition.evaluation.models import load_model
 
-    from . import store
-
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
     require_plots("attn-transition bench (its plots)")
     require_embedded([args.model], args.cache_dir)
     shard = detect_shard()
     out = output_dir(args, shard)
+    refuse_results(out, resume=args.resume, shard=shard)     # before loading; run_bench checks again
     previous = store.read_logs(out) if args.resume else None   # read once; a corrupted log fails before loading
-    if not args.resume and any((out / name).exists() for name in (store.log_name(shard.rank, shard.world),
-                                                                  "results.json")):
-        raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "
-                         f"another --output-dir")
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 

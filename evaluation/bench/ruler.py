@@ -240,10 +240,8 @@ def _say(text: str) -> None:
 
 def _logged_state(out: Path, identity: dict[str, Any], resume: bool) -> dict[tuple[str, str], dict[str, Any]]:
     """Records of earlier runs in ``out`` by ``(item, config)`` (only with ``resume``)."""
+    store.refuse_results(out, resume=resume)
     if not resume:
-        if (out / store.log_name(0, 1)).exists() or (out / "results.json").exists():
-            raise UsageError(f"{out} already holds results; add --resume to continue them or choose "
-                             f"another --output-dir")
         return {}
     done: dict[tuple[str, str], dict[str, Any]] = {}
     for path, header, records in store.read_logs(out):

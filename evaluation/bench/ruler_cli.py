@@ -60,12 +60,12 @@ def output_dir(args: argparse.Namespace) -> Path:
     """``--output-dir``; on ``--resume`` without it the newest ``runs/ruler-<model>-*``; else a new one."""
     if args.output_dir:
         out = Path(args.output_dir).expanduser()
-        if args.resume and not (out / store.log_name(0, 1)).exists():
-            raise UsageError(f"--resume: {out} holds no records.jsonl to continue; drop --resume to start there")
+        if args.resume:
+            store.require_logs(out)
         return out
     prefix = f"ruler-{slug(args.model)}-"
     if args.resume:
-        runs = sorted((p for p in Path("runs").glob(prefix + "*") if (p / store.log_name(0, 1)).exists()),
+        runs = sorted((p for p in Path("runs").glob(prefix + "*") if store.log_paths(p)),
                       key=lambda p: p.stat().st_mtime)
         if not runs:
             raise UsageError(f"--resume: no earlier --suite ruler run of {args.model} under runs/; pass its "
@@ -114,11 +114,9 @@ def run(args: argparse.Namespace) -> int:
     if args.device_map:
         raise UsageError("--device-map is not an option of --suite ruler")
     out = output_dir(args)
+    store.refuse_results(out, resume=args.resume)          # before loading; run_cells checks again
     if args.resume:
         store.read_logs(out)                               # a corrupted log fails before loading
-    elif (out / store.log_name(0, 1)).exists() or (out / "results.json").exists():
-        raise UsageError(f"{out} already holds results; add --resume to continue them or choose another "
-                         f"--output-dir")
     if args.no_progress:                                   # transformers' bars; lm_eval's own stay
         from transformers.utils import logging as hf_logging
 

@@ -213,6 +213,16 @@ def check_lengths(model: Any, settings: BenchSettings) -> None:
                              f"{limit - settings.max_new_tokens}")
 
 
+def refuse_results(out: Path, *, resume: bool, shard: Shard) -> None:
+    """:func:`.store.refuse_results` on every rank's view of ``out`` together: each rank lists the
+    results it sees and all of them refuse alike (a collective call: every rank calls it, before
+    any rank writes its log, or one rank's new log would stop the others)."""
+    if resume:
+        return
+    found = gather(shard, store.results_in(out))
+    store.refuse_results(out, resume=False, found=[name for names in found for name in names])
+
+
 def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str | Path, *, model_name: str,
               resume: bool = False, shard: Optional[Shard] = None, progress: bool = True,
               on_records: Optional[Callable[[list[dict[str, Any]]], None]] = None,
@@ -231,6 +241,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     started = time.perf_counter()
     shard = shard or Shard()
     out = Path(out_dir)
+    refuse_results(out, resume=resume, shard=shard)      # before anything runs or is written
     check_lengths(model, settings)
     if shard.rank == 0 and extra_meta and "load_seconds" in extra_meta:
         print(f"bench: {model_name} loaded in {extra_meta['load_seconds']:.1f} s; writing to {out}", file=sys.stderr)
@@ -261,9 +272,6 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     out.mkdir(parents=True, exist_ok=True)
     work = _Work()
     existing = (store.read_logs(out) if previous is None else previous) if resume else []
-    if not resume and (log_path.exists() or (out / "results.json").exists()):
-        raise UsageError(f"{out} already holds bench results; add --resume to continue them or choose "
-                         f"another --output-dir")
     for path, header, records in existing:
         store.check_identity(path, header, identity)
         for r in records:
