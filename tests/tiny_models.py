@@ -60,7 +60,11 @@ def family_configs():
     }
 
 
-def tiny_model(family: str = "llama", *, seed: int = 0, attn_implementation: str = "sdpa", **overrides):
+def tiny_model(family: str = "llama", *, seed: int = 0, attn_implementation: str = "sdpa", dtype=None,
+               **overrides):
+    """The tiny sharpened model of one of ``family_configs()``; ``dtype=torch.float64`` for tests
+    that compare two computational paths (the weights are drawn in float32 either way, so a
+    float64 model is the float32 one, upcast)."""
     from transformers import AutoModelForCausalLM
 
     config = family_configs()[family]
@@ -73,7 +77,27 @@ def tiny_model(family: str = "llama", *, seed: int = 0, attn_implementation: str
         for name, p in model.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(6.0)
+    if dtype is not None:
+        model = model.to(dtype)
     return model.eval()
+
+
+def reweight64(weights: torch.Tensor, layer_idx: int, num_layers: int, config, *, allowed=None) -> torch.Tensor:
+    """``at.reweight`` computed in float64 (``at.reweight`` edits in float32 whatever it is given):
+    the same plan and the same in-place edits, on a float64 copy. A reference for float64 paths."""
+    from attn_transition.schedules import apply_plan, layer_plan, plan_rows
+
+    out = weights.detach().to(torch.float64, copy=True)                 # (batch, heads, n, n)
+    n = out.shape[-1]
+    plan = layer_plan(config, layer_idx, num_layers, n)
+    if plan:
+        rows = torch.tensor(plan_rows(plan))
+        sub = out[:, :, rows]                                           # (batch, heads, r, n) copy
+        apply_plan(sub, plan)
+        if allowed is not None:
+            sub.mul_(allowed.to(torch.bool).expand_as(out)[:, :, rows])
+        out[:, :, rows] = sub
+    return out
 
 
 def ids(batch: int, n: int, *, seed: int = 0) -> torch.Tensor:
