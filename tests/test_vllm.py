@@ -371,3 +371,29 @@ def test_vllm_serve_edits_like_transformers(server, smollm2, smollm2_prompts, fl
     assert effect > 100 * floor
     assert gap <= max(FLOOR_TIMES * floor, EFFECT_SHARE * effect)
     check_tokens(answer, want, tie=100 * floor)
+
+
+# ----------------------------------------------------------------------------- generate --engine vllm
+def test_generate_records_on_vllm_and_resume(smollm2, smollm2_prompts):
+    from transformers import AutoTokenizer
+
+    from attn_transition.evaluation.xsum.vllm_engine import generate_records
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    prompts = [tokenizer.decode(p) for p in smollm2_prompts]
+    assert [tokenizer(p, add_special_tokens=False).input_ids for p in prompts] == smollm2_prompts
+    records = [{"id": "a"}, {"id": "b"}]
+    saves = []
+    kwargs = dict(add_special_tokens=False, max_new_tokens=NEW_TOKENS, batch_size=1, include_plain=False,
+                  progress=False, on_batch=lambda: saves.append(len(saves)))
+    timings = generate_records(smollm2, tokenizer, records, prompts, [at.SRAConfig()], **kwargs)
+    (key,) = timings
+    assert key.startswith("decode_sra") and timings[key]["documents"] == 2 and saves == [0, 1]
+    # The transformers path's greedy tokens on the same token ids (compared in the sra test above).
+    want = [tokenizer.decode(h["tokens"], skip_special_tokens=True)
+            for h in hf_outputs(smollm2, smollm2_prompts, "sra")]
+    assert [r[key] for r in records] == want
+    # Resumed with nothing missing: no engine is started, nothing changes.
+    before = [dict(r) for r in records]
+    assert generate_records(smollm2, tokenizer, records, prompts, [at.SRAConfig()], **kwargs) == {}
+    assert records == before and saves == [0, 1]
