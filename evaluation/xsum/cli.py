@@ -100,6 +100,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--no-plain", action="store_true", help="do not generate the plain output decode_or")
     gen.add_argument("--max-new-tokens", type=int, default=50, help="new tokens per summary (seed: 50)")
     gen.add_argument("--batch-size", type=int, default=4, help="documents per generate call (default 4)")
+    gen.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
+                     help="transformers (default) or vllm: each pass on a vLLM engine with the transition plugin "
+                          "(run from the vLLM environment, make setup-vllm; see docs/vllm.md)")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--resume", action="store_true",
                            help="keep the existing output (also one written by the seed's code) and fill only "
@@ -334,8 +337,16 @@ class GenerateRun:
                   f"template {self.template.name} v{self.template.version}")
         mine = self.mine
         try:
-            generate_records(
-                self.model, self.tokenizer, [self.records[i] for i in mine], [self.prompts[i] for i in mine],
+            run_records, model = generate_records, self.model
+            if args.engine == "vllm":                        # the same loop on vLLM engines
+                if dist.world > 1:
+                    raise UsageError("--engine vllm runs in one process (vLLM spreads a model itself); drop "
+                                     "accelerate launch", field="engine")
+                from .vllm_engine import generate_records as vllm_records
+
+                run_records, model = partial(vllm_records, dtype=args.dtype, cache=args.cache_dir), args.model
+            run_records(
+                model, self.tokenizer, [self.records[i] for i in mine], [self.prompts[i] for i in mine],
                 self.configs, add_special_tokens=self.template.add_special_tokens,
                 max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, include_plain=not args.no_plain,
                 lengths=[self.lengths[i] for i in mine], on_batch=partial(self.save, changed=True),

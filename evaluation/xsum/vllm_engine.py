@@ -69,6 +69,28 @@ class VLLMEngines:
             gc.collect()
 
 
+def _size_cpu_kv_cache(folder: str, max_len: int, batch_size: int, dtype: str) -> None:
+    """On vLLM's CPU platform, size the KV cache for this run (``VLLM_CPU_KVCACHE_SPACE``, GiB) unless
+    it is set: vLLM's default reserves a fixed share of the machine's memory and refuses to start
+    when less is free (this process also holds the run's tokenizer and model)."""
+    import math
+    import os
+
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() or "VLLM_CPU_KVCACHE_SPACE" in os.environ:
+        return
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    config = getattr(config, "text_config", None) or config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = 2 * config.num_hidden_layers * heads * head_dim * (4 if dtype == "float32" else 2)   # K and V
+    gib = per_token * max_len * batch_size * 1.25 / 2**30
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(gib)))
+
+
 def generate_records(model: str, tokenizer: Any, records: list[dict], prompts: Sequence[str],
                      configs: dict[str, TransitionConfig] | Sequence[TransitionConfig], *,
                      add_special_tokens: bool, max_new_tokens: int = 50, batch_size: int = 4,
@@ -94,9 +116,11 @@ def generate_records(model: str, tokenizer: Any, records: list[dict], prompts: S
     timings = {} if timings is None else timings
     if not passes:
         return timings
+    folder = resolve_model(model, cache)
+    _size_cpu_kv_cache(folder, max(lengths) + max_new_tokens, batch_size, dtype)
     # Eager: no compilation at each engine's start (one engine per config; a short pass would wait
     # longer for the compiler than for its generations).
-    engines = VLLMEngines(resolve_model(model, cache), dtype=dtype, max_model_len=max(lengths) + max_new_tokens,
+    engines = VLLMEngines(folder, dtype=dtype, max_model_len=max(lengths) + max_new_tokens,
                           enforce_eager=True)
     try:
         for key, cfg in passes:
