@@ -1,6 +1,7 @@
 """One rank of the tensor-parallel check (run under torchrun with 2 CPU processes, gloo).
 
-Loads the tiny model saved by the test with heads split across ranks, enables the
+Loads the tiny model saved by the test with heads split across ranks (in the dtype named by
+the optional third argument, e.g. ``float64``; the saved one otherwise), enables the
 transition, and rank 0 writes the logits and the number of query heads each rank saw.
 """
 
@@ -16,7 +17,7 @@ import attn_transition as at  # noqa: E402
 from tiny_models import ids  # noqa: E402
 
 
-def main(folder: str, n: int) -> None:
+def main(folder: str, n: int, dtype: str = "") -> None:
     from transformers import AutoModelForCausalLM
 
     torch.distributed.init_process_group("gloo")
@@ -30,6 +31,8 @@ def main(folder: str, n: int) -> None:
         placement = dict(distributed_config=DistributedConfig(tp_plan="auto"))
     else:                                                 # transformers 4.x: the keyword itself
         placement = dict(tp_plan="auto")
+    if dtype:
+        placement["dtype"] = getattr(torch, dtype)
     model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa", **placement).eval()
     heads = []
     layer = model.model.layers[2].self_attn
@@ -48,4 +51,4 @@ def main(folder: str, n: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:4])
