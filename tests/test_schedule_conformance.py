@@ -1,4 +1,14 @@
-"""The schedules against an independent loop-by-loop reading of the specification."""
+"""The schedules against an independent loop-by-loop reading of the specification.
+
+The library edits float32 weights (``reweight`` computes in float32) and the reading computes in
+float64. Their elimination decisions are the same (the library compares as the float32 tensor
+rounds the threshold, ``_below``), but the ``m`` weights and SRA's selection compare a float32
+tensor with the threshold rounded to float32, where the reading compares with the threshold
+itself: a weight within one float32 step of a threshold may be judged on either side, and its
+row may then differ by much more than rounding. Such rows are located (``_near_threshold``) and
+are the only ones allowed off ATOL; every other row must agree to ATOL (float32 rounding of the
+sums). Comparisons of two library paths run in float64 instead.
+"""
 
 import math
 
@@ -12,8 +22,37 @@ from spec_oracle import (classic_block_row, classic_blocks, oracle_reweight, ran
                          sra_steps)
 
 ATOL = 2e-6
+NEAR = 1e-6          # relative distance to a threshold within which float32 and float64 may judge differently
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+
+
+def _near(w: torch.Tensor, t: float) -> torch.Tensor:
+    """Entries of ``w`` (or its halved first column, which classic compares too) within NEAR of ``t``
+    (none when float32 holds ``t`` exactly: both readings then judge every weight alike)."""
+    if float(torch.tensor(t, dtype=torch.float32)) == t:
+        return torch.zeros(w.shape, dtype=torch.bool)
+    close = (w - t).abs() <= NEAR * t
+    close[..., 0] |= (w[..., 0] / 2 - t).abs() <= NEAR * t
+    return close
+
+
+def _near_threshold(w: torch.Tensor, cfg, layer: int, L: int) -> torch.Tensor:
+    """(batch, heads, n): rows holding a weight a float32 comparison may put on the other side
+    of one of their edit's thresholds than a float64 one."""
+    near = torch.zeros(w.shape[:-1], dtype=torch.bool)
+    for edit in layer_plan(cfg, layer, L, w.shape[-1]):
+        near[..., edit.start:edit.end] |= _near(w[..., edit.start:edit.end, :edit.end], edit.threshold).any(-1)
+    return near
+
+
+def _assert_equal_but_flips(got, want, near, what) -> None:
+    """``got`` equals ``want`` to ATOL on every row, except rows ``near`` a threshold (located)."""
+    off = (got - want).abs().amax(-1) >= ATOL                                    # (..., rows)
+    stray = off & ~near
+    assert not stray.any(), (f"{what}: rows off by more than {ATOL} with no weight near a threshold: "
+                             f"{stray.nonzero().tolist()[:5]}, max error {(got - want).abs().max().item()}")
+    assert near.float().mean() < 0.01, f"{what}: {int(near.sum())} rows near a threshold (a flip test, not a check)"
 
 
 def _check(cfg, n, L, layers=None, *, batch=1, heads=2, seed=0, peaky=3.0):
@@ -23,8 +62,7 @@ def _check(cfg, n, L, layers=None, *, batch=1, heads=2, seed=0, peaky=3.0):
         got = at.reweight(w, layer, L, cfg)
         want = oracle_reweight(w, layer, L, cfg).float()
         assert got.dtype == w.dtype and got.shape == w.shape
-        err = (got - want).abs().max().item()
-        assert err < ATOL, f"{cfg} n={n} L={L} layer={layer}: max error {err}"
+        _assert_equal_but_flips(got, want, _near_threshold(w, cfg, layer, L), f"{cfg} n={n} L={L} layer={layer}")
         edited_any |= not torch.equal(got, w)
     return edited_any
 
@@ -75,7 +113,8 @@ def test_block_with_start_equal_to_width(alpha, beta, strategy):
     for h in range(3):
         for i in range(e - s):
             classic_block_row(want[h, i], s, e, alpha, beta, strategy)
-    assert (got - torch.from_numpy(want).float()).abs().max() < ATOL
+    near = _near(w[0, :, s:e, :e], alpha / e).any(-1)                           # (heads, rows)
+    _assert_equal_but_flips(got, torch.from_numpy(want).float(), near, (alpha, beta, strategy))
 
 
 def test_classic_blocks_reduce_to_the_32_layer_reference():
@@ -161,7 +200,10 @@ def test_padding_mask_rows_match_unpadded():
     assert torch.equal(got[0, :, pad:, pad:], alone[0])
     assert torch.equal(got[0, :, :pad], batch_w[0, :, :pad])                # padding rows untouched
     want_full = oracle_reweight(batch_w, 2, 6, cfg, lengths=[n, n + pad]).float()
-    assert (got - want_full).abs().max() < ATOL
+    near = torch.zeros(got.shape[:-1], dtype=torch.bool)                        # (batch, heads, rows)
+    near[0, :, pad:] = _near_threshold(w, cfg, 2, 6)[0]
+    near[1] = _near_threshold(batch_w[1:], cfg, 2, 6)[0]
+    _assert_equal_but_flips(got, want_full, near, "padded batch")
 
 
 def test_allowed_mask_keeps_weights_inside_window():
@@ -219,16 +261,16 @@ def test_sra_unselected_rows_are_bitwise_unchanged():
     for h in range(w.shape[0]):
         for i in range(w.shape[1]):
             redistribute_row(want[h, i], 10, 30, t, 4.0)
-    assert (rows - torch.from_numpy(want).float()).abs().max() < ATOL
+    _assert_equal_but_flips(rows, torch.from_numpy(want).float(), _near(w, t).any(-1), "redistribute_")
 
 
 @pytest.mark.parametrize("config", [at.ClassicConfig(min_length=0, beta=0.8), at.SRAConfig(begin_length=5,
                                                                                          threshold_len=30)])
 def test_each_edit_needs_only_the_keys_before_its_end(config):
     """The patch computes an edit's rows over keys [0, end) only; on causal rows that is the same edit
-    (up to float32 rounding of the row sums)."""
+    (two library paths: in float64, to rounding)."""
     n, L = 240, 8
-    w = random_causal_attention(1, 2, n, seed=8)[0]                              # (heads, n, n)
+    w = random_causal_attention(1, 2, n, seed=8)[0].double()                     # (heads, n, n)
     edited = 0
     for layer in range(L):
         for edit in layer_plan(config, layer, L, n):
@@ -236,8 +278,8 @@ def test_each_edit_needs_only_the_keys_before_its_end(config):
             short = w[:, edit.start:edit.end, :edit.end].clone()                 # (heads, I, end)
             apply_edit_(full, edit)
             apply_edit_(short, edit)
-            # equal up to the order of the row sums' float32 additions
-            assert (full[..., :edit.end] - short).abs().max() < 1e-6, edit
+            # equal up to the order of the row sums' additions
+            assert (full[..., :edit.end] - short).abs().max() < 1e-12, edit
             assert not full[..., edit.end:].any()                              # causal zeros stay zero
             edited += 1
     assert edited > 3
