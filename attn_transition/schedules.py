@@ -132,6 +132,12 @@ def _eliminate_(rows: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.nn.functional.threshold_(rows, _below(threshold, rows.dtype), 0.0)
 
 
+def _weights(like: torch.Tensor, strong: float, weak: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two region weights as 0-d tensors of ``like``'s dtype (python scalars would make
+    ``torch.where`` compute in the default float32 even on float64 rows)."""
+    return like.new_tensor(strong), like.new_tensor(weak)
+
+
 def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, beta: float,
                    strategy: str = "adding", *, first_row: Optional[int] = None,
                    total: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -158,13 +164,13 @@ def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, b
     if strategy == "adding":
         if start != width:
             region = block[..., start - 2 * width:end - width]                     # (..., r, 2I)
-            m = torch.where(region >= threshold, 1.0, 0.01)
+            m = torch.where(region >= threshold, *_weights(region, 1.0, 0.01))
             a = beta * removed / m.sum(-1, keepdim=True)
             block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 7 shares
             block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 3 shares
         else:
             region = block[..., 0:end - width]                                     # (..., r, I)
-            m = torch.where(region >= threshold, 1.0, 0.001)
+            m = torch.where(region >= threshold, *_weights(region, 1.0, 0.001))
             a = beta * removed / m.sum(-1, keepdim=True)
             block[..., start - width:end - width] += 10 * a * m[..., -width:]
     else:
@@ -194,7 +200,7 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     _eliminate_(rows, threshold)
     rows[unselected] = kept
     removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
-    m = torch.where(rows[..., target] >= threshold, 100.0, 5.0)        # (..., r, T)
+    m = torch.where(rows[..., target] >= threshold, *_weights(rows, 100.0, 5.0))   # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)
     return rows
 
