@@ -246,6 +246,8 @@ def main(argv: Sequence[str]) -> int:
     require_lm_eval()                          # before anything is converted or loaded
     from lm_eval.__main__ import cli_evaluate
 
+    register_vllm_model()
+
     argv = resolve_embedded_args(argv)
     if uses_ruler(argv):
         import_ruler_quietly()
@@ -265,8 +267,19 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def register_vllm_model() -> bool:
+    """Register ``attn-transition-vllm`` (lm_eval's vLLM model with ``transition=``) where vLLM is
+    installed (its own environment, usually); returns whether it was."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    importlib.import_module("attn_transition.patches.vllm.harness")
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     return main(getattr(args, "passthrough", []))
 
-register_command('lm-eval', help="lm-evaluation-harness's CLI with the model 'attn-transition' registered",
+register_command('lm-eval', help="lm-evaluation-harness's CLI with the models 'attn-transition' (and 'attn-transition-vllm' where vLLM is installed) registered",
                  add_arguments=add_arguments, run=run, epilog=EPILOG, passthrough=True)
