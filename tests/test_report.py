@@ -122,6 +122,17 @@ def test_length_buckets_with_explicit_edges():
     assert short["mean_over_configs"]["diff"] == 5.0                        # (50+70)/2 - 55
 
 
+def test_bucket_labels_are_whole_numbers():
+    """Edges can fall between lengths (quantiles such as 533.333, or given); lengths are whole, so
+    the labels are: [lo, hi) holds the lengths ceil(lo) .. ceil(hi) - 1."""
+    recs = make_records(4, keys=HAND_KEYS, with_prompt_tokens=True)     # 400, 500, 600, 700 tokens
+    rep = build_report(_table(records=recs), ReportOptions(n_boot=200, folds=2, rouge=False,
+                                                           length_edges=(450.5, 600.25)))
+    labels = [b["label"] for b in rep["length_buckets"]["buckets"]]
+    assert labels == ["< 451", "451 - 601", ">= 601"], labels
+    assert [b["n"] for b in rep["length_buckets"]["buckets"]] == [1, 2, 1]
+
+
 def test_rouge_is_computed_offline_against_the_summary():
     recs = [{"summary": "the cat sat on the mat", "decode_or": "the cat sat on the mat", "decode_x": "a dog ran"}]
     r = rouge_scores(recs, ["decode_or", "decode_x"])

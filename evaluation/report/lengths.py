@@ -77,7 +77,9 @@ def length_buckets(table: ScoreTable, plain: np.ndarray, configs: np.ndarray, o:
     buckets = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         mask = (lengths >= lo) & (lengths < hi)
-        label = (f"< {hi:g}" if math.isinf(lo) else f">= {lo:g}" if math.isinf(hi) else f"{lo:g} - {hi:g}")
+        # Lengths are whole numbers: x >= lo iff x >= ceil(lo), x < hi iff x < ceil(hi).
+        a, b = (None if math.isinf(e) else math.ceil(e) for e in (lo, hi))
+        label = f"< {b}" if a is None else f">= {a}" if b is None else f"{a} - {b}"
         entry: dict[str, Any] = {"label": label, "low": num(lo) if not math.isinf(lo) else None,
                                  "high": num(hi) if not math.isinf(hi) else None, "n": int(mask.sum())}
         buckets.append(_bucket_stats(entry, plain[mask], configs[mask], o))
