@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .schedules import Edit, apply_edit_
 
 __all__ = ["BYTES_PER_ENTRY", "Budget", "Scratch", "attention_weights", "weighted_values", "bool_mask",
@@ -215,14 +215,21 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
 
 
 def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
-                  row_start: int, key_start: int, real_end: int) -> None:
-    heads, rows, d = query.shape
+                  key_start: int, real_end: int) -> None:
+    """InputError naming the argument of :func:`transition_rows` whose shape does not fit."""
+    heads, rows, _ = query.shape
     kv_heads, keys, _ = key.shape
-    assert heads % kv_heads == 0, f"query heads {heads} are not a multiple of key heads {kv_heads}"
-    assert value.shape[:2] == (kv_heads, keys), f"value {tuple(value.shape)} != key {tuple(key.shape)} (kv_heads, C)"
-    assert out.shape[:2] == (rows, heads), f"out {tuple(out.shape)} must be (R={rows}, heads={heads}, dv)"
-    assert key_start + keys >= real_end, \
-        f"rows up to position {real_end} need keys up to it; keys cover [{key_start}, {key_start + keys})"
+    if heads % kv_heads:
+        raise InputError(f"transition_rows: query heads {heads} are not a multiple of key heads {kv_heads}",
+                         field="key")
+    if value.shape[:2] != (kv_heads, keys):
+        raise InputError(f"transition_rows: value {tuple(value.shape)} must be (kv_heads={kv_heads}, C={keys}, dv)",
+                         field="value")
+    if out.shape[:2] != (rows, heads):
+        raise InputError(f"transition_rows: out {tuple(out.shape)} must be (R={rows}, heads={heads}, dv)", field="out")
+    if key_start + keys < real_end:
+        raise InputError(f"transition_rows: rows up to position {real_end} need keys up to it; keys cover "
+                         f"[{key_start}, {key_start + keys})", field="key")
 
 
 def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, edits: Sequence[Edit], *,
@@ -258,7 +265,7 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     heads, rows, _ = query.shape
     real_end = row_start + rows if real_end is None else min(real_end, row_start + rows)
     first = max(row_start, 0)
-    _check_inputs(query, key, value, out, row_start, key_start, real_end)
+    _check_inputs(query, key, value, out, key_start, real_end)
     if every_row:
         spans = [(first, real_end)] if real_end > first else []
     else:

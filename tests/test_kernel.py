@@ -112,6 +112,18 @@ def test_every_row_mode_and_weights_out():
     assert torch.allclose(weights.sum(-1)[:, :edits[0].start], torch.ones(HEADS, edits[0].start, dtype=torch.float64))
 
 
+def test_bad_shapes_are_named():
+    q, k, v = _qkv(N, seed=3)
+    out = torch.zeros(N, HEADS, D, dtype=torch.float64)
+    edits = layer_plan(CONFIGS[0], LAYER, LAYERS, N)
+    for kwargs, field in [(dict(value=v[:, :10]), "value"), (dict(out=out[:5]), "out"),
+                          (dict(key=k[:, :100], value=v[:, :100]), "key")]:
+        args = dict(query=q, key=k, value=v, out=out) | kwargs
+        with pytest.raises(at.InputError, match=f"transition_rows: {field} |transition_rows: rows up to") as err:
+            transition_rows(args["query"], args["key"], args["value"], edits, row_start=0, scaling=0.4, out=args["out"])
+        assert err.value.field == field
+
+
 def test_budget_is_one_rule_and_validates():
     assert Budget(1).rows(heads=9, keys=4096) == 2**20 // (BYTES_PER_ENTRY * 9 * 4096)
     assert Budget(1e-9).rows(9, 4096) == 1 and Budget(None).rows(9, 4096) > 10**9

@@ -68,6 +68,26 @@ def _todo(records: Sequence[dict], keys: Sequence[str], lengths: Sequence[int]) 
             for key in keys}
 
 
+def plan_passes(tokenizer: Any, records: list[dict], prompts: Sequence[str],
+                configs: dict[str, TransitionConfig] | Sequence[TransitionConfig], *, add_special_tokens: bool,
+                max_new_tokens: int, batch_size: int, include_plain: bool,
+                lengths: Optional[Sequence[int]]):
+    """The passes a generation still owes, for any engine: ``(passes, lengths, todo)``, with
+    ``passes`` ``[(key, config or None for the plain pass)]`` (plain first, finished keys left
+    out), each prompt's token length, and ``todo`` ``{key: record indices still missing it}``."""
+    if len(prompts) != len(records):
+        raise ValueError(f"{len(prompts)} prompts for {len(records)} records")
+    check_generation(max_new_tokens, batch_size)
+    if not isinstance(configs, dict):
+        configs = keyed_configs(configs)
+    passes: list[tuple[str, Optional[TransitionConfig]]] = [(PLAIN_KEY, None)] if include_plain else []
+    passes += list(configs.items())
+    if lengths is None:
+        lengths = prompt_lengths(tokenizer, prompts, add_special_tokens)
+    todo = _todo(records, [key for key, _ in passes], lengths)
+    return [(key, cfg) for key, cfg in passes if todo[key]], lengths, todo
+
+
 def generate_records(model: Any, tokenizer: Any, records: list[dict], prompts: Sequence[str],
                      configs: dict[str, TransitionConfig] | Sequence[TransitionConfig], *,
                      add_special_tokens: bool, max_new_tokens: int = 50, batch_size: int = 4,
@@ -84,17 +104,9 @@ def generate_records(model: Any, tokenizer: Any, records: list[dict], prompts: S
     """
     import attn_transition as at
 
-    if len(prompts) != len(records):
-        raise ValueError(f"{len(prompts)} prompts for {len(records)} records")
-    check_generation(max_new_tokens, batch_size)
-    if not isinstance(configs, dict):
-        configs = keyed_configs(configs)
-    passes: list[tuple[str, Optional[TransitionConfig]]] = ([(PLAIN_KEY, None)] if include_plain else [])
-    passes += list(configs.items())
-    if lengths is None:
-        lengths = prompt_lengths(tokenizer, prompts, add_special_tokens)
-    todo = _todo(records, [key for key, _ in passes], lengths)
-    passes = [(key, cfg) for key, cfg in passes if todo[key]]
+    passes, lengths, todo = plan_passes(tokenizer, records, prompts, configs, add_special_tokens=add_special_tokens,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        include_plain=include_plain, lengths=lengths)
     timings = {} if timings is None else timings
     outer = _tqdm(total=len(passes), desc="configs", unit="config", disable=not progress or not passes,
                   position=0)

@@ -18,9 +18,7 @@ from typing import Any, Callable, Optional, Sequence
 from attn_transition.config import TransitionConfig, format_config
 from attn_transition.errors import UsageError
 
-from ..seedformat import PLAIN_KEY
-from .runner import _todo, check_generation, keyed_configs
-from .templates import prompt_lengths
+from .runner import plan_passes
 
 __all__ = ["VLLMEngines", "generate_records"]
 
@@ -102,17 +100,9 @@ def generate_records(model: str, tokenizer: Any, records: list[dict], prompts: S
     is an embedded name, a folder or a hub id (resolved as ``--model`` is), ``dtype`` the engines'."""
     from ..models import resolve_model
 
-    if len(prompts) != len(records):
-        raise ValueError(f"{len(prompts)} prompts for {len(records)} records")
-    check_generation(max_new_tokens, batch_size)
-    if not isinstance(configs, dict):
-        configs = keyed_configs(configs)
-    passes: list[tuple[str, Optional[TransitionConfig]]] = [(PLAIN_KEY, None)] if include_plain else []
-    passes += list(configs.items())
-    if lengths is None:
-        lengths = prompt_lengths(tokenizer, prompts, add_special_tokens)
-    todo = _todo(records, [key for key, _ in passes], lengths)
-    passes = [(key, cfg) for key, cfg in passes if todo[key]]
+    passes, lengths, todo = plan_passes(tokenizer, records, prompts, configs, add_special_tokens=add_special_tokens,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                        include_plain=include_plain, lengths=lengths)
     timings = {} if timings is None else timings
     if not passes:
         return timings
