@@ -12,7 +12,7 @@ A number is MiB per chunk; None is no bound (one piece per edit).
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Union
 
 import torch
 
