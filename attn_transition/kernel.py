@@ -273,7 +273,9 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     grad = _needs_grad(query, key, value)
     pad = max(key_start, 0)                      # prompt columns [0, pad) were dropped by a window
     for span_start, span_end in spans:
-        step = budget.rows(heads, span_end - pad)
+        # Chunks of equal size within the budget (65 rows in chunks of 32 would leave a chunk of one).
+        pieces = -(-(span_end - span_start) // budget.rows(heads, span_end - pad))
+        step = -(-(span_end - span_start) // pieces)
         for a in range(span_start, span_end, step):
             c = min(span_end, a + step)          # prompt rows [a, c) see prompt keys [pad, c)
             qi = slice(a - row_start, c - row_start)                     # local query rows

@@ -192,7 +192,11 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     any subset of rows can be edited on its own. ``total`` as in :func:`classic_block_`.
     """
     target = slice(target_start, target_end)
-    selected = (rows[..., target] > threshold).any(-1, keepdim=True)   # (..., r, 1)
+    # The target's weights before the edit, dense (the strided slice is read twice below). The
+    # elimination leaves every weight >= threshold as it is, so "strong after" = "strong before".
+    region = rows[..., target].contiguous()                            # (..., r, T)
+    selected = (region > threshold).any(-1, keepdim=True)              # (..., r, 1)
+    m = torch.where(region >= threshold, *_weights(rows, 100.0, 5.0))  # (..., r, T)
     # Eliminate below the threshold in selected rows; unselected rows are put back as they were
     # (a one-pass scalar threshold and a copy of the few unselected rows beat a per-row mask).
     unselected = (~selected[..., 0]).nonzero(as_tuple=True)            # indices of (..., r)
@@ -200,7 +204,6 @@ def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, thresh
     _eliminate_(rows, threshold)
     rows[unselected] = kept
     removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
-    m = torch.where(rows[..., target] >= threshold, *_weights(rows, 100.0, 5.0))   # (..., r, T)
     rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)
     return rows
 

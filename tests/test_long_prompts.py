@@ -160,14 +160,20 @@ def test_scratch_lives_for_one_forward_call():
 
 
 def test_auto_budget_depends_on_the_device():
-    from attn_transition.patches.budget import AUTO_CHUNK_MIB, AUTO_CPU_ROWS, chunk_budget
+    from attn_transition.patches.budget import AUTO_CHUNK_MIB, AUTO_CPU_MIN_MIB, AUTO_CPU_ROWS, chunk_budget
 
     assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
     cpu = torch.device("cpu")
-    # CPU: a fixed number of rows per chunk (memory a fixed share of stock's), within a cap.
-    for heads, keys in [(9, 2048), (9, 16384), (4, 150)]:
+    # CPU: a fixed number of rows per chunk (memory a fixed share of stock's) on long prompts...
+    for heads, keys in [(9, 8192), (9, 16384), (16, 8192)]:
         budget = chunk_budget("auto", cpu, heads, keys)
-        assert budget.mib < AUTO_CHUNK_MIB["cpu"] and budget.rows(heads, keys) == AUTO_CPU_ROWS == 32
+        assert AUTO_CPU_MIN_MIB <= budget.mib < AUTO_CHUNK_MIB["cpu"], (heads, keys, budget)
+        assert budget.rows(heads, keys) == AUTO_CPU_ROWS == 32, (heads, keys, budget)
+    # ... never under the floor on short ones (more rows per chunk), never over the cap.
+    for heads, keys in [(9, 2048), (4, 150)]:
+        budget = chunk_budget("auto", cpu, heads, keys)
+        assert budget.mib == AUTO_CPU_MIN_MIB == 16 and budget.rows(heads, keys) > AUTO_CPU_ROWS, (heads, keys)
+    assert chunk_budget("auto", cpu, 9, 2048).rows(9, 2048) == 101           # 16 MiB / (9 B x 9 heads x 2048 keys)
     assert chunk_budget("auto", cpu, 32, 131072).mib == AUTO_CHUNK_MIB["cpu"] == 64       # capped
     assert 1 <= Budget(64).rows(32, 131072) < AUTO_CPU_ROWS
     assert chunk_budget("auto", torch.device("meta"), 9, 2048).mib == AUTO_CHUNK_MIB["accelerator"]
