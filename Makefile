@@ -5,7 +5,7 @@
 #   make test-floor  only the floor suite: the patch tests (marker `patch`) in a second, small
 #                    environment (.venv-floor) with the lowest supported transformers
 #   make demo    set up, then one long prompt answered with and without the transition
-#   make prefill    set up, then the prefill/decode sweep (SmolLM2-135M shape, 2k..16k tokens, CPU)
+#   make prefill    set up, then the prefill/decode sweep (SmolLM2-135M shape, 2k..16k tokens, CPU, ~45 min)
 #   make gpu-check  set up, then benchmarks/gpu_check.sh on a CUDA machine (GPU_CHECK_OUT=folder;
 #                   GPU_CHECK_TINY=1 runs its CPU tiny mode)
 
@@ -113,8 +113,10 @@ demo: setup
 	$(VENV)/bin/attn-transition demo
 
 # random:smollm2-135m is SmolLM2-135M's shape with random weights: the same cost, and no 8k context limit.
+# Three rounds (a paired ratio is a median over rounds) and decode after 8192 tokens: about 45 min on 2 cores.
 prefill: setup
-	$(PY) benchmarks/prefill.py --model random:smollm2-135m --tokens 2048,4096,8192,16384
+	$(PY) benchmarks/prefill.py --model random:smollm2-135m --tokens 2048,4096,8192,16384 --repeats 3 \
+		--decode-tokens 8192
 
 gpu-check: setup
 	GPU_CHECK_PYTHON=$(abspath $(PY)) bash benchmarks/gpu_check.sh $(GPU_CHECK_OUT)
