@@ -151,9 +151,10 @@ def enable(model: Any, config: Union[TransitionConfig, str, None] = None, *, ful
         max_chunk_mib: Memory budget, in MiB, of one chunk of edited rows in one layer. The
             extra memory per layer stays near this bound at every prompt length (one row
             over all keys is the smallest chunk); None computes each edit in one piece.
-            "auto" (default): on the CPU, chunks of 32 query rows (at most 64 MiB), so the
-            extra memory is a fixed small share of the stock model's at every length; 512 MiB
-            on an accelerator, where larger chunks mean fewer kernel launches.
+            "auto" (default): on the CPU, chunks of 32 query rows but at least 16 MiB and at
+            most 64 MiB, so the extra memory is a small share of the stock model's (a few MiB
+            more on short prompts, where small chunks cost time); 512 MiB on an accelerator,
+            where larger chunks mean fewer kernel launches.
 
     Enabling a model that is already enabled replaces these settings and keeps the
     original attention implementation to restore. Nothing on the model changes if it is
