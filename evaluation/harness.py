@@ -274,7 +274,7 @@ def register_vllm_model() -> bool:
 
     if importlib.util.find_spec("vllm") is None:
         return False
-    importlib.import_module("attn_transition.patches.vllm.harness")
+    importlib.import_module("attn_transition.evaluation.harness_vllm")
     return True
 
 

@@ -406,7 +406,7 @@ class _EngineAsked(Exception):
 
 def test_lm_eval_model_asks_the_engine_for_the_transition(tiny_llama, monkeypatch):
     pytest.importorskip("lm_eval", reason="lm-evaluation-harness (pip install lm_eval)")
-    from attn_transition.patches.vllm.harness import AttnTransitionVLLM   # first: it imports lm_eval's module
+    from attn_transition.evaluation.harness_vllm import AttnTransitionVLLM   # first: it imports lm_eval's module
 
     import lm_eval.models.vllm_causallms as lm_eval_vllm
 

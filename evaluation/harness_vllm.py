@@ -1,7 +1,8 @@
 """The lm-evaluation-harness model ``attn-transition-vllm``: lm_eval's ``vllm`` model with the
 plugin asked for.
 
-Importing this module registers the model (needs lm_eval and vLLM in one environment). Every
+Importing this module registers the model (needs lm_eval and vLLM in one environment);
+``attn-transition lm-eval`` imports it where vLLM is installed. Every
 argument of lm_eval's ``VLLM`` model works; besides them:
 
 - ``transition=<config>``: ``classic``, ``sra``, ``classic:alpha=1;beta=0.5`` (items separated by
@@ -9,7 +10,7 @@ argument of lm_eval's ``VLLM`` model works; besides them:
   ``vllm`` model exactly);
 - ``pretrained`` may name an embedded model (``smollm2-135m``), resolved to the offline cache.
 
-    import attn_transition.patches.vllm.harness  # registers the model
+    import attn_transition.evaluation.harness_vllm  # registers the model
     lm_eval.simple_evaluate(model="attn-transition-vllm",
                             model_args="pretrained=smollm2-135m,transition=sra,dtype=float32", tasks=[...])
 
@@ -54,10 +55,10 @@ with _vllm_distribution_alias():
     from lm_eval.models.vllm_causallms import VLLM
 
 from attn_transition.config import format_config
-from attn_transition.evaluation.harness_args import parse_transition
-from attn_transition.evaluation.models import EMBEDDED, resolve_model
+from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
 
-from . import ADDITIONAL_CONFIG_KEY
+from .harness_args import parse_transition
+from .models import EMBEDDED, resolve_model
 
 __all__ = ["MODEL_NAME", "AttnTransitionVLLM"]
 
