@@ -38,13 +38,15 @@ class VLLMEngines:
         """The engine of ``config`` (None: stock), starting it and stopping the previous one if needed."""
         try:
             from vllm import LLM
+
+            from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
         except ImportError:
             raise UsageError("--engine vllm needs vLLM in this environment (make setup-vllm; run "
                              ".venv-vllm/bin/attn-transition generate ...)", field="engine") from None
         spec = None if config is None else format_config(config)
         if self._llm is None or spec != self._config:
             self.close()
-            extra = {} if spec is None else {"additional_config": {"attn_transition": spec}}
+            extra = {} if spec is None else {"additional_config": {ADDITIONAL_CONFIG_KEY: spec}}
             self._llm = LLM(model=self.folder, dtype=self.dtype, max_model_len=self.max_model_len, seed=0,
                             skip_tokenizer_init=True, **extra, **self.engine_kwargs)
             self._config = spec
