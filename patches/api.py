@@ -6,23 +6,32 @@ state: a forward pre-hook that plans each call (:mod:`.calls`) and a forward hoo
 it (its scratch buffer is let go, also when the forward raised). ``disable`` removes both by
 their handles and every reference to the state, and switches the model back to the attention
 implementation it had, so its logits are bitwise those of the untouched model.
+
+``enabled`` is per context, not model-wide: the settings of an open block apply to the calls of
+the thread (or asyncio task) that opened it, and to nobody else's (see :mod:`.state`). On a
+model that was not enabled, the first block installs the patch with the model's own setting off
+(calls outside every block see the stock model) and the last block to exit removes it. Opening,
+closing, ``enable`` and ``disable`` hold one lock, so the count of open blocks and the patch
+agree across threads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import warnings
+import weakref
 from typing import Any, Iterator, Optional, Union
 
 import torch
 
 from attn_transition.config import TransitionConfig
-from attn_transition.errors import NotACausalLMError, UnsupportedModelError
+from attn_transition.errors import NotACausalLMError, UnsupportedModelError, UsageError
 
 from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
-from .calls import plan_call
-from .compat import allow_generate_switch
+from .calls import CallPlan, plan_call
+from .compat import LENGTH_KWARG, SWITCH_KWARG, allow_generate_switch
 from .families import family_for, schedule_layout
 from .registration import BASE_IMPLEMENTATIONS, register
 from .state import STATE_ATTR, Options, TransitionState
@@ -31,6 +40,13 @@ __all__ = ["TransitionState", "Options", "enable", "disable", "enabled", "is_ena
            "DEFAULT_MAX_CHUNK_MIB"]
 
 logger = logging.getLogger("attn_transition")
+
+# Held by enable, disable and the opening and closing of ``enabled`` blocks (any model): the patch
+# is installed or removed, and the blocks open on it counted, as one step.
+_LOCK = threading.RLock()
+# Open ``enabled`` blocks per installed state, over all threads and tasks (a copied model's
+# state starts with none).
+_OPEN_SCOPES: "weakref.WeakKeyDictionary[TransitionState, int]" = weakref.WeakKeyDictionary()
 
 
 def _check_model(model: Any) -> None:
@@ -60,11 +76,19 @@ def _config_implementation(model: Any) -> Optional[str]:
     return getattr(model.config, "_attn_implementation", None)
 
 
-def is_enabled(model: Any) -> bool:
-    """True when ``model`` carries a state *and* still runs the library's attention function
-    (an implementation changed by hand with ``set_attn_implementation`` reads as not enabled)."""
+def _installed(model: Any) -> Optional[TransitionState]:
+    """The model's state while it still runs the library's attention function, else None."""
     state = get_state(model)
-    return state is not None and _config_implementation(model) == state.implementation
+    return state if state is not None and _config_implementation(model) == state.implementation else None
+
+
+def is_enabled(model: Any) -> bool:
+    """True when a call made here and now would run the transition's patch: ``model`` carries a
+    state, still runs the library's attention function (an implementation changed by hand with
+    ``set_attn_implementation`` reads as not enabled), and either ``enable`` was called or this
+    thread / task is inside an ``enabled`` block on it (another thread's block does not count)."""
+    state = _installed(model)
+    return state is not None and state.settings() is not None
 
 
 def _has_attention(module: torch.nn.Module) -> bool:
@@ -86,13 +110,27 @@ def _decoder(model: Any) -> torch.nn.Module:
                                 f"its decoder, so the schedule cannot address its layers")
 
 
+_STOCK_CALL = CallPlan(None, 0, 0, 0, ())
+
+
 @torch.compiler.disable
 def _before_decoder(module: torch.nn.Module, args: tuple, kwargs: dict):
-    """Forward pre-hook of the decoder: plan this call once for all its layers (this thread's)."""
+    """Forward pre-hook of the decoder: plan this call once for all its layers (this thread's).
+
+    The call keeps the settings in effect as it begins (its scope's, else the model's own) until
+    it ends, whatever other threads or tasks enable, disable, open or close meanwhile. Where they
+    are none (the patch is installed only for other contexts' ``enabled`` blocks) the call is
+    the stock model's: the library's keywords are dropped unread, as a stock model ignores them.
+    """
     state = getattr(module, STATE_ATTR, None)
     if state is None:
         return None
-    state.begin_call(plan_call(state, args, kwargs))
+    if state.pin_options() is None:
+        kwargs.pop(SWITCH_KWARG, None)
+        kwargs.pop(LENGTH_KWARG, None)
+        state.begin_call(_STOCK_CALL)
+    else:
+        state.begin_call(plan_call(state, args, kwargs))
     return args, kwargs
 
 
@@ -102,6 +140,7 @@ def _after_decoder(module: torch.nn.Module, args: tuple, output: Any) -> None:
     state = getattr(module, STATE_ATTR, None)
     if state is not None:
         state.end_call()
+        state.unpin_options()
 
 
 def _attach(model: Any, state: TransitionState) -> None:
@@ -158,16 +197,25 @@ def enable(model: Any, config: Union[TransitionConfig, str, None] = None, *, ful
 
     Enabling a model that is already enabled replaces these settings and keeps the
     original attention implementation to restore. Nothing on the model changes if it is
-    not supported.
+    not supported. Inside or beside open ``enabled`` blocks, ``enable`` sets the model's own
+    settings (what calls outside every block run with, also after the blocks exit); the
+    blocks keep theirs.
     """
+    options = _options(config, active=active, full_matrix=full_matrix, max_chunk_mib=max_chunk_mib)
+    with _LOCK:
+        _enable(model, options)
+    return model
+
+
+def _options(config: Union[TransitionConfig, str, None], **settings: Any) -> Options:
     from attn_transition.config import ClassicConfig
 
-    options = Options(ClassicConfig() if config is None else config, active=active, full_matrix=full_matrix,
-                      max_chunk_mib=max_chunk_mib)
-    return _enable(model, options)
+    return Options(ClassicConfig() if config is None else config, **settings)
 
 
-def _enable(model: Any, options: Options) -> Any:
+def _enable(model: Any, options: Options, *, model_enabled: bool = True) -> TransitionState:
+    """Install the patch with ``options`` as the model's own settings, or replace them if it is
+    installed; ``model_enabled`` False (a block's install) only where it is not. The state."""
     _check_model(model)
     _decoder(model)                               # a model whose layers cannot be found: before any change
     num_layers, schedule_index = schedule_layout(model.config)
@@ -176,9 +224,12 @@ def _enable(model: Any, options: Options) -> Any:
 
     state = get_state(model)
     if state is not None and not _implementation_changed(model, state):
-        logger.info("attn_transition: model already enabled; replacing %r with %r", state.config, options.config)
-        state.replace_options(options)
-        return model
+        if model_enabled:
+            logger.info("attn_transition: model already enabled; replacing %r with %r", state.options.config,
+                        options.config)
+            state.replace_options(options)
+            state.model_enabled = True
+        return state
     if state is not None:                         # stale: start again from the implementation set by hand
         _detach(model)
 
@@ -188,10 +239,18 @@ def _enable(model: Any, options: Options) -> Any:
         warnings.warn(f"attn_transition: the model uses {previous!r}; while enabled, rows the schedule does "
                       f"not edit go through 'sdpa' instead ({previous!r} comes back on disable)", stacklevel=3)
     state = TransitionState(options=options, num_layers=num_layers, schedule_index=schedule_index,
-                            previous_implementation=previous, base_implementation=base)
+                            previous_implementation=previous, base_implementation=base,
+                            model_enabled=model_enabled)
     model.set_attn_implementation(state.implementation)
     _attach(model, state)
-    return model
+    return state
+
+
+def _remove(model: Any, state: TransitionState) -> None:
+    changed = _implementation_changed(model, state)
+    _detach(model)
+    if not changed:
+        model.set_attn_implementation(state.previous_implementation)
 
 
 def disable(model: Any) -> Any:
@@ -199,31 +258,83 @@ def disable(model: Any) -> Any:
 
     A model that was never enabled is left as it is (with a warning). If the implementation
     was changed by hand while enabled, that choice is kept (with a warning).
+
+    While ``enabled`` blocks are open on the model: inside one (this thread or task) ``disable``
+    is a :class:`UsageError` (the block asked for the patch until it exits); from elsewhere the
+    model's own setting goes off at once (calls outside every block run stock) and the patch is
+    removed when the last block exits.
     """
-    state = get_state(model)
-    if state is None:
-        warnings.warn("attn_transition.disable: this model was not enabled; nothing to undo", stacklevel=2)
-        return model
-    changed = _implementation_changed(model, state)
-    _detach(model)
-    if not changed:
-        model.set_attn_implementation(state.previous_implementation)
+    with _LOCK:
+        state = get_state(model)
+        if state is None or (not state.model_enabled and not _OPEN_SCOPES.get(state)):
+            if state is not None:                 # a copy of a model taken inside a block: nothing holds it
+                _remove(model, state)
+            warnings.warn("attn_transition.disable: this model was not enabled; nothing to undo", stacklevel=2)
+            return model
+        if state.scope() is not None:
+            raise UsageError("attn_transition.disable was called inside an open `with at.enabled(model, ...)` "
+                             "block on this model; disable after the block, or switch one call off with "
+                             f"{SWITCH_KWARG}=False")
+        if _OPEN_SCOPES.get(state):
+            if not state.model_enabled:
+                warnings.warn("attn_transition.disable: this model was not enabled (only `at.enabled` blocks "
+                              "in other threads or tasks hold the patch, until they exit); nothing to undo",
+                              stacklevel=2)
+            logger.info("attn_transition: disable deferred until %d open at.enabled block(s) exit",
+                        _OPEN_SCOPES[state])
+            state.model_enabled = False
+            return model
+        _remove(model, state)
     return model
+
+
+def _open_scope(model: Any, options: Options) -> TransitionState:
+    """Count one more open block on ``model``, installing the patch (own setting off) if needed."""
+    with _LOCK:
+        state = _installed(model)
+        if state is None:                         # not enabled, or changed by hand: as if never enabled
+            state = _enable(model, Options(options.config, active=False), model_enabled=False)
+        _OPEN_SCOPES[state] = _OPEN_SCOPES.get(state, 0) + 1
+        return state
+
+
+def _close_scope(model: Any, state: TransitionState) -> None:
+    """One block fewer; the last one removes a patch that ``enable`` did not ask for."""
+    with _LOCK:
+        left = _OPEN_SCOPES.get(state, 1) - 1
+        if left > 0:
+            _OPEN_SCOPES[state] = left
+            return
+        _OPEN_SCOPES.pop(state, None)
+        if not state.model_enabled and get_state(model) is state:
+            _remove(model, state)
 
 
 @contextlib.contextmanager
 def enabled(model: Any, config: Union[TransitionConfig, str, None] = None, *, full_matrix: bool = False,
             active: bool = True, max_chunk_mib: ChunkSetting = DEFAULT_MAX_CHUNK_MIB) -> Iterator[Any]:
-    """Context manager: transition on inside the block, the previous state restored after it.
+    """Context manager: the transition with these settings for the calls of this thread or
+    asyncio task inside the block (arguments as in :func:`enable`); yields the model.
 
-    If the model was already enabled, its previous settings come back on exit.
+    Per context, not model-wide: calls of other threads and tasks see what they saw before
+    (the model's own setting from ``enable``, or the stock model), and the model's own
+    setting is the same after the block as before it. Blocks nest (the innermost wins) and
+    end in ``finally``, also when the block raised. A thread started inside the block does
+    not inherit it (``threading.Thread`` copies no context; ``contextvars.copy_context().run``
+    does); an asyncio task created inside it does (tasks copy the context when they are
+    created), until the block exits. A call keeps the settings it began with until it ends.
     """
-    before = get_state(model).options if is_enabled(model) else None
-    enable(model, config, full_matrix=full_matrix, active=active, max_chunk_mib=max_chunk_mib)
+    options = _options(config, active=active, full_matrix=full_matrix, max_chunk_mib=max_chunk_mib)
+    state = _open_scope(model, options)
+    try:
+        scope, token = state.enter_scope(options)
+    except BaseException:
+        _close_scope(model, state)
+        raise
     try:
         yield model
     finally:
-        if before is None:
-            disable(model)
-        else:
-            _enable(model, before)
+        try:
+            state.exit_scope(scope, token)
+        finally:
+            _close_scope(model, state)

@@ -10,15 +10,29 @@ in a ``threading.local``: each thread that runs the model has its own, so one en
 serves several threads as a stock model does. A forward call runs in one thread from the
 decoder's pre-hook to its forward hook (``torch.nn.DataParallel`` replicas each run in their
 own thread, with their own calls).
+
+The settings a call runs with come from one of three places, first match wins:
+
+1. the options the call itself captured when it began (:meth:`TransitionState.pin_options`, from
+   the decoder's pre-hook), so every layer of one call reads the same settings whatever other
+   threads or tasks do meanwhile;
+2. the innermost open ``at.enabled`` scope of *this* context (a ``contextvars.ContextVar``: each
+   thread has its own, each asyncio task a copy of its creator's taken when it was created);
+   a scope that has exited is skipped, also by a task that outlived it;
+3. the model's own options, set by ``enable`` (:attr:`TransitionState.options`), or, where only
+   scopes installed the patch (:attr:`TransitionState.model_enabled` False), none: the call sees
+   the stock model.
 """
 
 from __future__ import annotations
 
+import contextvars
 import math
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -30,7 +44,7 @@ from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting, chunk_budget
 from .calls import CallPlan, ChunkedPrefill
 from .registration import implementation_name
 
-__all__ = ["STATE_ATTR", "Options", "TransitionState"]
+__all__ = ["STATE_ATTR", "Options", "Scope", "TransitionState"]
 
 STATE_ATTR = "_attn_transition"
 
@@ -70,6 +84,38 @@ class Options:
                               f"per layer), 'auto' or None for no bound, got {mib!r}", field="max_chunk_mib")
 
 
+@dataclass(eq=False)
+class Scope:
+    """One open ``at.enabled`` block on one model, as the context that opened it sees it.
+
+    Attributes:
+        options: The settings calls inside the block run with.
+        outer: The scope this one is nested in (same model, same context), or None.
+        open: False once the block has exited; readers then skip it (a task created inside the
+            block and still running after it sees what the code around the block sees).
+    """
+
+    options: Options
+    outer: Optional["Scope"]
+    open: bool = True
+
+
+# Per context (each thread; each asyncio task, copied at its creation): state -> innermost scope.
+# The mapping is never mutated, only replaced, so a copied context cannot see later changes.
+_SCOPES: contextvars.ContextVar[Mapping["TransitionState", Scope]] = contextvars.ContextVar(
+    "attn_transition_scopes", default=MappingProxyType({}))
+
+
+class _Pins(threading.local):
+    """Per thread: the options each call in progress captured when it began (innermost last)."""
+
+    def __init__(self) -> None:
+        self.stack: list[Optional[Options]] = []
+
+    def __reduce__(self) -> tuple:
+        return _Pins, ()                # a copied state starts with no call in progress
+
+
 class _PerThread(threading.local):
     def __init__(self) -> None:
         self.calls: list[CallPlan] = []                 # nested calls: innermost last
@@ -87,6 +133,13 @@ class TransitionState:
             where the two differ, e.g. hybrid models that count attention layers only).
         previous_implementation: The attention implementation ``disable`` restores.
         base_implementation: ``sdpa`` or ``eager``: what unedited rows run on.
+        model_enabled: True when ``enable`` installed the patch (calls outside any scope run
+            with :attr:`options`); False while only ``at.enabled`` scopes hold it (calls outside
+            every scope see the stock model, and the last scope to exit removes the patch).
+
+    The properties ``config``, ``active``, ``full_matrix`` and ``max_chunk_mib`` are the settings
+    in effect here and now (see the module's docstring): a call's own, else this context's
+    innermost open scope's, else the model's own; :attr:`options` is always the model's own.
     """
 
     options: Options
@@ -94,26 +147,86 @@ class TransitionState:
     schedule_index: dict[int, int]
     previous_implementation: str
     base_implementation: str
+    model_enabled: bool = True
     hooks: list = field(default_factory=list, repr=False)
     _local: _PerThread = field(default_factory=_PerThread, repr=False)
     _warned: set = field(default_factory=set, repr=False)
+    _pins: _Pins = field(default_factory=_Pins, repr=False)
 
     # -- settings --------------------------------------------------------------------------
+    def scope(self) -> Optional[Scope]:
+        """This context's innermost open ``at.enabled`` scope on this model, or None."""
+        scope = _SCOPES.get().get(self)
+        while scope is not None and not scope.open:
+            scope = scope.outer
+        return scope
+
+    def settings(self) -> Optional[Options]:
+        """The options a call that begins here and now runs with; None: the stock model (the
+        patch is installed only for scopes this context is not in)."""
+        scope = self.scope()
+        if scope is not None:
+            return scope.options
+        return self.options if self.model_enabled else None
+
+    def current_options(self) -> Optional[Options]:
+        """The options in effect: the innermost call in progress on this thread keeps the ones
+        it began with (:meth:`pin_options`), else :meth:`settings`."""
+        stack = self._pins.stack
+        return stack[-1] if stack else self.settings()
+
+    def pin_options(self) -> Optional[Options]:
+        """A call begins on this thread: it keeps :meth:`settings` as they are now until
+        :meth:`unpin_options`. Returns them."""
+        options = self.settings()
+        self._pins.stack.append(options)
+        return options
+
+    def unpin_options(self) -> None:
+        """The innermost call on this thread has ended (also when it raised)."""
+        if self._pins.stack:
+            self._pins.stack.pop()
+
+    def enter_scope(self, options: Options) -> tuple[Scope, contextvars.Token]:
+        """Open a scope in this context; what :meth:`exit_scope` needs to close it."""
+        scopes = _SCOPES.get()
+        scope = Scope(options, scopes.get(self))
+        return scope, _SCOPES.set(MappingProxyType({**scopes, self: scope}))
+
+    def exit_scope(self, scope: Scope, token: contextvars.Token) -> None:
+        """Close ``scope``: skipped by every context from now on, and this context's mapping back
+        to what it was before :meth:`enter_scope`."""
+        scope.open = False
+        try:
+            _SCOPES.reset(token)
+        except ValueError:          # exited in another context than it was entered in
+            scopes = dict(_SCOPES.get())
+            if scopes.get(self) is scope:
+                if scope.outer is None:
+                    del scopes[self]
+                else:
+                    scopes[self] = scope.outer
+                _SCOPES.set(MappingProxyType(scopes))
+
+    def _effective(self) -> Options:
+        options = self.current_options()
+        return replace(self.options, active=False) if options is None else options
+
     @property
     def config(self) -> TransitionConfig:
-        return self.options.config
+        return self._effective().config
 
     @property
     def active(self) -> bool:
-        return self.options.active
+        return self._effective().active
 
     @property
     def full_matrix(self) -> bool:
-        return self.options.full_matrix
+        return self._effective().full_matrix
 
     @property
     def max_chunk_mib(self) -> ChunkSetting:
-        return self.options.max_chunk_mib
+        return self._effective().max_chunk_mib
 
     @property
     def implementation(self) -> str:
@@ -127,7 +240,7 @@ class TransitionState:
         return self.schedule_index.get(layer_idx, layer_idx)
 
     def budget(self, device: torch.device, heads: int, keys: int) -> Budget:
-        return chunk_budget(self.options.max_chunk_mib, device, heads, keys)
+        return chunk_budget(self.max_chunk_mib, device, heads, keys)
 
     # -- the call in progress, per thread ----------------------------------------------------
     def begin_call(self, call: CallPlan) -> None:
