@@ -10,22 +10,39 @@ one-line :class:`~attn_transition.errors.ConfigError` s naming the setting to ch
 Prefix caching is turned off when the transition is on (unless the caller asked for it, which is
 refused): every prompt row's edit depends on the whole prompt's length, so K/V cached for a prompt
 of another length (a shared document with another question) are not the K/V this prompt needs.
+KV connectors (``kv_transfer_config``) hand K/V computed for one prompt to another in the same way,
+and are refused.
+
+Visible: a key of ``additional_config`` spelled close to ``attn_transition`` is refused with the
+spelling to use (else the engine would silently be stock vLLM), and an engine that edits says so at
+start in one WARNING line through vLLM's own logger (``vllm.attn_transition``, a child of the
+``vllm`` logger that vLLM gives a handler: vllm/logger.py, ``DEFAULT_LOGGING_CONFIG``) and in the
+Prometheus gauge ``attn_transition_config_info`` of the process that built the config (the API
+server's ``/metrics`` under ``vllm serve``).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
-import logging
 from typing import Any, Optional
 
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
-from attn_transition.errors import ConfigError
+from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, format_config, parse_config
+from attn_transition.errors import ConfigError, did_you_mean
 
 from . import ADDITIONAL_CONFIG_KEY
 
-__all__ = ["transition_config", "install_engine_check", "check_engine_args", "check_vllm_config"]
+__all__ = ["transition_config", "install_engine_check", "check_engine_args", "check_vllm_config",
+           "check_key_spelling", "announce", "LOGGER_NAME", "METRIC_NAME"]
 
-logger = logging.getLogger("attn_transition.vllm")
+# A child of vLLM's "vllm" logger, which vLLM configures with a handler (and propagate=False, so a
+# logger outside its tree has none under vLLM's defaults).
+LOGGER_NAME = "vllm.attn_transition"
+METRIC_NAME = "attn_transition_config_info"
+# difflib's ratio above which a key of additional_config is taken for a misspelling of the plugin's key:
+# 'attn_transtion' 0.97, 'attention_transition' 0.86, 'transition' 0.80; vLLM's own keys
+# ('gdn_prefill_backend', 'kda_prefill_backend', ...) stay below 0.5.
+_CLOSE = 0.8
 _WRAPPED = "_attn_transition_wrapped"
 _FIELD = f"additional_config[{ADDITIONAL_CONFIG_KEY!r}]"
 
@@ -50,9 +67,38 @@ def transition_config(additional_config: Any) -> Optional[TransitionConfig]:
         raise ConfigError(f"{_FIELD}: {err}", field=ADDITIONAL_CONFIG_KEY) from None
 
 
+def _normalised(key: str) -> str:
+    return key.strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def check_key_spelling(additional_config: Any) -> None:
+    """Refuse a key of ``additional_config`` that is not the plugin's but close to it.
+
+    Close: equal once lower-cased with ``-`` and spaces read as ``_`` (``attn-transition``), or a
+    difflib ratio of at least 0.8 (``attn_transtion``, ``attention_transition``). Without this the
+    engine would start as stock vLLM and edit nothing, without a word.
+
+    Raises:
+        ConfigError: naming the key and the spelling to use (field ``additional_config``).
+    """
+    if not isinstance(additional_config, dict):
+        return
+    for key in additional_config:
+        if not isinstance(key, str) or key == ADDITIONAL_CONFIG_KEY:
+            continue
+        near = _normalised(key) == ADDITIONAL_CONFIG_KEY or difflib.get_close_matches(
+            _normalised(key), [ADDITIONAL_CONFIG_KEY], n=1, cutoff=_CLOSE)
+        if near:
+            hint = did_you_mean(_normalised(key), [ADDITIONAL_CONFIG_KEY])   # the key itself: it is close
+            raise ConfigError(f"additional_config key {key!r} is not the attn_transition plugin's key{hint}; "
+                              f"an engine without additional_config[{ADDITIONAL_CONFIG_KEY!r}] edits nothing",
+                              field="additional_config")
+
+
 def check_engine_args(args: Any) -> Optional[TransitionConfig]:
     """Validate the transition config of ``EngineArgs`` and adjust the settings it needs, before
     vLLM builds the engine config. Returns the config, or None when the plugin is not asked for."""
+    check_key_spelling(getattr(args, "additional_config", None))
     config = transition_config(getattr(args, "additional_config", None))
     if config is None:
         return None
@@ -69,6 +115,12 @@ def check_engine_args(args: Any) -> Optional[TransitionConfig]:
         raise ConfigError(f"attn_transition: the edited rows read the KV cache, which must hold the model's "
                           f"dtype; pass kv_cache_dtype='auto' (got {args.kv_cache_dtype!r})",
                           field="kv_cache_dtype")
+    if getattr(args, "kv_transfer_config", None) is not None:
+        # A KV connector (disaggregated prefill, offloading) hands K/V computed for one prompt to
+        # another, as prefix caching would: the edited rows of another prompt length.
+        raise ConfigError("attn_transition: a KV connector hands K/V computed for other prompts to this one, which "
+                          "the edit makes different; remove kv_transfer_config (--kv-transfer-config)",
+                          field="kv_transfer_config")
     return config
 
 
@@ -99,7 +151,55 @@ def check_vllm_config(vllm_config: Any, config: TransitionConfig) -> None:
     else:
         raise ConfigError(f"attn_transition: the vLLM plugin runs on vLLM's CPU and CUDA platforms, not on "
                           f"{type(current_platform).__name__}", field="device")
-    logger.info("attn_transition: %s on every prompt; prefix caching off", config)
+
+
+def _prefix_caching(vllm_config: Any) -> str:
+    """What the engine does with prefix caching, as :func:`check_engine_args` and the platform
+    checks left it (read from the built config, so it reports what they decided)."""
+    if not vllm_config.cache_config.enable_prefix_caching:
+        return "off"
+    return "salted by each request's config and prompt width"
+
+
+def announce(vllm_config: Any, config: Any) -> str:
+    """Say at engine start, in one WARNING line through vLLM's logger, what the engine edits with
+    which config and what became of prefix caching; publish the same in the Prometheus gauge
+    ``attn_transition_config_info`` (labels ``config``: the default's canonical spec, or ``none``;
+    ``prefix_caching``; value 1). ``config``: the engine's default config, or the no-default marker
+    of ``"none"``. Returns the line."""
+    from vllm.logger import init_logger
+
+    caching = _prefix_caching(vllm_config)
+    if isinstance(config, (ClassicConfig, SRAConfig)):
+        label = format_config(config)
+        edited = f"every request's prompt rows with {label} ({config!r}, from {_FIELD}) unless a request names its own"
+    else:
+        label = "none"
+        edited = f"only the prompt rows of requests that name a config ({_FIELD} is 'none')"
+    line = f"attn_transition: editing {edited}; decode rows are not edited; prefix caching {caching}"
+    init_logger(LOGGER_NAME).warning("%s", line)
+    _publish(label, caching)
+    return line
+
+
+_GAUGE: list[Any] = []          # the process's one gauge (prometheus_client refuses a second of a name)
+
+
+def _publish(label: str, caching: str) -> None:
+    """Set ``attn_transition_config_info{config=label, prefix_caching=caching} 1`` in this process's
+    default registry (the one the API server's ``/metrics`` serves: vllm/v1/metrics/prometheus.py,
+    ``get_prometheus_registry``), dropping the labels of an earlier engine of this process."""
+    try:
+        from prometheus_client import Gauge
+    except ImportError:                                  # pragma: no cover - a vLLM dependency
+        return
+    if not _GAUGE:
+        _GAUGE.append(Gauge(METRIC_NAME, "The attention transition this vLLM engine applies (value 1)",
+                            labelnames=["config", "prefix_caching"], multiprocess_mode="mostrecent"))
+    _GAUGE[0].clear()
+    _GAUGE[0].labels(config=label, prefix_caching=caching).set(1)
+
+
 
 
 def _wrap_create_engine_config(create: Any) -> Any:
@@ -109,6 +209,7 @@ def _wrap_create_engine_config(create: Any) -> Any:
         vllm_config = create(self, *args, **kwargs)
         if config is not None:
             check_vllm_config(vllm_config, config)
+            announce(vllm_config, config)
         return vllm_config
 
     setattr(create_engine_config, _WRAPPED, True)
