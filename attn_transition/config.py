@@ -193,13 +193,19 @@ def _coerce(owner: str, field: dataclasses.Field, text: str) -> Any:
 
 
 def _pairs(items: str, where: str) -> list[tuple[str, str]]:
-    """``"a=1,b=2"`` -> ``[("a", "1"), ("b", "2")]``."""
+    """``"a=1,b=2"`` -> ``[("a", "1"), ("b", "2")]``; a key given twice is a ConfigError naming it
+    (the string would otherwise keep one of the two values without a word)."""
     out = []
+    seen: set[str] = set()
     for item in filter(None, (p.strip() for p in items.split(","))):
         key, eq, text = item.partition("=")
         if not eq:
             raise ConfigError(f"config item {item!r} in {where} must look like key=value")
-        out.append((key.strip(), text.strip()))
+        key = key.strip()
+        if key in seen:
+            raise ConfigError(f"{key!r} appears twice in {where}; give each key once", field=key)
+        seen.add(key)
+        out.append((key, text.strip()))
     return out
 
 

@@ -117,9 +117,12 @@ class _Pins(threading.local):
 
 
 class _PerThread(threading.local):
+    """This thread's calls under way (innermost last) and the prefill in chunks its ``generate``
+    has under way (a record tied to that ``generate`` call: :class:`~.calls.ChunkedPrefill`)."""
+
     def __init__(self) -> None:
-        self.calls: list[CallPlan] = []                 # nested calls: innermost last
-        self.chunked: Optional[ChunkedPrefill] = None   # a prefill in chunks under way in generate
+        self.calls: list[CallPlan] = []
+        self.chunked: Optional[ChunkedPrefill] = None
 
 
 @dataclass(eq=False)
@@ -257,7 +260,12 @@ class TransitionState:
 
     @property
     def chunked(self) -> Optional[ChunkedPrefill]:
-        return self._local.chunked
+        """This thread's prefill in chunks under way, or None; a record whose ``generate`` call
+        is over (it returned or raised) is dropped here, so none outlives its call."""
+        record = self._local.chunked
+        if record is not None and not record.alive:
+            self._local.chunked = record = None
+        return record
 
     @chunked.setter
     def chunked(self, value: Optional[ChunkedPrefill]) -> None:
