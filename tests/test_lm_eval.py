@@ -28,6 +28,8 @@ from tiny_models import VOCAB, tiny_model  # noqa: E402
 
 CONFIG = "classic:min_length=0;alpha=1.5;beta=1"    # a strong edit, on prompts of a few dozen tokens
 CONFIG_OBJ = at.ClassicConfig(min_length=0, alpha=1.5, beta=1.0)
+SRA = "sra:begin_length=4;threshold_len=24"          # its outer step edits the last 24 prompt rows
+SRA_OBJ = at.SRAConfig(begin_length=4, threshold_len=24)
 WORDS = [f"w{i}" for i in range(4, VOCAB)]
 DTYPE = "float64"
 TOL = 1e-9
@@ -102,17 +104,98 @@ def test_registry_name_resolves_to_an_hflm_subclass(harness):
     assert cls is harness.AttnTransitionLM and issubclass(cls, HFLM)
 
 
-def test_enabled_equals_enable_by_hand_with_plain_hflm(folder):
-    reference = _loglik(_plain(folder, 1, CONFIG_OBJ))              # one row at a time: no padding
+def _by_hand(folder: Path, config, pairs=PAIRS) -> list[tuple[float, bool]]:
+    """Each request scored without lm_eval's batching: the model enabled with ``config`` is called
+    on ``context + continuation[:-1]`` alone with ``attn_transition_prompt_length=len(context)``
+    (the context is the edited prompt, the continuation's rows are not edited), and the
+    continuation's log-probabilities are summed as HFLM sums them. The tokens are lm_eval's own
+    (``_encode_pair``)."""
+    from transformers import AutoModelForCausalLM
+
+    tokens = _plain(folder, 1)
+    model = at.enable(AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, DTYPE)), config)
+    result = []
+    for context, continuation in pairs:
+        ctx, cont = tokens._encode_pair(context, continuation)
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + cont[:-1]]), attn_transition_prompt_length=len(ctx)).logits
+        logp = torch.nn.functional.log_softmax(logits, dim=-1)[0, -len(cont):]       # (cont, vocab)
+        want = torch.tensor(cont)
+        picked = torch.gather(logp, 1, want[:, None]).squeeze(-1)
+        result.append((float(picked.sum()), bool((logp.argmax(-1) == want).all())))
+    return result
+
+
+@pytest.mark.parametrize("config, config_obj", [(CONFIG, CONFIG_OBJ), (SRA, SRA_OBJ)])
+def test_enabled_edits_the_context_as_the_prompt(folder, config, config_obj):
+    """A loglikelihood request is edited with its context as the prompt (``n = len(context)``),
+    its continuation's rows not edited: alone bitwise, in a right-padded batch within TOL."""
+    reference = _by_hand(folder, config_obj)
     stock = _loglik(_plain(folder, 1))
-    alone = _ours(folder, CONFIG, 1)
-    assert at.is_enabled(alone.model) and alone.model._attn_transition.config == CONFIG_OBJ
+    alone = _ours(folder, config, 1)
+    assert at.is_enabled(alone.model) and alone.model._attn_transition.config == config_obj
     assert _loglik(alone) == reference                              # same path, bitwise
-    batched = _loglik(_ours(folder, CONFIG, 5))                     # one right-padded batch of 5
+    batched = _loglik(_ours(folder, config, 5))                     # one right-padded batch of 5
     for (got, greedy), (want, want_greedy) in zip(batched, reference):
         assert got == pytest.approx(want, abs=TOL) and greedy == want_greedy
     # ... and the edit happened: the enabled numbers are not the stock ones.
     assert max(abs(a - b) for (a, _), (b, _) in zip(reference, stock)) > 1e-2
+
+
+def test_the_continuation_is_not_part_of_the_edited_prompt(folder):
+    """SRA's outer step edits a prompt's last rows: lm_eval's forward edited as one prompt (a
+    plain HFLM on an enabled model) scores otherwise than the context edited as the prompt."""
+    whole = _loglik(_plain(folder, 1, SRA_OBJ))
+    ours = _loglik(_ours(folder, SRA, 1))
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, whole)) > 1e-2
+
+
+def test_each_row_gets_its_context_width(folder):
+    """What reaches the model for a right-padded batch: each row's width is its context's length."""
+    from attn_transition.patches.compat import LENGTH_KWARG
+
+    ours = _ours(folder, CONFIG, 5)
+    calls: list[tuple[list[int], list[int]]] = []
+
+    def record(module, args, kwargs):
+        ids = args[0] if args else kwargs["input_ids"]                 # (batch, padded width)
+        mask = kwargs.get("attention_mask")
+        lengths = mask.sum(-1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+        calls.append((list(kwargs[LENGTH_KWARG]), lengths))
+
+    handle = ours.model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        _loglik(ours)
+    finally:
+        handle.remove()
+    assert len(calls) == 1                                          # one batch of 5
+    widths, lengths = calls[0]
+    # PAIRS' contexts have 88, 61, 47, 75, 40 words and their continuations 4, 3, 5, 1, 2: HFLM
+    # forwards context + continuation[:-1]; the batch is sorted longest first.
+    sizes = sorted(((n, k) for n, k in [(88, 4), (61, 3), (47, 5), (75, 1), (40, 2)]),
+                   key=lambda nk: -(nk[0] + nk[1]))
+    assert widths == [n for n, _ in sizes] and lengths == [n + k - 1 for n, k in sizes]
+
+
+def test_one_forward_for_two_contexts_is_not_shared(folder):
+    """HFLM answers requests whose ``context + continuation[:-1]`` agree with one forward; when
+    their contexts differ in length their edited prompts differ, and each is forwarded."""
+    context, continuation = PAIRS[0]
+    *head, last = context.split()
+    answer = continuation.split()[0]
+    pairs = [(context, f" {answer}"), (" ".join(head), f" {last} {answer}")]   # one key: context
+    got = _ours(folder, CONFIG, 2).loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
+    for (value, greedy), (want, want_greedy) in zip(got, _by_hand(folder, CONFIG_OBJ, pairs)):
+        assert value == pytest.approx(want, abs=TOL) and greedy == want_greedy
+
+
+def test_rolling_loglikelihood_warns_that_it_scores_as_stock(folder):
+    texts = [(ctx,) for ctx, _ in PAIRS[:2]]
+    stock = _plain(folder, 1).loglikelihood_rolling(_instances("loglikelihood_rolling", texts), disable_tqdm=True)
+    with pytest.warns(UserWarning, match="loglikelihood_rolling.*stock model's"):
+        ours = _ours(folder, CONFIG, 1).loglikelihood_rolling(_instances("loglikelihood_rolling", texts),
+                                                              disable_tqdm=True)
+    assert ours == pytest.approx(stock, abs=TOL)
 
 
 def test_plain_hflm_batches_would_edit_padded_rows_differently(folder):
@@ -216,7 +299,7 @@ def test_cli_runs_a_local_task_end_to_end(folder, local_task):
     assert results["config"]["model"] == "attn-transition"
     samples = [json.loads(line) for line in next(out_dir.rglob("samples_tiny_local_*.jsonl")).open()]
     assert len(samples) == len(PAIRS)
-    reference = dict(zip((c for c, _ in PAIRS), _loglik(_plain(folder, 1, CONFIG_OBJ))))
+    reference = dict(zip((c for c, _ in PAIRS), _by_hand(folder, CONFIG_OBJ)))
     for sample in samples:
         got = float(sample["resps"][0][0][0])
         assert got == pytest.approx(reference[sample["doc"]["context"]][0], abs=TOL)
