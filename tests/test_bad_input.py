@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from skips import need
 
 from attn_transition.cli import main
 
@@ -241,7 +242,7 @@ def test_demo_and_templates_read_their_files_through_the_one_reader(tmp_path, ca
 
 
 def test_lm_eval_with_a_model_path_that_does_not_exist(tmp_path, capsys):
-    pytest.importorskip("lm_eval")
+    need("lm_eval", "make setup")
     argv = ["lm-eval", "--model", "attn-transition", "--model_args", f"pretrained={tmp_path / 'nowhere'}",
             "--tasks", "niah_single_1", "--device", "cpu"]
     assert main(argv) == 2

@@ -8,9 +8,10 @@ import subprocess
 import sys
 
 import pytest
+from skips import need, setup_skip
 
-harness = pytest.importorskip("attn_transition.evaluation.harness")
-pytest.importorskip("lm_eval")
+harness = need("attn_transition.evaluation.harness", "make setup")
+need("lm_eval", "make setup")
 
 
 def _results() -> dict:
@@ -53,7 +54,7 @@ def test_ruler_tasks_are_recognised(argv, ruler):
 
 
 def test_ruler_data_module_imports_without_nltk_noise(tmp_path):
-    pytest.importorskip("nltk")
+    need("nltk", "make setup: lm_eval[ruler]")
     code = ("from attn_transition.evaluation.harness import import_ruler_quietly\n"
             "import_ruler_quietly()\n"
             "import lm_eval.tasks.ruler.prepare_niah\n"
@@ -61,7 +62,7 @@ def test_ruler_data_module_imports_without_nltk_noise(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "NLTK_DATA": str(tmp_path)})
     if proc.returncode != 0 and "wonderwords" in proc.stderr:
-        pytest.skip("lm_eval's RULER extra (wonderwords) is not installed")
+        setup_skip("lm_eval's RULER extra (wonderwords; make setup: lm_eval[ruler])")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout == "imported\n"
     assert "punkt_tab" not in proc.stderr and "nltk_data" not in proc.stderr, proc.stderr

@@ -11,6 +11,7 @@ import json
 import socket
 
 import pytest
+from skips import need
 
 from attn_transition.cli import main
 from attn_transition.errors import UsageError
@@ -462,7 +463,7 @@ def test_end_to_end_against_transformers_serve(tmp_path, monkeypatch):
     import time
     import urllib.request
 
-    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
+    need("fastapi", "transformers serve needs transformers[serving]: make setup")
     from attn_transition.evaluation.models import resolve_model
 
     folder = resolve_model("smollm2-135m")

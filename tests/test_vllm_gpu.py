@@ -8,8 +8,9 @@ runs this file in its vLLM step). The floor is measured the same way, in bfloat1
 from __future__ import annotations
 
 import pytest
+from skips import need
 
-pytest.importorskip("vllm", reason="needs vLLM")
+need("vllm", "vLLM's GPU build", provided_by=("setup-vllm",))
 torch = pytest.importorskip("torch")
 
 from test_vllm import (CONTINUOUS, compare, engine_outputs, hf_outputs, logprob_gap,  # noqa: E402

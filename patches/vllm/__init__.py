@@ -4,10 +4,14 @@ Installed, the plugin is inert: an engine started without ``additional_config={"
 "<config>"}`` is exactly stock vLLM (its layers get vLLM's own attention implementation). Asked for,
 
 - in the process that builds the engine config (:mod:`.engine`), the config string is validated
-  with the library's :func:`~attn_transition.config.parse_config` (``ConfigError``, one line), the
-  model family with :func:`~attn_transition.patches.families.family_for`, the engine settings the
-  edit cannot honour are refused with the setting to change, and prefix caching is turned off
-  (cached K/V were computed for another prompt length; see ``docs/vllm.md``);
+  with the library's :func:`~attn_transition.config.parse_config` (``ConfigError``, one line), a key
+  of ``additional_config`` spelled close to ``attn_transition`` is refused with "did you mean", the
+  model family is checked with :func:`~attn_transition.patches.families.family_for`, the engine
+  settings the edit cannot honour (KV connectors among them) are refused with the setting to
+  change, prefix caching is made safe for the edit (K/V cached for another prompt length are not
+  this prompt's; see ``docs/vllm.md``), and the engine says in one WARNING line through vLLM's
+  logger, and in the Prometheus gauge ``attn_transition_config_info``, what it edits with which
+  config and what became of prefix caching;
 - in the worker (:mod:`.steps`), each step's attention metadata carries the prompt rows of every
   request in the batch (its prompt length, the positions this step computes);
 - the attention backend (:mod:`.cpu` on vLLM's CPU platform, :mod:`.cuda` for FlashAttention on
