@@ -24,6 +24,7 @@ the rows a plan touches (:func:`edited_spans`), and the driver (:func:`transitio
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -31,9 +32,10 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import ConfigError, InputError
-from .schedules import Edit, apply_edit_
+from .schedules import ClassicBlock, Edit, SpanRedistribution, apply_edit_
 
-__all__ = ["BYTES_PER_ENTRY", "Budget", "Scratch", "attention_weights", "weighted_values", "bool_mask",
+__all__ = ["BYTES_PER_ENTRY", "Budget", "Scratch", "explicit_precision", "attention_weights", "weighted_values",
+           "bool_mask",
            "edited_spans", "transition_rows"]
 
 # The memory model. An *entry* is one (head, query row, key) triple of an explicit attention
@@ -111,6 +113,15 @@ class Scratch:
         return 0 if self._buffer is None else self._buffer.numel() * self._buffer.element_size()
 
 
+def explicit_precision(device: torch.device) -> contextlib.AbstractContextManager:
+    """A context in which the explicit rows are computed in float32 as documented: inside
+    ``torch.autocast`` on ``device`` a matmul would run in the autocast dtype, so autocast is
+    switched off there; outside autocast, a no-op (one flag read)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _upcast(t: torch.Tensor) -> torch.Tensor:
     """float32 at least (float64 stays float64, e.g. for finite-difference checks)."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
@@ -136,6 +147,7 @@ def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_ro
         scaling / softcap: the layer's own.
         sinks: (heads,) attention-sink logits (gpt-oss) that join each row's softmax.
         inplace: compute in place (no autograd through the result).
+        Computed in float32 (float64 inputs in float64), inside ``torch.autocast`` too.
         budget: bounds the float32 up-cast of half-precision keys.
         scratch: where the weights are computed (in place only); they are then valid until its
             next use. None allocates them.
@@ -144,6 +156,10 @@ def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_ro
         ``(weights, total)``: weights (heads, r, c) float32; total (heads, r, 1), each row's
         mass over the keys (1 - the sink's share), or None without sinks.
     """
+    if torch.is_autocast_enabled(q_rows.device.type):                     # float32 as documented
+        with explicit_precision(q_rows.device):
+            return attention_weights(q_rows, k, start, mask_rows, scaling, softcap, sinks=sinks, inplace=inplace,
+                                     budget=budget, scratch=scratch)
     heads, r, d = q_rows.shape
     kv_heads, c, _ = k.shape
     assert c >= start + r, f"rows [{start}, {start + r}) need at least {start + r} keys, got {c}"
@@ -191,7 +207,11 @@ def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_ro
 
 
 def weighted_values(weights: torch.Tensor, v: torch.Tensor, *, budget: Budget = Budget()) -> torch.Tensor:
-    """(heads, r, n) @ (kv_heads, n, dv) -> (heads, r, dv) in float32, without repeating v."""
+    """(heads, r, n) @ (kv_heads, n, dv) -> (heads, r, dv) in float32 (inside ``torch.autocast``
+    too), without repeating v."""
+    if torch.is_autocast_enabled(weights.device.type):
+        with explicit_precision(weights.device):
+            return weighted_values(weights, v, budget=budget)
     heads, r, n = weights.shape
     kv_heads, _, dv = v.shape
     w = weights.reshape(kv_heads, (heads // kv_heads) * r, n)            # (kv_heads, g*r, n)
@@ -214,22 +234,137 @@ def _needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, out: torch.Tensor,
-                  key_start: int, real_end: int) -> None:
-    """InputError naming the argument of :func:`transition_rows` whose shape does not fit."""
-    heads, rows, _ = query.shape
-    kv_heads, keys, _ = key.shape
-    if heads % kv_heads:
-        raise InputError(f"transition_rows: query heads {heads} are not a multiple of key heads {kv_heads}",
-                         field="key")
-    if value.shape[:2] != (kv_heads, keys):
-        raise InputError(f"transition_rows: value {tuple(value.shape)} must be (kv_heads={kv_heads}, C={keys}, dv)",
-                         field="value")
-    if out.shape[:2] != (rows, heads):
-        raise InputError(f"transition_rows: out {tuple(out.shape)} must be (R={rows}, heads={heads}, dv)", field="out")
-    if key_start + keys < real_end:
-        raise InputError(f"transition_rows: rows up to position {real_end} need keys up to it; keys cover "
-                         f"[{key_start}, {key_start + keys})", field="key")
+def _fail(message: str, field: str) -> None:
+    raise InputError(f"transition_rows: {message}", field=field)
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _describe(x: object) -> str:
+    return f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_tensor(t: object, field: str, dims: int, what: str) -> torch.Tensor:
+    """``t`` as a floating-point tensor of ``dims`` dimensions, or an InputError naming ``field``."""
+    if not isinstance(t, torch.Tensor) or t.dim() != dims or not t.is_floating_point():
+        _fail(f"{field} must be a floating-point {what} tensor, got {_describe(t)}", field)
+    return t
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the kernel computes in for ``t``: float64 stays float64, the rest is float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _check_edits(edits: object, prompt_length: Optional[int], real_end: int) -> None:
+    """The plan is a sequence of edits inside the prompt it was planned for, and that prompt is
+    this call's: a plan from :func:`~attn_transition.schedules.layer_plan` carries its ``n``."""
+    if not isinstance(edits, (tuple, list)) or not all(isinstance(e, (ClassicBlock, SpanRedistribution))
+                                                       for e in edits):
+        _fail(f"edits must be the layer's plan, attn_transition.schedules.layer_plan(config, layer, num_layers, n) "
+              f"(a sequence of ClassicBlock / SpanRedistribution), got {edits!r:.80}", "edits")
+    planned = getattr(edits, "n", None)
+    if prompt_length is not None:
+        if not _is_int(prompt_length) or prompt_length < 0:
+            _fail(f"prompt_length must be an int >= 0 (the sequence's prompt length), got {prompt_length!r}",
+                  "prompt_length")
+        if planned is not None and planned != prompt_length:
+            _fail(f"edits were planned for a prompt of n={planned} tokens, this sequence's prompt_length is "
+                  f"{prompt_length}: plan with layer_plan(config, layer, num_layers, {prompt_length})", "edits")
+    elif planned is not None and real_end > planned:
+        _fail(f"edits were planned for a prompt of n={planned} tokens, but the rows reach position {real_end}: "
+              f"plan for this prompt's length, or pass prompt_length= where rows go past the prompt", "edits")
+    n = planned if prompt_length is None else prompt_length
+    for e in edits:
+        if not (0 <= e.start < e.end) or (n is not None and e.end > n):
+            _fail(f"edits: rows [{e.start}, {e.end}) are not inside the prompt [0, {n})", "edits")
+
+
+def _check_inputs(query: object, key: object, value: object, edits: object, out: object, *, row_start: object,
+                  key_start: object, real_end: object, scaling: object, softcap: object, sinks: object,
+                  mask: object, window: object, budget: object, scratch: object, dropout: object,
+                  weights_out: object, prompt_length: object) -> None:
+    """InputError naming the argument of :func:`transition_rows` that is wrong. Python comparisons
+    on shapes, dtypes and numbers only (no tensor is read: no device sync), once per call."""
+    q = _check_tensor(query, "query", 3, "(heads, R, d)")
+    k = _check_tensor(key, "key", 3, "(kv_heads, C, d)")
+    v = _check_tensor(value, "value", 3, "(kv_heads, C, dv)")
+    heads, rows, d = q.shape
+    kv_heads, keys, _ = k.shape
+    dv = v.shape[-1]
+    if kv_heads == 0 or heads % kv_heads:
+        _fail(f"query heads {heads} are not a multiple of key heads {kv_heads}", "key")
+    if k.shape[-1] != d:
+        _fail(f"key {tuple(k.shape)} must have the query's head dim d={d}: (kv_heads, C, {d})", "key")
+    if tuple(v.shape[:2]) != (kv_heads, keys):
+        _fail(f"value {tuple(v.shape)} must be (kv_heads={kv_heads}, C={keys}, dv)", "value")
+    for name, t in (("key", k), ("value", v)):
+        if t.device != q.device:
+            _fail(f"{name} is on {t.device}, query on {q.device}: give them on one device", name)
+        if _compute_dtype(t) != _compute_dtype(q):
+            _fail(f"{name} is {t.dtype} and query {q.dtype}: float64 inputs must all be float64", name)
+    for name, x in (("row_start", row_start), ("key_start", key_start)):
+        if not _is_int(x):
+            _fail(f"{name} must be an int (a prompt position), got {x!r}", name)
+    if real_end is not None and not _is_int(real_end):
+        _fail(f"real_end must be an int (a prompt position) or None, got {real_end!r}", "real_end")
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rows, heads, dv) or not out.is_floating_point():
+        _fail(f"out must be a floating-point (R={rows}, heads={heads}, dv={dv}) tensor, got {_describe(out)}", "out")
+    if out.device != q.device:
+        _fail(f"out is on {out.device}, query on {q.device}", "out")
+    if weights_out is not None and (not isinstance(weights_out, torch.Tensor) or not weights_out.is_floating_point()
+                                    or tuple(weights_out.shape) != (heads, rows, keys)):
+        _fail(f"weights_out must be a floating-point (heads={heads}, R={rows}, C={keys}) tensor or None, got "
+              f"{_describe(weights_out)}", "weights_out")
+    if not _is_number(scaling) or scaling <= 0:
+        _fail(f"scaling must be a finite number > 0 (the layer's softmax scale), got {scaling!r}", "scaling")
+    if softcap is not None and (not _is_number(softcap) or softcap <= 0):
+        _fail(f"softcap must be a finite number > 0 or None, got {softcap!r}", "softcap")
+    if window is not None and (not _is_int(window) or window < 1):
+        _fail(f"window must be an int >= 1 (keys a row sees, itself included) or None, got {window!r}", "window")
+    if mask is not None:
+        if window is not None:
+            _fail("give mask or window, not both (a mask already says which keys each row sees)", "mask")
+        if not isinstance(mask, torch.Tensor) or not (mask.dtype == torch.bool or mask.is_floating_point()) \
+                or mask.dim() not in (2, 3) or tuple(mask.shape[-2:]) != (rows, keys) \
+                or (mask.dim() == 3 and mask.shape[0] not in (1, heads)):
+            _fail(f"mask must be a bool or additive float (R={rows}, C={keys}) or (heads={heads} or 1, R, C) "
+                  f"tensor, got {_describe(mask)}", "mask")
+        if mask.device != q.device:
+            _fail(f"mask is on {mask.device}, query on {q.device}", "mask")
+    if sinks is not None:
+        if not isinstance(sinks, torch.Tensor) or not sinks.is_floating_point() or tuple(sinks.shape) != (heads,):
+            _fail(f"sinks must be a floating-point (heads={heads},) tensor of logits or None, got "
+                  f"{_describe(sinks)}", "sinks")
+        # A (heads,) reduction; read only on the CPU, where it is no device sync.
+        if sinks.device.type == "cpu" and not bool(torch.isfinite(sinks).all()):
+            _fail("sinks must be finite logits", "sinks")
+    if not isinstance(budget, Budget):
+        _fail(f"budget must be a Budget, got {type(budget).__name__}", "budget")
+    if scratch is not None and not isinstance(scratch, Scratch):
+        _fail(f"scratch must be a Scratch or None, got {type(scratch).__name__}", "scratch")
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        _fail(f"dropout must be a number in [0, 1), got {dropout!r}", "dropout")
+    end = row_start + rows if real_end is None else min(real_end, row_start + rows)
+    _check_edits(edits, prompt_length, end)
+    if key_start + keys < end:
+        _fail(f"rows up to position {end} need keys up to it; keys cover [{key_start}, {key_start + keys})", "key")
+
+
+def _check_keys_reach(spans: list[tuple[int, int]], key_start: int, window: Optional[int], masked: bool) -> None:
+    """Without a mask a row sees every key before it (or the last ``window``): they must be given."""
+    if masked or not spans:
+        return
+    need = 0 if window is None else max(0, spans[0][0] - window + 1)
+    if key_start > need:
+        _fail(f"key_start {key_start}: the row at position {spans[0][0]} sees keys from position {need}; give "
+              f"them, or a mask", "key_start")
 
 
 def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, edits: Sequence[Edit], *,
@@ -238,38 +373,69 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     softcap: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
                     mask: Optional[torch.Tensor] = None, window: Optional[int] = None,
                     budget: Budget = Budget(), scratch: Optional[Scratch] = None, dropout: float = 0.0,
-                    weights_out: Optional[torch.Tensor] = None) -> list[tuple[int, int]]:
+                    weights_out: Optional[torch.Tensor] = None,
+                    prompt_length: Optional[int] = None) -> list[tuple[int, int]]:
     """Recompute, edit and write one sequence's edited rows of one layer.
 
     Args:
         query: (heads, R, d), rows at prompt positions ``[row_start, row_start + R)``.
         key / value: (kv_heads, C, d) / (kv_heads, C, dv), at prompt positions
-            ``[key_start, key_start + C)``; they reach at least the last row computed.
-        edits: the layer's plan for this sequence's prompt length.
+            ``[key_start, key_start + C)``; they reach at least the last row computed (and,
+            without a mask, start where the first row computed starts to look).
+        edits: the layer's plan for this sequence's prompt length,
+            ``layer_plan(config, layer, num_layers, n)`` (it carries its ``n``).
         row_start / key_start: prompt positions of ``query[:, 0]`` and ``key[:, 0]``.
-        scaling / softcap / sinks: the layer's own (sinks: (heads,) logits).
+        scaling / softcap / sinks: the layer's own (scaling and softcap finite numbers > 0;
+            sinks: (heads,) logits).
         out: (R, heads, dv); the rows computed are written into it, nothing else is touched.
         real_end: end (prompt position) of the sequence's real rows; default ``row_start + R``.
         every_row: compute every real row explicitly, edited or not (full-matrix mode, or
             when the weights are returned).
         mask: (R, C), or per head (heads or 1, R, C), bool or additive mask of these rows over
             these keys (padding, windows, a family's per-head dynamic mask), or None: causal,
-            limited to ``window`` keys (row p sees keys ``(p - window, p]``) if given.
+            limited to ``window`` keys (an int >= 1: row p sees keys ``(p - window, p]``) if given.
         budget / scratch: chunk size and the reused buffer (see :class:`Budget`, :class:`Scratch`).
         dropout: attention dropout on the final weights (train mode).
         weights_out: (heads, R, C) float, receives the weights of the rows computed.
+        prompt_length: the sequence's prompt length ``n``, checked against the one ``edits`` was
+            planned for. Without it, rows past the plan's ``n`` are refused (a plan for a shorter
+            prompt); give it where the rows go past the prompt (generated rows that are not edited).
+
+    The explicit rows are computed in float32 (float64 inputs in float64), inside
+    ``torch.autocast`` too; ``out`` receives them in its own dtype.
 
     Returns:
         The prompt-position spans that were written, sorted.
+
+    Raises:
+        InputError: an argument of the wrong type, shape, dtype, device or range, naming it; checked
+            once per call from shapes and numbers (no tensor is read except CPU ``sinks``).
     """
-    heads, rows, _ = query.shape
+    _check_inputs(query, key, value, edits, out, row_start=row_start, key_start=key_start, real_end=real_end,
+                  scaling=scaling, softcap=softcap, sinks=sinks, mask=mask, window=window, budget=budget,
+                  scratch=scratch, dropout=dropout, weights_out=weights_out, prompt_length=prompt_length)
+    rows = query.shape[1]
     real_end = row_start + rows if real_end is None else min(real_end, row_start + rows)
     first = max(row_start, 0)
-    _check_inputs(query, key, value, out, key_start, real_end)
     if every_row:
         spans = [(first, real_end)] if real_end > first else []
     else:
         spans = edited_spans(edits, first, real_end)
+    _check_keys_reach(spans, key_start, window, mask is not None)
+    with explicit_precision(query.device):
+        _write_rows(query, key, value, edits, spans, row_start=row_start, key_start=key_start, scaling=scaling,
+                    softcap=softcap, sinks=sinks, mask=mask, window=window, budget=budget, scratch=scratch,
+                    dropout=dropout, out=out, weights_out=weights_out)
+    return spans
+
+
+def _write_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, edits: Sequence[Edit],
+                spans: list[tuple[int, int]], *, row_start: int, key_start: int, scaling: float,
+                softcap: Optional[float], sinks: Optional[torch.Tensor], mask: Optional[torch.Tensor],
+                window: Optional[int], budget: Budget, scratch: Optional[Scratch], dropout: float,
+                out: torch.Tensor, weights_out: Optional[torch.Tensor]) -> None:
+    """The rows of ``spans`` of :func:`transition_rows` (its arguments, checked), chunk by chunk."""
+    heads = query.shape[0]
     grad = _needs_grad(query, key, value)
     pad = max(key_start, 0)                      # prompt columns [0, pad) were dropped by a window
     for span_start, span_end in spans:
@@ -309,4 +475,3 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             out[qi] = o.transpose(0, 1).to(out.dtype)                    # (r, heads, dv)
             if weights_out is not None:
                 weights_out[:, qi, ki] = w.to(weights_out.dtype)
-    return spans

@@ -21,7 +21,7 @@ from .config import ClassicConfig, SRAConfig, TransitionConfig
 from .errors import ConfigError, InputError
 
 __all__ = [
-    "ClassicBlock", "SpanRedistribution", "Edit", "layer_plan", "plan_rows", "apply_plan", "apply_edit_",
+    "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "plan_rows", "apply_plan", "apply_edit_",
     "classic_block_", "redistribute_", "real_spans", "reweight",
 ]
 
@@ -50,6 +50,23 @@ class SpanRedistribution:
 
 
 Edit = Union[ClassicBlock, SpanRedistribution]
+
+
+class Plan(tuple):
+    """One layer's edits on one prompt: a tuple of :data:`Edit` that also carries the prompt
+    length ``n`` it was planned for (what :func:`layer_plan` returns), so that a consumer such as
+    :func:`attn_transition.kernel.transition_rows` can check the plan is for its sequence. It
+    compares, hashes and iterates as the plain tuple of its edits."""
+
+    n: int
+
+    def __new__(cls, edits: Sequence[Edit] = (), n: int = 0) -> "Plan":
+        plan = super().__new__(cls, edits)
+        plan.n = n
+        return plan
+
+    def __reduce__(self):
+        return (Plan, (tuple(self), self.n))
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -97,16 +114,16 @@ def _sra_plan(cfg: SRAConfig, layer: int, num_layers: int, n: int) -> tuple[Edit
 
 
 @functools.lru_cache(maxsize=4096)
-def layer_plan(config: TransitionConfig, layer_idx: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+def layer_plan(config: TransitionConfig, layer_idx: int, num_layers: int, n: int) -> Plan:
     """The edits layer ``layer_idx`` of ``num_layers`` makes on a prompt of ``n`` real tokens.
 
-    An empty tuple means the layer is left exactly as it is (short prompt, layer outside
-    the schedule, or a block that rounds to zero width).
+    A :class:`Plan` (a tuple of edits carrying ``n``); an empty one means the layer is left
+    exactly as it is (short prompt, layer outside the schedule, or a block that rounds to zero width).
     """
     if isinstance(config, ClassicConfig):
-        return _classic_plan(config, layer_idx, num_layers, n)
+        return Plan(_classic_plan(config, layer_idx, num_layers, n), n)
     if isinstance(config, SRAConfig):
-        return _sra_plan(config, layer_idx, num_layers, n)
+        return Plan(_sra_plan(config, layer_idx, num_layers, n), n)
     raise TypeError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
 
 
@@ -287,6 +304,9 @@ def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowe
         shape = tuple(padding_mask.shape) if isinstance(padding_mask, torch.Tensor) else type(padding_mask).__name__
         raise InputError(f"reweight: padding_mask must be (batch, n) = {(batch, n)}, got {shape}",
                          field="padding_mask")
+    if padding_mask is not None and not bool(((padding_mask == 0) | (padding_mask == 1)).all()):
+        raise InputError("reweight: padding_mask must hold 1/True on real tokens and 0/False on padding "
+                         "(an additive mask of 0 / -inf is not a padding mask)", field="padding_mask")
     if allowed is not None:
         try:
             ok = torch.broadcast_shapes(tuple(allowed.shape), tuple(weights.shape)) == tuple(weights.shape)
@@ -296,6 +316,35 @@ def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowe
             shape = tuple(allowed.shape) if isinstance(allowed, torch.Tensor) else type(allowed).__name__
             raise InputError(f"reweight: allowed must broadcast to weights {tuple(weights.shape)}, got {shape}",
                              field="allowed")
+        if allowed.dtype != torch.bool:
+            raise InputError(f"reweight: allowed must be a bool mask (True where a row may look), got {allowed.dtype}; "
+                             f"an additive mask (0 where allowed, -inf or the dtype's minimum elsewhere, transformers' "
+                             f"format) converts with allowed=(mask == 0)", field="allowed")
+
+
+# How far from 1 a row's mass over its allowed keys may be: rounding, not a different object (a
+# bfloat16 row's sum is within 2**-8 of its exact value; pre-softmax scores are nowhere near).
+_MASS_TOLERANCE = 2e-2
+
+
+def _check_distributions(weights: torch.Tensor, spans: Sequence[Optional[tuple[int, int]]],
+                         allowed: Optional[torch.Tensor]) -> None:
+    """InputError unless every real row is a distribution over its allowed real keys: no negative
+    entry, mass within :data:`_MASS_TOLERANCE` of 1 (the edit moves mass assuming it sums to 1)."""
+    for b, span in enumerate(spans):
+        if span is None or span[1] == 0:
+            continue
+        first, count = span
+        real = slice(first, first + count)
+        w = weights[b, :, real, real].detach()                          # (heads, count, count)
+        if allowed is not None:
+            w = w * allowed[b, :, real, real]
+        worst = (w.sum(-1, dtype=torch.float64) - 1.0).abs().max().item()
+        if bool((w < 0).any()) or not worst <= _MASS_TOLERANCE:
+            raise InputError(f"reweight: weights must be post-softmax probabilities, each real row summing to 1 over "
+                             f"its allowed keys with no negative entry (batch row {b}: a sum is {worst:.3g} from 1"
+                             f"{', negative entries' if bool((w < 0).any()) else ''}); pre-softmax scores are not "
+                             f"edited", field="weights")
 
 
 def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: TransitionConfig,
@@ -304,29 +353,36 @@ def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: Tra
     """Edited copy of one layer's post-softmax prefill attention.
 
     Args:
-        weights: ``(batch, heads, n, n)`` causal attention probabilities.
+        weights: ``(batch, heads, n, n)`` causal attention probabilities: every real row sums to 1
+            over its allowed keys (within rounding) and no entry is negative.
         layer_idx: The layer, ``0 .. num_layers - 1``.
         num_layers: Number of decoder layers of the model.
         config: A :class:`ClassicConfig` or :class:`SRAConfig`.
-        padding_mask: Optional ``(batch, n)``, 1/True on real tokens. Each row then uses
-            its own length, counted from its first real token.
-        allowed: Optional boolean mask broadcastable to ``weights`` (e.g. a sliding
-            window); edited rows are multiplied by it so no weight lands where the layer
-            may not look.
+        padding_mask: Optional ``(batch, n)``, 1/True on real tokens, 0/False on padding. Each row
+            then uses its own length, counted from its first real token.
+        allowed: Optional bool mask broadcastable to ``weights`` (e.g. a sliding window), True
+            where a row may look; edited rows are multiplied by it so no weight lands where the
+            layer may not look.
 
     Returns:
-        A new tensor of the same shape and dtype; edits are computed in float32.
+        A new tensor of the same shape and dtype; edits are computed in float32 (float64 weights
+        in float64). Differentiable: with ``requires_grad`` weights (and autograd on) the result
+        carries their graph, the eliminations and region weights acting as fixed masks (the edit
+        is piecewise linear in the kept weights).
 
     Raises:
-        InputError: a tensor of the wrong shape or type, or a layer outside ``[0, num_layers)``.
+        InputError: a tensor of the wrong shape or type, a layer outside ``[0, num_layers)``, an
+            ``allowed`` that is not bool (an additive mask), or rows that are not distributions.
         ConfigError: ``config`` is not a schedule config.
     """
     _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowed)
     batch, _, n, _ = weights.shape
-    out = weights.detach().to(torch.float32, copy=True)                # (batch, heads, n, n)
     spans = [(0, n)] * batch if padding_mask is None else real_spans(padding_mask)
     if allowed is not None:
-        allowed = allowed.to(torch.bool).expand_as(out)
+        allowed = allowed.expand_as(weights)                           # (batch, heads, n, n) view
+    _check_distributions(weights, spans, allowed)
+    dtype = torch.float64 if weights.dtype == torch.float64 else torch.float32
+    out = weights.to(dtype, copy=True)                                 # (batch, heads, n, n), keeps the graph
     for b, span in enumerate(spans):
         if span is None:
             continue
@@ -339,6 +395,6 @@ def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: Tra
         sub = out[b][:, rows, cols]                                   # (heads, r, count) copy
         apply_plan(sub, plan)
         if allowed is not None:
-            sub.mul_(allowed[b][:, rows, cols])
+            sub = sub * allowed[b][:, rows, cols]
         out[b][:, rows, cols] = sub
     return out.to(weights.dtype)

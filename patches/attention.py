@@ -11,6 +11,9 @@ the base implementation.
 The function is excluded from ``torch.compile`` graphs (it reads the call's plan, a Python
 object, and sizes its loops from the prompt): a compiled model runs it eagerly, once per
 layer, and the rest of the model compiled.
+
+Under ``torch.autocast`` an edited call runs on its queries, keys and values in the autocast
+dtype, as stock sdpa does; its explicit rows are float32 and its output is in the autocast dtype.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from .explicit import plain_attention, sinks_of
 from .registration import base_function
 from .state import STATE_ATTR, TransitionState
 
-__all__ = ["make_attention", "rows_all_edit"]
+__all__ = ["make_attention", "rows_all_edit", "autocast_inputs"]
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -53,6 +56,21 @@ def rows_all_edit(call: CallPlan, plans) -> list[tuple[int, int]]:
         if not common:
             return []
     return common or []
+
+
+def autocast_inputs(query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inside ``torch.autocast``, the queries, keys and values in the autocast dtype, as stock sdpa
+    gets them (autocast's policy casts ``scaled_dot_product_attention``'s inputs to it; under
+    autocast the rotary embedding leaves queries and keys in float32 and values in the autocast
+    dtype); outside, unchanged. The stock rows of an edited call then run on what stock runs on,
+    and the explicit rows are computed in float32 from the same values
+    (:func:`attn_transition.kernel.explicit_precision`)."""
+    device = query.device.type
+    if not torch.is_autocast_enabled(device):
+        return query, key, value
+    dtype = torch.get_autocast_dtype(device)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
 
 
 def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -92,7 +110,7 @@ def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                         scaling=scaling, softcap=softcap, sinks=sinks,
                         mask=None if attention_mask is None else attention_mask[mb],   # (heads or 1, q, k)
                         budget=budget, scratch=call.scratch, dropout=dropout, out=out[b],
-                        weights_out=None if weights_out is None else weights_out[b])
+                        weights_out=None if weights_out is None else weights_out[b], prompt_length=row.length)
     return out, weights_out
 
 
@@ -121,6 +139,8 @@ def make_attention(base_name: str) -> Callable:
         base = base_function(base_name, module, plain_attention)
         call = None if state is None else _current_call(state, query, key, attention_mask)
         want_weights = bool(kwargs.get("output_attentions", False))
+        if call is not None or (want_weights and base_name == "sdpa"):
+            query, key, value = autocast_inputs(query, key, value)
         if call is None:
             if want_weights and base_name == "sdpa":
                 # sdpa returns no weights; compute them plainly so output_attentions still works.
