@@ -35,9 +35,10 @@ def _logits(model, x, **kw) -> torch.Tensor:
         return model(x, **kw).logits
 
 
-def _gen(model, x, new_tokens: int = 3, **kw):
+def _gen(model, x=None, new_tokens: int = 3, **kw):
+    args = () if x is None else (x,)
     with torch.no_grad():
-        return model.generate(x, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+        return model.generate(*args, max_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
                               return_dict_in_generate=True, output_logits=True, **kw)
 
 
@@ -70,6 +71,35 @@ def test_static_cache_on_an_all_sliding_model_edits_the_whole_prompt(config):
     for a, b in zip(static.logits, dynamic.logits):
         assert _diff(a, b) < TOL, _diff(a, b)
     at.disable(model)
+
+
+def _prepared(q_from: int, q_to: int, keys: int, window=None) -> torch.Tensor:
+    """A prepared additive (1, 1, q, keys) float64 causal mask, sliding when ``window`` is given."""
+    pos, key = torch.arange(q_from, q_to)[:, None], torch.arange(keys)[None, :]
+    allowed = key <= pos if window is None else (key <= pos) & (key > pos - window)             # (q, keys)
+    mask = torch.zeros(q_to - q_from, keys, dtype=torch.float64)
+    return mask.masked_fill(~allowed, torch.finfo(torch.float64).min)[None, None]            # (1, 1, q, keys)
+
+
+def test_a_prepared_mask_continuing_a_cache_is_read_or_refused():
+    """By hand, a piece continuing a cache with a prepared 4D mask: a causal mask shows where the
+    rows start (the piece equals the one-shot prefill); a sliding one hides it (the cached keys
+    before every row's window): a ConfigError naming attention_mask, not an edit with n = window."""
+    for family, window in (("llama", None), ("mistral", 48)):
+        model = tiny_model(family).double()
+        x = ids(1, N, seed=34)
+        at.enable(model, SRA)
+        one_shot = _logits(model, x)[:, -1]
+        cache = _prefilled(model, x, 100, N)
+        piece = dict(attention_mask=_prepared(100, N, N, window), use_cache=True, attn_transition_prompt_length=N,
+                     **{cache_kwarg(model): cache})
+        if window is None:
+            assert _diff(_logits(model, x[:, 100:], **piece)[:, -1], one_shot) < TOL
+        else:
+            with pytest.raises(at.ConfigError, match="pass the 2D .* padding mask") as info:
+                _logits(model, x[:, 100:], **piece)
+            assert info.value.field == "attention_mask"
+        at.disable(model)
 
 
 # -- case 2: an enabled model called inside another model's generate ------------------------------
@@ -131,6 +161,23 @@ def test_an_enabled_model_scoring_inside_its_own_generate_is_a_call_by_hand():
         assert _diff(got, alone) < TOL, _diff(got, alone)
     for a, b in zip(scored.logits, plain.logits):
         assert _diff(a, b) < TOL
+    at.disable(model)
+
+
+def test_a_wrappers_generate_is_the_models_own():
+    """A PEFT wrapper's generate ends in the wrapped model's generate: its calls keep the prompt's
+    width (with use_cache=False the generated rows of every full forward stay unedited), as the
+    model's own generate with a cache gives."""
+    peft = pytest.importorskip("peft")
+    model = _model()
+    at.enable(model, SRA)
+    x = ids(1, N, seed=33)
+    want = _gen(model, x)
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"])).double()  # B = 0: no change
+    got = _gen(lora, input_ids=x, use_cache=False)
+    assert torch.equal(got.sequences, want.sequences)
+    for a, b in zip(got.logits, want.logits):
+        assert _diff(a, b) < GEN_TOL, _diff(a, b)
     at.disable(model)
 
 
