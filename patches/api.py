@@ -266,10 +266,11 @@ def disable(model: Any) -> Any:
     """
     with _LOCK:
         state = get_state(model)
-        if state is None or (not state.model_enabled and not _OPEN_SCOPES.get(state)):
-            if state is not None:                 # a copy of a model taken inside a block: nothing holds it
-                _remove(model, state)
+        if state is None:
             warnings.warn("attn_transition.disable: this model was not enabled; nothing to undo", stacklevel=2)
+            return model
+        if not state.model_enabled and not _OPEN_SCOPES.get(state):
+            _remove(model, state)                 # a copy of a model taken inside a block: no block holds it
             return model
         if state.scope() is not None:
             raise UsageError("attn_transition.disable was called inside an open `with at.enabled(model, ...)` "

@@ -24,7 +24,8 @@ import attn_transition as at
 from attn_transition.errors import UsageError
 from tiny_models import N, edit_configs, ids, tiny_model
 
-pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
+pytestmark = [pytest.mark.patch,        # part of the floor suite (make test-floor)
+              pytest.mark.usefixtures("one_thread")]   # tiny models, several threads: one torch thread each
 
 CLASSIC, SRA = edit_configs()
 BOTH = "classic:alpha=1,beta=0.5,min_length=0"
@@ -345,3 +346,22 @@ def test_outside_every_block_a_model_not_enabled_ignores_per_call_switches():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _close(_logits(model, x, attn_transition=SRA), stock)   # no block: as before
+
+
+def test_a_copy_taken_inside_a_block_is_not_in_it():
+    """copy.deepcopy inside a block on a model that was not enabled: the copy is the stock model
+    (no block is open on it) and disable removes its patch without a word."""
+    import copy
+
+    model = _model()
+    x = ids(1, N, seed=11)
+    stock = _logits(model, x)
+    with at.enabled(model, CLASSIC):
+        twin = copy.deepcopy(model)
+        assert not at.is_enabled(twin) and _close(_logits(twin, x), stock)
+    assert at.get_state(model) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        at.disable(twin)
+    assert at.get_state(twin) is None and twin.config._attn_implementation == "sdpa"
+    assert _close(_logits(twin, x), stock)
