@@ -11,15 +11,21 @@ its own (fused) attention:
 - ``key`` / ``value`` ``(kv_heads, C, d)`` / ``(kv_heads, C, dv)``: its keys at prompt positions
   ``[key_start, key_start + C)`` (``key_start > 0`` where a windowed cache dropped the first
   keys; grouped-query attention without repeating them);
-- ``edits``: the layer's plan, ``attn_transition.schedules.layer_plan(config, layer, num_layers, n)``.
+- ``edits``: the layer's plan, ``attn_transition.schedules.layer_plan(config, layer, num_layers, n)``
+  (a :class:`~attn_transition.schedules.Plan`, which carries its ``n``).
+
+Every argument is checked once per call, before anything is written, with an ``InputError``
+naming it (:func:`_check_inputs`: Python comparisons on shapes, dtypes and numbers; the one tensor
+read, the finiteness of ``sinks``, is done on the CPU only, where it is no device sync).
 
 The rows are computed in chunks sized by a :class:`Budget`; every step of both schedules is
 per (head, query row), so the result does not depend on the chunking. Every chunk of a call
 can reuse one :class:`Scratch` buffer.
 
 Module contents, top to bottom: the memory model (:class:`Budget`), the reused buffer
-(:class:`Scratch`), explicit attention (:func:`attention_weights`, :func:`weighted_values`),
-the rows a plan touches (:func:`edited_spans`), and the driver (:func:`transition_rows`).
+(:class:`Scratch`), float32 inside autocast (:func:`explicit_precision`), explicit attention
+(:func:`attention_weights`, :func:`weighted_values`), the rows a plan touches
+(:func:`edited_spans`), the argument checks, and the driver (:func:`transition_rows`).
 """
 
 from __future__ import annotations
@@ -35,8 +41,7 @@ from .errors import ConfigError, InputError
 from .schedules import ClassicBlock, Edit, SpanRedistribution, apply_edit_
 
 __all__ = ["BYTES_PER_ENTRY", "Budget", "Scratch", "explicit_precision", "attention_weights", "weighted_values",
-           "bool_mask",
-           "edited_spans", "transition_rows"]
+           "bool_mask", "edited_spans", "transition_rows"]
 
 # The memory model. An *entry* is one (head, query row, key) triple of an explicit attention
 # chunk. Computing a chunk holds, per entry, at most: its float32 score, its float32 weight
@@ -135,7 +140,8 @@ def bool_mask(mask: torch.Tensor) -> torch.Tensor:
 def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_rows: Optional[torch.Tensor],
                       scaling: float, softcap: Optional[float] = None, *, sinks: Optional[torch.Tensor] = None,
                       inplace: bool = True, budget: Budget = Budget(), scratch: Optional[Scratch] = None):
-    """Post-softmax float32 weights of contiguous query rows over their keys.
+    """Post-softmax float32 weights of contiguous query rows over their keys (float64 inputs in
+    float64; inside ``torch.autocast`` too).
 
     The rows are ``[start, start + r)`` counted in the key columns of ``k`` (a causal row
     sees no column past its own); ``c >= start + r``.
@@ -147,7 +153,6 @@ def attention_weights(q_rows: torch.Tensor, k: torch.Tensor, start: int, mask_ro
         scaling / softcap: the layer's own.
         sinks: (heads,) attention-sink logits (gpt-oss) that join each row's softmax.
         inplace: compute in place (no autograd through the result).
-        Computed in float32 (float64 inputs in float64), inside ``torch.autocast`` too.
         budget: bounds the float32 up-cast of half-precision keys.
         scratch: where the weights are computed (in place only); they are then valid until its
             next use. None allocates them.
