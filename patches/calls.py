@@ -337,8 +337,7 @@ def _by_hand(state: Any, declared: Width, offset: int, q: int) -> Width:
     return None
 
 
-def _row_lengths(width: Width, spans: list[tuple[int, int, bool]], offset: int, q: int,
-                 inside: Optional[GenerateCall]) -> list[int]:
+def _row_lengths(width: Width, spans: list[tuple[int, int, bool]], offset: int, q: int) -> list[int]:
     """``n`` per batch row (0: edit nothing): its real tokens (``WHOLE``), the part of the prompt's
     width from its first real token (one int), or its own declared width (one per row)."""
     if width == WHOLE:
@@ -346,10 +345,6 @@ def _row_lengths(width: Width, spans: list[tuple[int, int, bool]], offset: int, 
     if isinstance(width, int):
         return [max(width - first, 0) for first, _, _ in spans]
     for b, ((first, _, _), n) in enumerate(zip(spans, width)):
-        if inside is not None and inside.width is not None and n != max(inside.width - first, 0):
-            raise ConfigError(f"{LENGTH_KWARG}[{b}]={n} is not the prompt of row {b} in the input generate was "
-                              f"given ({max(inside.width - first, 0)} tokens from its first real one); leave "
-                              f"it out (generate's own width is used)", field=LENGTH_KWARG)
         if 0 < offset < first + n < offset + q:
             raise ConfigError(f"{LENGTH_KWARG}[{b}]={n} ends inside this call (row {b}: cached {offset} + {q} new "
                               f"tokens, prompt from position {first}): a chunk of a prompt must end at or before "
@@ -391,7 +386,12 @@ def plan_call(state: Any, args: tuple, kwargs: dict) -> CallPlan:
         return CallPlan(None, batch, q, offset, ())
     real = _real_mask(inside, mask2d, prepared, batch, offset, q)             # (batch, offset + q) or None
     spans = _spans(real) if real is not None else [(0, offset + q, True)] * batch
-    lengths = _row_lengths(width, spans, offset, q, inside)
+    lengths = _row_lengths(width, spans, offset, q)
+    if inside is not None and isinstance(widths, tuple) and widths != tuple(lengths):
+        b = next(i for i, (w, n) in enumerate(zip(widths, lengths)) if w != n)
+        raise ConfigError(f"{LENGTH_KWARG}[{b}]={widths[b]} is not row {b}'s prompt in the input generate was given "
+                          f"({lengths[b]} tokens from its first real one); leave it out (generate's own width is "
+                          f"used)", field=LENGTH_KWARG)
     rows = []
     for (first, count, contiguous), n in zip(spans, lengths):
         if not contiguous:

@@ -272,6 +272,24 @@ def test_per_row_widths_equal_each_row_alone(config):
     at.disable(model)
 
 
+def test_a_width_declared_to_generate_must_be_its_own():
+    """generate's own width, as one int or per row (from each row's first real token), changes
+    nothing; any other width is a ConfigError naming the keyword."""
+    model = _model()
+    x, mask = left_padded(2, N, row=1, pad=20, seed=35)
+    at.enable(model, SRA)
+    plain = _gen(model, x, attention_mask=mask)
+    for declared in (N, [N, N - 20], torch.tensor([N, N - 20])):
+        got = _gen(model, x, attention_mask=mask, attn_transition_prompt_length=declared)
+        assert torch.equal(got.sequences, plain.sequences)
+        assert _diff(got.logits[0], plain.logits[0]) == 0.0
+    for declared in (N - 1, [N, N]):
+        with pytest.raises(at.ConfigError, match="attn_transition_prompt_length") as info:
+            _gen(model, x, attention_mask=mask, attn_transition_prompt_length=declared)
+        assert info.value.field == "attn_transition_prompt_length"
+    at.disable(model)
+
+
 # -- case 8: duplicate keys, continuous batching, an exception inside a chunked generate ----------
 
 def test_a_duplicate_config_key_is_an_error_naming_it():
