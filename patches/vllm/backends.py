@@ -6,8 +6,9 @@ vLLM resolves an attention backend by its enum member's path, which a plugin may
 overrides ``FLASH_ATTN`` and the engine check selects it. The overriding backends are subclasses of
 vLLM's own; their ``get_impl_cls`` (called while each ``Attention`` layer is built, under the
 engine's current config: ``Attention.__init__``, vllm/model_executor/layers/attention/attention.py)
-hands out vLLM's own implementation class unless the engine asks for the transition, so an
-engine that does not ask runs exactly vLLM's code.
+hands out vLLM's own implementation class unless the engine asks for the plugin
+(``additional_config={"attn_transition": <config or "none">}``), so an engine that does not ask runs
+exactly vLLM's code.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .engine import transition_config
+from .engine import EngineTransition, engine_transition
 from .rows import LayerTransition
 
 __all__ = ["register_backends", "asked_config", "make_layer_transition"]
 
 
-def asked_config() -> Optional[Any]:
-    """The transition config of the engine being built in this process, or None."""
+def asked_config() -> Optional[EngineTransition]:
+    """What the engine being built in this process asks of the plugin (its default config, or
+    ``NO_DEFAULT`` for per-request configs only), or None: the plugin is off."""
     from vllm.config import get_current_vllm_config
 
-    return transition_config(get_current_vllm_config().additional_config)
+    return engine_transition(get_current_vllm_config().additional_config)
 
 
-def make_layer_transition(impl: Any, config: Any, *, budget: Callable[[torch.device, int, int], Any]
+def make_layer_transition(impl: Any, *, budget: Callable[[torch.device, int, int], Any]
                           ) -> LayerTransition:
     """A layer's :class:`LayerTransition` from a backend implementation's settings (``scale``,
     ``logits_soft_cap``, ``sinks``, ``sliding_window`` as vLLM's implementations store them) and the
@@ -51,14 +53,19 @@ def make_layer_transition(impl: Any, config: Any, *, budget: Callable[[torch.dev
         window = window[0] + 1 if window[0] >= 0 else None
     elif window is not None and window <= 0:                     # CPU: -1 for none
         window = None
-    return LayerTransition(config, layout, num_layers, scaling=float(impl.scale), softcap=softcap,
+    return LayerTransition(layout, num_layers, scaling=float(impl.scale), softcap=softcap,
                            sinks=impl.sinks, window=window, budget=budget)
 
 
 def register_backends() -> None:
-    """Override vLLM's default attention backend of this platform with the transition's subclass."""
+    """Override vLLM's default attention backend of this platform with the transition's subclass,
+    and install the caller-side check of each request's transition (:mod:`.requests`)."""
     from vllm.platforms import current_platform
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    from .requests import install_request_check
+
+    install_request_check()
 
     if current_platform.is_cpu():
         register_backend(AttentionBackendEnum.CPU_ATTN, "attn_transition.patches.vllm.cpu.TransitionCPUBackend")

@@ -78,9 +78,8 @@ class TransitionCPUImpl(CPUAttentionBackendImpl):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config = asked_config()
-        self.transition = (None if config is None or self.attn_type != AttentionType.DECODER
-                           else make_layer_transition(self, config, budget=_budget))
+        self.transition = (None if asked_config() is None or self.attn_type != AttentionType.DECODER
+                           else make_layer_transition(self, budget=_budget))
         self._readable: Optional[bool] = None
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -105,8 +104,9 @@ class TransitionCPUImpl(CPUAttentionBackendImpl):
 
 
 def _unreadable(*args: Any) -> Any:
-    raise RuntimeError("attn_transition: a prompt arrived in chunks, and this CPU's attention cache layout "
-                       "cannot be read back; restart the engine with enable_chunked_prefill=False")
+    raise RuntimeError("attn_transition: a prompt arrived in chunks (or after cached blocks), and this CPU's "
+                       "attention cache layout cannot be read back; restart the engine with "
+                       "enable_chunked_prefill=False and enable_prefix_caching=False")
 
 
 class TransitionCPUBackend(CPUAttentionBackend):
@@ -118,13 +118,17 @@ class TransitionCPUBackend(CPUAttentionBackend):
 
 
 def check_cpu_engine(vllm_config: Any) -> None:
-    """Refuse chunked prefill where the cache layout is not one :func:`read_cache` reads."""
+    """Where the cache layout is not one :func:`read_cache` reads: turn prefix caching off (a
+    cache hit starts a prompt's rows after cached ones, whose keys the edit reads back) and refuse
+    chunked prefill."""
     from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
 
     model_config = vllm_config.model_config
     block_size = vllm_config.cache_config.block_size or 128
     isa = _get_attn_isa(model_config.dtype, block_size, model_config.get_head_size())
     chunked = getattr(vllm_config.scheduler_config, "enable_chunked_prefill", True)
+    if isa not in READABLE_ISAS:
+        vllm_config.cache_config.enable_prefix_caching = False
     if isa not in READABLE_ISAS and chunked:
         raise ConfigError(f"attn_transition: prompts split into chunks need the earlier chunks' keys from the "
                           f"cache, whose {isa!r} layout the plugin cannot read; pass enable_chunked_prefill=False "

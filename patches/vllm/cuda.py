@@ -51,9 +51,8 @@ class TransitionFlashAttentionImpl(FlashAttentionImpl):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        config = asked_config()
-        self.transition = (None if config is None or self.attn_type != AttentionType.DECODER
-                           else make_layer_transition(self, config, budget=_budget))
+        self.transition = (None if asked_config() is None or self.attn_type != AttentionType.DECODER
+                           else make_layer_transition(self, budget=_budget))
 
     def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,

@@ -7,9 +7,11 @@ plugins (``EngineArgs.__post_init__``). The plugin wraps that method: without
 is validated and the settings the edit cannot honour are refused there, in the caller's process, as
 one-line :class:`~attn_transition.errors.ConfigError` s naming the setting to change.
 
-Prefix caching is turned off when the transition is on (unless the caller asked for it, which is
-refused): every prompt row's edit depends on the whole prompt's length, so K/V cached for a prompt
-of another length (a shared document with another question) are not the K/V this prompt needs.
+Prefix caching stays on, salted per request (:mod:`.requests`): every prompt row's edit depends
+on the prompt's width, so K/V cached for a prompt of another width (a shared document with another
+question) are not the K/V this prompt needs; a request's cache is salted by (its config, its width),
+so only exact repeats reuse. ``additional_config={"attn_transition": "none"}`` starts the plugin
+with no default: only requests that ask (``SamplingParams.extra_args``) are edited.
 KV connectors (``kv_transfer_config``) hand K/V computed for one prompt to another in the same way,
 and are refused.
 
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import difflib
 import functools
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, format_config, parse_config
 from attn_transition.errors import ConfigError, did_you_mean
@@ -67,6 +70,32 @@ def transition_config(additional_config: Any) -> Optional[TransitionConfig]:
         raise ConfigError(f"{_FIELD}: {err}", field=ADDITIONAL_CONFIG_KEY) from None
 
 
+@dataclass(frozen=True)
+class NoDefault:
+    """The engine default of ``additional_config={"attn_transition": "none"}``: the plugin is on,
+    a request is edited only when it asks (``SamplingParams.extra_args``, :mod:`.requests`)."""
+
+    schedule: str = "none"
+
+
+NO_DEFAULT = NoDefault()
+EngineTransition = Union[TransitionConfig, NoDefault]
+
+
+def engine_transition(additional_config: Any) -> Optional[EngineTransition]:
+    """What an engine's ``additional_config`` asks of the plugin: None (no key: the plugin is inert,
+    exactly stock vLLM), :data:`NO_DEFAULT` (``"none"``: on, per-request configs only) or the
+    default config of every request that does not name its own.
+
+    Raises:
+        ConfigError: the value is not ``"none"`` nor a valid config string (the message names the field).
+    """
+    if isinstance(additional_config, dict) and isinstance(additional_config.get(ADDITIONAL_CONFIG_KEY), str) \
+            and additional_config[ADDITIONAL_CONFIG_KEY].strip().lower() == "none":
+        return NO_DEFAULT
+    return transition_config(additional_config)
+
+
 def _normalised(key: str) -> str:
     return key.strip().lower().replace("-", "_").replace(" ", "_")
 
@@ -95,19 +124,19 @@ def check_key_spelling(additional_config: Any) -> None:
                               field="additional_config")
 
 
-def check_engine_args(args: Any) -> Optional[TransitionConfig]:
+def check_engine_args(args: Any) -> Optional[EngineTransition]:
     """Validate the transition config of ``EngineArgs`` and adjust the settings it needs, before
-    vLLM builds the engine config. Returns the config, or None when the plugin is not asked for."""
+    vLLM builds the engine config. Returns the engine's default (:func:`engine_transition`), or None
+    when the plugin is not asked for."""
     check_key_spelling(getattr(args, "additional_config", None))
-    config = transition_config(getattr(args, "additional_config", None))
+    config = engine_transition(getattr(args, "additional_config", None))
     if config is None:
         return None
-    if args.enable_prefix_caching:
-        raise ConfigError(
-            "attn_transition: prefix caching would reuse K/V computed for prompts of other lengths, which "
-            "the edit makes different; leave enable_prefix_caching unset or pass enable_prefix_caching=False "
-            "(--no-enable-prefix-caching)", field="enable_prefix_caching")
-    args.enable_prefix_caching = False
+    # Prefix caching stays as the caller set it (vLLM's default: on): the caller's process salts
+    # each edited request's cache by (its config, its prompt width) (:mod:`.requests`), so only a
+    # request with the same tokens, config and width reuses its blocks; a request that is not
+    # edited keeps stock caching. Where the cached keys cannot be read back, the CPU check turns it
+    # off (:func:`.cpu.check_cpu_engine`).
     if getattr(args, "speculative_config", None):
         raise ConfigError("attn_transition: speculative decoding is not supported with the transition; "
                           "remove speculative_config", field="speculative_config")
@@ -198,8 +227,6 @@ def _publish(label: str, caching: str) -> None:
                             labelnames=["config", "prefix_caching"], multiprocess_mode="mostrecent"))
     _GAUGE[0].clear()
     _GAUGE[0].labels(config=label, prefix_caching=caching).set(1)
-
-
 
 
 def _wrap_create_engine_config(create: Any) -> Any:

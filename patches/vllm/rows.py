@@ -20,7 +20,6 @@ from typing import Any, Callable, Optional, Protocol
 
 import torch
 
-from attn_transition.config import TransitionConfig
 from attn_transition.kernel import Scratch, edited_spans, transition_rows
 from attn_transition.schedules import layer_plan
 
@@ -53,14 +52,14 @@ _SCRATCH = Scratch()
 
 
 class LayerTransition:
-    """The edit of one attention layer: the schedule (config, layout of the model's attention
-    layers) and the layer's own attention settings (scaling, softcap, sinks, sliding window).
-    The layer's position in the schedule is read from its name at its first forward."""
+    """The edit of one attention layer: the layout of the model's attention layers and the layer's
+    own attention settings (scaling, softcap, sinks, sliding window); each request's config and
+    width come with its rows (:class:`~.steps.PromptRows`). The layer's position in the schedule
+    is read from its name at its first forward."""
 
-    def __init__(self, config: TransitionConfig, layout: dict[int, int], num_layers: int, *, scaling: float,
+    def __init__(self, layout: dict[int, int], num_layers: int, *, scaling: float,
                  softcap: Optional[float], sinks: Optional[torch.Tensor], window: Optional[int],
                  budget: Callable[[torch.device, int, int], Any]) -> None:
-        self.config = config
         self.layout = layout
         self.num_layers = num_layers
         self.position: Optional[int] = None
@@ -84,7 +83,7 @@ class LayerTransition:
         if self.position is None:
             self.position = layer_position(layer.layer_name, self.layout)
         for rows in requests:
-            edits = layer_plan(self.config, self.position, self.num_layers, rows.prompt_len)
+            edits = layer_plan(rows.config, self.position, self.num_layers, rows.prompt_len)
             spans = edited_spans(edits, rows.first, rows.end) if edits else []
             if spans:
                 self._rows(rows, edits, spans, attn_metadata, query, key, value, kv_cache, output, read_cache)
