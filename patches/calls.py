@@ -373,13 +373,17 @@ def plan_call(state: Any, args: tuple, kwargs: dict) -> CallPlan:
     if config is not None:
         _refuse_packed_batching(kwargs)
     widths = _check_length(declared, batch)
-    # A stock call, or a decoding step: no tensor work. One token can still be the end of a
-    # prompt: fed by hand with a declared width, or in chunks by generate (transformers 4.57's
-    # generate prefills the last prompt token alone).
-    if config is None or (q <= 1 and widths is None and state.chunked is None):
+    # A stock call, or a decoding step of the generate under way: no tensor work, no look at the
+    # stack. One token can still be the end of a prompt: fed by hand with a declared width, in
+    # chunks by generate (transformers 4.57's generate prefills the last prompt token alone), or
+    # the first call of a generate that continues a cache it was given.
+    if config is None or (q <= 1 and widths is None and state.chunked is None and state.in_generate):
         return CallPlan(None, batch, q, 0, ())
-    offset, cache, mask2d, prepared = _inputs(args, kwargs, q)
     inside = generate_call(state)
+    state.generate_seen(None if inside is None else inside.marker)
+    if inside is None and q <= 1 and widths is None:
+        return CallPlan(None, batch, q, 0, ())    # a decoding step fed by hand
+    offset, cache, mask2d, prepared = _inputs(args, kwargs, q)
     width = (_in_generate(state, inside, widths, offset, q, cache) if inside is not None
              else _by_hand(state, widths, offset, q))
     if width is None:

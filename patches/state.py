@@ -30,6 +30,7 @@ import contextvars
 import math
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Optional
@@ -117,12 +118,15 @@ class _Pins(threading.local):
 
 
 class _PerThread(threading.local):
-    """This thread's calls under way (innermost last) and the prefill in chunks its ``generate``
-    has under way (a record tied to that ``generate`` call: :class:`~.calls.ChunkedPrefill`)."""
+    """This thread's calls under way (innermost last), the prefill in chunks its ``generate``
+    has under way (a record tied to that ``generate`` call: :class:`~.calls.ChunkedPrefill`), and
+    the ``generate`` call its last planned call was made by (a weak reference to that call's
+    generation config, :attr:`~.generation.GenerateCall.marker`)."""
 
     def __init__(self) -> None:
         self.calls: list[CallPlan] = []
         self.chunked: Optional[ChunkedPrefill] = None
+        self.generate: Optional[weakref.ref] = None
 
 
 @dataclass(eq=False)
@@ -270,6 +274,16 @@ class TransitionState:
     @chunked.setter
     def chunked(self, value: Optional[ChunkedPrefill]) -> None:
         self._local.chunked = value
+
+    @property
+    def in_generate(self) -> bool:
+        """Whether this thread's last planned call was made by a ``generate`` call still under
+        way: a one-token call then is one of its decoding steps, and needs no look at the stack."""
+        marker = self._local.generate
+        return marker is not None and marker() is not None
+
+    def generate_seen(self, marker: Optional[weakref.ref]) -> None:
+        self._local.generate = marker
 
     def warn_once(self, key: str, message: str, stacklevel: int = 2) -> None:
         if key not in self._warned:

@@ -210,8 +210,7 @@ def test_one_prompt_token_left_by_hand_is_edited():
 def test_generate_continuing_a_cache_filled_with_the_declared_width_edits_the_rest(left):
     """generate given that cache and the same declared width: the remaining prompt rows are
     edited (the first generated token's logits are the one-shot prefill's), with no warning;
-    without the width more than one token left is not edited, with a warning (one token left is
-    read as a decoding step: see docs/design.md)."""
+    without the width they are not edited, with a warning, however few are left."""
     model = _model()
     x = ids(1, N, seed=27)
     at.enable(model, SRA)
@@ -223,10 +222,9 @@ def test_generate_continuing_a_cache_filled_with_the_declared_width_edits_the_re
     assert not _ours(record), _ours(record)
     assert _diff(one_shot, _logits(model, x, attn_transition=False)[:, -1]) > 1e-4, "the edit acts on this row"
     assert _diff(out.logits[0], one_shot) < GEN_TOL, _diff(out.logits[0], one_shot)
-    if left > 1:
-        model._attn_transition._warned.clear()
-        with pytest.warns(UserWarning, match="continues .* cached tokens it was given"):
-            _gen(model, x, new_tokens=1, **{cache_kwarg(model): _prefilled(model, x, N - left, N)})
+    model._attn_transition._warned.clear()
+    with pytest.warns(UserWarning, match="continues .* cached tokens it was given"):
+        _gen(model, x, new_tokens=1, **{cache_kwarg(model): _prefilled(model, x, N - left, N)})
     at.disable(model)
 
 
