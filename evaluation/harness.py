@@ -12,11 +12,14 @@ a thin subclass of lm_eval's ``HFLM``. Every ``HFLM`` model argument works (``pr
 - ``pretrained=smollm2-135m`` / ``gemma3-270m``: the embedded models, converted once into
   the offline cache (:mod:`attn_transition.evaluation.models`).
 
-Padding. lm_eval right-pads loglikelihood batches and calls the model without an attention
-mask; the stock causal model does not care, but the schedule's geometry depends on each
-row's prompt length, which the padded width would change. For an enabled model this class
-passes the padding mask of each right-padded batch, so every row is edited exactly as when
-it runs alone. ``generate_until`` batches are left padded with a mask, which the patch reads.
+Loglikelihood. A request ``(context, continuation)`` is edited with its context as the prompt
+(``n = len(context)``, what ``generate_until`` of the same task is given); the continuation's
+rows are not edited, as on ``attn-transition-vllm`` (:mod:`.harness_args`). lm_eval forwards
+both in one call, right-pads the batch and passes no attention mask; the stock causal model
+does not care, but the schedule's geometry depends on each row's prompt. For an enabled model
+this class passes each row's context width and the batch's padding mask, so every row is
+edited exactly as its context alone would be. ``generate_until`` batches are left padded with
+a mask, which the patch reads.
 
 ``attn-transition lm-eval ARGS...`` registers the model and hands ``ARGS`` to lm_eval's own
 command line unchanged (``--help`` included), so every lm_eval flag works.

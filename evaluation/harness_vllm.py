@@ -16,13 +16,18 @@ argument of lm_eval's ``VLLM`` model works; besides them:
 
 lm_eval hands its ``VLLM`` model's extra arguments to ``vllm.LLM`` (``VLLM.__init__`` in
 lm_eval/models/vllm_causallms.py); the transition goes there as ``additional_config``.
+
+A loglikelihood request means what it means on ``attn-transition`` (:mod:`.harness_args`): lm_eval
+sends context and continuation as one prompt and reads its ``prompt_logprobs``; each such request
+carries its context's width (``SamplingParams.extra_args["attn_transition_prompt_length"]``), so
+only the context's rows are edited, with the context's ``n``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from lm_eval.api.registry import register_model
 
@@ -52,12 +57,17 @@ def _vllm_distribution_alias() -> Iterator[None]:
 
 
 with _vllm_distribution_alias():
+    import lm_eval.models.vllm_causallms as _lm_vllm
     from lm_eval.models.vllm_causallms import VLLM
 
+from vllm import SamplingParams
+
 from attn_transition.config import format_config
+from attn_transition.errors import UsageError
+from attn_transition.patches.compat import LENGTH_KWARG
 from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
 
-from .harness_args import parse_transition
+from .harness_args import BatchRecorder, check_model_args, check_rows, parse_transition, warn_rolling
 from .models import EMBEDDED, resolve_model
 
 __all__ = ["MODEL_NAME", "AttnTransitionVLLM"]
@@ -67,10 +77,12 @@ MODEL_NAME = "attn-transition-vllm"
 
 @register_model(MODEL_NAME)
 class AttnTransitionVLLM(VLLM):
-    """lm_eval's ``VLLM`` whose engine edits every prompt with ``transition``."""
+    """lm_eval's ``VLLM`` whose engine edits every prompt with ``transition``; a loglikelihood
+    request's prompt is edited as far as its context reaches (see the module's docstring)."""
 
     def __init__(self, pretrained: str = "smollm2-135m", transition: Any = "classic", **kwargs: Any) -> None:
-        config = parse_transition(transition)           # before starting the engine: a typo fails fast
+        check_model_args(kwargs)                        # before starting the engine: a typo fails fast
+        config = parse_transition(transition)
         if isinstance(pretrained, str) and pretrained in EMBEDDED:
             pretrained = resolve_model(pretrained)
         if config is not None:
@@ -78,5 +90,35 @@ class AttnTransitionVLLM(VLLM):
             extra[ADDITIONAL_CONFIG_KEY] = format_config(config)
             kwargs["additional_config"] = extra
         self.transition_config = config
+        self._batches = BatchRecorder()
         super().__init__(pretrained=pretrained, **kwargs)
+
+    # -- loglikelihood: the context is the edited prompt ---------------------------------------
+
+    def _loglikelihood_tokens(self, *args: Any, **kwargs: Any):
+        """lm_eval's, with each request's context width sent along (see :meth:`_model_generate`)."""
+        if self.transition_config is None:
+            return super()._loglikelihood_tokens(*args, **kwargs)
+        if not hasattr(_lm_vllm, "Collator"):                         # pragma: no cover - other lm_eval
+            raise UsageError("this lm_eval version builds loglikelihood batches differently; "
+                             "run the attn-transition-vllm model with transition=none or another lm_eval")
+        with self._batches.recording(_lm_vllm):
+            return super()._loglikelihood_tokens(*args, **kwargs)
+
+    def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
+        warn_rolling(self.transition_config)
+        return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
+
+    def _model_generate(self, requests: list[list[int]], generate: bool = False,
+                        sampling_params: Optional[Any] = None):
+        """lm_eval's; a recorded loglikelihood batch (``generate=False``) goes with lm_eval's
+        scoring parameters (``VLLM._model_generate``: greedy, one token, ``prompt_logprobs=1``)
+        plus each request's context width in ``extra_args``."""
+        rows = None if generate else self._batches.take(window=self.max_length - 1, drop_last=False)
+        if rows is None:
+            return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
+        check_rows(rows, requests)
+        params = [SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False,
+                                 extra_args={LENGTH_KWARG: row.context}) for row in rows]
+        return super()._model_generate(requests, generate=True, sampling_params=params)
 
