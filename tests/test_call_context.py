@@ -302,6 +302,10 @@ def test_a_duplicate_config_key_is_an_error_naming_it():
     with pytest.raises(at.ConfigError, match="'threshold_len' appears twice"):
         _logits(model, ids(1, 20, seed=30), attn_transition="sra:threshold_len=8,threshold_len=9")
     at.disable(model)
+    from attn_transition.evaluation.harness_args import parse_transition     # lm-eval's transition=
+
+    with pytest.raises(at.ConfigError, match="'alpha' appears twice"):
+        parse_transition("classic:alpha=1;beta=0.5;alpha=2")
 
 
 def test_a_packed_continuous_batching_forward_is_refused():
