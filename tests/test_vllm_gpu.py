@@ -13,7 +13,7 @@ from skips import need
 need("vllm", "vLLM's GPU build", provided_by=("setup-vllm",))
 torch = pytest.importorskip("torch")
 
-from test_vllm import (CONTINUOUS, compare, engine_outputs, hf_outputs, logprob_gap,  # noqa: E402
+from test_vllm import (CONTINUOUS, check_inert, compare, engine_outputs, hf_outputs, logprob_gap,  # noqa: E402
                        smollm2, smollm2_prompts)
 
 pytestmark = [pytest.mark.vllm, pytest.mark.gpu,
@@ -32,10 +32,10 @@ def gpu_floor(smollm2, smollm2_prompts) -> float:
     return gap
 
 
-def test_gpu_installed_but_not_asked_is_exactly_stock(smollm2, smollm2_prompts):
-    asked_nothing = engine_outputs(smollm2, smollm2_prompts, dtype="bfloat16")
-    no_plugins = engine_outputs(smollm2, smollm2_prompts, dtype="bfloat16", plugins=False)
-    assert asked_nothing["alone"] == no_plugins["alone"]
+def test_gpu_installed_but_not_asked_is_stock(smollm2, smollm2_prompts):
+    # bfloat16 rounds about 3e4 times coarser than float32: a floor of 1e-3 and an edited engine
+    # more than 10x that bound away (the sra edit moves SmolLM2's log-probabilities by about 1).
+    check_inert(smollm2, smollm2_prompts, floor=1e-3, apart=10, dtype="bfloat16")
 
 
 def test_gpu_continuous_edit_in_chunks_equals_transformers(smollm2, smollm2_prompts, gpu_floor):
