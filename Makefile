@@ -98,8 +98,11 @@ $(VLLM_VENV)/.installed-convert: $(VLLM_VENV)/.installed-vllm-$(VLLM_VERSION)
 # there), so its tests never depend on a cache another run left. ATTN_TRANSITION_SETUP names this
 # environment's set-up step: under CI=true, a test that skips because something that step provides
 # is missing fails instead (tests/conftest.py).
+# VLLM_TESTS: the files with tests marked `vllm` (tests/test_setup_skips.py checks that every such
+# file is listed).
+VLLM_TESTS := tests/test_vllm*.py tests/test_lm_eval_engines.py
 VLLM_RUN = $(VLLM_VENV)/bin/attn-transition convert smollm2-135m && \
-	ATTN_TRANSITION_SETUP=setup-vllm $(VLLM_PY) -m pytest -q -m vllm tests/test_vllm*.py
+	ATTN_TRANSITION_SETUP=setup-vllm $(VLLM_PY) -m pytest -q -m vllm $(VLLM_TESTS)
 
 test: setup setup-floor setup-vllm
 	$(PY) -m pytest -q -m "not slow and not vllm"

@@ -6,6 +6,7 @@ a few tests that skip in each way, and reads the outcome of every test from ``-r
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -111,3 +112,19 @@ def test_under_ci_the_environment_named_by_its_setup_step_is_strict(folder):
     assert "test_skips.py::test_model_missing" not in got and len(skipped) == 5, (got, skipped)  # `setup`'s
     got, skipped = _outcomes(folder, CI="true", ATTN_TRANSITION_EXPECT_TRANSFORMERS="4.57.1")   # the floor stage
     assert set(got.values()) == {"PASSED", "XFAIL"} and len(skipped) == 6, (got, skipped)
+
+
+def _makefile_vllm_tests() -> list[str]:
+    match = re.search(r"^VLLM_TESTS\s*:?=(.*)$", (HERE.parent / "Makefile").read_text(), re.M)
+    assert match, "the Makefile must list VLLM_TESTS"
+    return match[1].split()
+
+
+def test_every_file_with_vllm_tests_runs_in_the_vllm_stage():
+    """The vLLM stage (Makefile VLLM_RUN) runs the files of VLLM_TESTS; one marked `vllm` outside
+    them would run nowhere (the main stage deselects the marker)."""
+    marked = {f"tests/{p.name}" for p in HERE.glob("test_*.py") if re.search(r"pytest\.mark\.vllm\b", p.read_text())}
+    assert "tests/test_vllm.py" in marked
+    listed = _makefile_vllm_tests()
+    assert {m for m in marked if not any(fnmatch.fnmatch(m, pattern) for pattern in listed)} == set()
+    assert all(any(fnmatch.fnmatch(m, pattern) for m in marked) for pattern in listed), listed   # none stale
