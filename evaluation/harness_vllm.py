@@ -20,7 +20,9 @@ lm_eval/models/vllm_causallms.py); the transition goes there as ``additional_con
 A loglikelihood request means what it means on ``attn-transition`` (:mod:`.harness_args`): lm_eval
 sends context and continuation as one prompt and reads its ``prompt_logprobs``; each such request
 carries its context's width (``SamplingParams.extra_args["attn_transition_prompt_length"]``), so
-only the context's rows are edited, with the context's ``n``.
+only the context's rows are edited, with the context's ``n``. Every request also names the
+model's config (``extra_args["attn_transition"]``, the plugin's per-request config), so one
+engine can score under several configs (:class:`AttnTransitionVLLM`).
 """
 
 from __future__ import annotations
@@ -64,8 +66,8 @@ from vllm import SamplingParams
 
 from attn_transition.config import format_config
 from attn_transition.errors import UsageError
-from attn_transition.patches.compat import LENGTH_KWARG
 from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
+from attn_transition.patches.vllm.requests import CONFIG_KEY, WIDTH_KEY
 
 from .harness_args import BatchRecorder, check_model_args, check_rows, parse_transition, warn_rolling
 from .models import EMBEDDED, resolve_model
@@ -75,10 +77,24 @@ __all__ = ["MODEL_NAME", "AttnTransitionVLLM"]
 MODEL_NAME = "attn-transition-vllm"
 
 
+def _scoring_params(extra_args: dict[str, Any]) -> Any:
+    """lm_eval's parameters of a loglikelihood request (``VLLM._model_generate`` in
+    lm_eval/models/vllm_causallms.py: greedy, one token, ``prompt_logprobs=1``) with ``extra_args``."""
+    return SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False,
+                          extra_args=extra_args)
+
+
 @register_model(MODEL_NAME)
 class AttnTransitionVLLM(VLLM):
     """lm_eval's ``VLLM`` whose engine edits every prompt with ``transition``; a loglikelihood
-    request's prompt is edited as far as its context reaches (see the module's docstring)."""
+    request's prompt is edited as far as its context reaches (see the module's docstring).
+
+    Where the engine runs the plugin (``transition`` is a config, or ``additional_config`` names
+    ``attn_transition``, ``"none"`` included), every request names :attr:`transition_config` in
+    its ``extra_args``; setting that attribute between runs scores the same engine under another
+    config (None: not edited), which is how one engine serves stock and every config. With
+    ``transition=none`` and no ``additional_config``, this is lm_eval's ``vllm`` model exactly.
+    """
 
     def __init__(self, pretrained: str = "smollm2-135m", transition: Any = "classic", **kwargs: Any) -> None:
         check_model_args(kwargs)                        # before starting the engine: a typo fails fast
@@ -90,8 +106,14 @@ class AttnTransitionVLLM(VLLM):
             extra[ADDITIONAL_CONFIG_KEY] = format_config(config)
             kwargs["additional_config"] = extra
         self.transition_config = config
+        self._per_request = ADDITIONAL_CONFIG_KEY in (kwargs.get("additional_config") or {})
         self._batches = BatchRecorder()
         super().__init__(pretrained=pretrained, **kwargs)
+
+    def _named(self, extra_args: Optional[dict] = None) -> dict[str, Any]:
+        """``extra_args`` with this model's config named (``"none"``: not edited)."""
+        config = self.transition_config
+        return {**(extra_args or {}), CONFIG_KEY: "none" if config is None else format_config(config)}
 
     # -- loglikelihood: the context is the edited prompt ---------------------------------------
 
@@ -112,13 +134,20 @@ class AttnTransitionVLLM(VLLM):
     def _model_generate(self, requests: list[list[int]], generate: bool = False,
                         sampling_params: Optional[Any] = None):
         """lm_eval's; a recorded loglikelihood batch (``generate=False``) goes with lm_eval's
-        scoring parameters (``VLLM._model_generate``: greedy, one token, ``prompt_logprobs=1``)
-        plus each request's context width in ``extra_args``."""
+        scoring parameters plus each request's context width in ``extra_args``; on an engine
+        that runs the plugin every request also names this model's config."""
+        if self.transition_config is not None and not self._per_request:
+            raise UsageError(f"transition_config is {format_config(self.transition_config)!r} but the engine was "
+                             f"started without the attn_transition plugin; start it with transition=<config> or "
+                             f"additional_config={{'{ADDITIONAL_CONFIG_KEY}': 'none'}}")
         rows = None if generate else self._batches.take(window=self.max_length - 1, drop_last=False)
-        if rows is None:
-            return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)
-        check_rows(rows, requests)
-        params = [SamplingParams(temperature=0, prompt_logprobs=1, max_tokens=1, detokenize=False,
-                                 extra_args={LENGTH_KWARG: row.context}) for row in rows]
-        return super()._model_generate(requests, generate=True, sampling_params=params)
-
+        if rows is not None:
+            check_rows(rows, requests)
+            params = [_scoring_params(self._named({WIDTH_KEY: row.context})) for row in rows]
+            return super()._model_generate(requests, generate=True, sampling_params=params)
+        if self._per_request:
+            if not generate or sampling_params is None:                 # lm_eval's own default
+                generate, sampling_params = True, _scoring_params({})
+            for params in sampling_params if isinstance(sampling_params, list) else [sampling_params]:
+                params.extra_args = self._named(params.extra_args)
+        return super()._model_generate(requests, generate=generate, sampling_params=sampling_params)

@@ -12,7 +12,7 @@ effect is far above both bounds, and so is the gap between the engines when each
 whole request as one prompt (lm_eval's own models on the edited engines, without the context
 width).
 
-Each config starts one engine (about a minute each: stock, classic, SRA), shut down once scored.
+One engine (about a minute to start) scores stock and both configs: each request names its config.
 """
 
 from __future__ import annotations
@@ -90,7 +90,11 @@ def _whole(lm: Any, plain: Callable, pairs: list[tuple[str, str]]) -> list[float
 @pytest.fixture(scope="module")
 def scores(folder, requests) -> dict[tuple[str, Optional[str]], list[float]]:
     """Every request's loglikelihood: ``(engine, config)`` -> scores; ``(engine + "-whole",
-    config)``: the request edited as one prompt (what lm_eval's models do without the width)."""
+    config)``: the request edited as one prompt (what lm_eval's models do without the width).
+
+    One engine serves every config: started with the plugin and no default
+    (``additional_config={"attn_transition": "none"}``), each request names the model's config."""
+    from attn_transition.evaluation.harness_args import parse_transition
     from attn_transition.evaluation.harness_model import AttnTransitionLM
     from attn_transition.evaluation.harness_vllm import AttnTransitionVLLM  # first: it imports lm_eval's module
     from lm_eval.models.huggingface import HFLM
@@ -98,30 +102,32 @@ def scores(folder, requests) -> dict[tuple[str, Optional[str]], list[float]]:
 
     torch.manual_seed(0)
     result: dict[tuple[str, Optional[str]], list[float]] = {}
-    encodings = {}
-    for config in (None, CLASSIC, SRA):
+    configs = (None, CLASSIC, SRA)
+    for config in configs:
         hf = AttnTransitionLM(pretrained=folder, transition=config or "none", dtype="float32", device="cpu",
                               batch_size=8)
         result["hf", config] = [v for v, _ in hf.loglikelihood(_instances(requests), disable_tqdm=True)]
-        encodings["hf"] = [hf._encode_pair(c, x) for c, x in requests]
+        result["hf-tokens", config] = [hf._encode_pair(c, x) for c, x in requests]
         if config is not None:                                      # one row at a time: no padding
             alone = AttnTransitionLM(pretrained=folder, transition=config, dtype="float32", device="cpu",
                                      batch_size=1)
             result["hf-whole", config] = _whole(alone, HFLM._loglikelihood_tokens, requests)
             del alone
         del hf
-        lm = AttnTransitionVLLM(pretrained=folder, transition=config or "none", dtype="float32",
-                                enforce_eager=True, max_model_len=MAX_MODEL_LEN, seed=0, batch_size="auto")
-        try:
+    lm = AttnTransitionVLLM(pretrained=folder, transition="none", additional_config={"attn_transition": "none"},
+                            dtype="float32", enforce_eager=True, max_model_len=MAX_MODEL_LEN, seed=0,
+                            batch_size="auto")
+    try:
+        assert [lm._encode_pair(c, x) for c, x in requests] == result["hf-tokens", None]   # the same tokens
+        for config in configs:
+            lm.transition_config = parse_transition(config)
             result["vllm", config] = [v for v, _ in lm.loglikelihood(_instances(requests), disable_tqdm=True)]
             if config is not None:
                 result["vllm-whole", config] = _whole(lm, VLLM._loglikelihood_tokens, requests)
-            encodings["vllm"] = [lm._encode_pair(c, x) for c, x in requests]
-        finally:
-            lm.model.llm_engine.engine_core.shutdown()
-            del lm
-            gc.collect()
-        assert encodings["hf"] == encodings["vllm"]                 # the same tokens on both engines
+    finally:
+        lm.model.llm_engine.engine_core.shutdown()
+        del lm
+        gc.collect()
     return result
 
 
