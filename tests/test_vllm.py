@@ -413,6 +413,16 @@ def test_engine_start_says_what_it_edits_in_one_warning_and_a_metric(tiny_llama)
     _engine_config(tiny_llama, additional_config={"attn_transition": "sra"})
     assert REGISTRY.get_sample_value(METRIC_NAME, labels) is None
     assert REGISTRY.get_sample_value(METRIC_NAME, {**labels, "config": "sra"}) == 1.0
+    # "none": the plugin on, no default; the line says only requests that name a config are edited.
+    records = _Records()
+    vllm_logger.addHandler(records)
+    try:
+        _engine_config(tiny_llama, additional_config={"attn_transition": "none"})
+    finally:
+        vllm_logger.removeHandler(records)
+    (none,) = [r.getMessage() for r in records.records if r.name == LOGGER_NAME]
+    assert "only the prompt rows of requests that name a config" in none, none
+    assert REGISTRY.get_sample_value(METRIC_NAME, {**labels, "config": "none"}) == 1.0
 
 
 def test_unsupported_model_is_refused(tmp_path):
