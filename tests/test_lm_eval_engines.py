@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
+from skips import need
 
-vllm = pytest.importorskip("vllm", reason="the vLLM environment (make setup-vllm) runs these tests")
-lm_eval = pytest.importorskip("lm_eval", reason="lm-evaluation-harness (pip install lm_eval)")
+vllm = need("vllm", "the vLLM environment (make setup-vllm) runs these tests", provided_by=("setup-vllm",))
+lm_eval = need("lm_eval", "lm-evaluation-harness (pip install lm_eval)", provided_by=("setup", "setup-vllm"))
 
 import torch  # noqa: E402
 
