@@ -31,7 +31,7 @@ from attn_transition.errors import NotACausalLMError, UnsupportedModelError, Usa
 
 from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
 from .calls import CallPlan, plan_call
-from .compat import LENGTH_KWARG, SWITCH_KWARG, allow_generate_switch
+from .compat import LENGTH_KWARG, SWITCH_KWARG, allow_continuous_batching, allow_generate_switch, refuse_continuous_batching
 from .families import family_for, schedule_layout
 from .registration import BASE_IMPLEMENTATIONS, register
 from .state import STATE_ATTR, Options, TransitionState
@@ -152,6 +152,7 @@ def _attach(model: Any, state: TransitionState) -> None:
             object.__setattr__(module, STATE_ATTR, state)
     state.hooks = [decoder.register_forward_pre_hook(_before_decoder, with_kwargs=True),
                    decoder.register_forward_hook(_after_decoder, always_call=True)]
+    refuse_continuous_batching(model)             # it packs requests into one row: refused while installed
 
 
 def _detach(model: Any) -> None:
@@ -163,6 +164,7 @@ def _detach(model: Any) -> None:
     for module in model.modules():
         module.__dict__.pop(STATE_ATTR, None)
     model.__dict__.pop(STATE_ATTR, None)
+    allow_continuous_batching(model)
 
 
 def _implementation_changed(model: Any, state: TransitionState) -> bool:

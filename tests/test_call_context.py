@@ -335,7 +335,6 @@ def test_continuous_batching_methods_refused_then_restored():
     assert getattr(type(model), "generate_batch") is not None
 
 
-@pytest.mark.xfail(strict=True, reason="enable does not yet call compat.refuse_continuous_batching (patches/api.py)")
 def test_generate_batch_on_an_enabled_model_is_refused_before_it_runs():
     model = _model()
     if not callable(getattr(type(model), "generate_batch", None)):
