@@ -4,27 +4,58 @@
     at.enable(model, at.ClassicConfig())      # or at.SRAConfig()
     model.generate(**inputs, attn_transition=False)   # per-call switch
     at.disable(model)                         # back to the exact stock model
+
+The engine-neutral core. It imports no integration and no evaluation (``lint-imports``
+checks it, see setup.cfg); ``enable`` and the other names of the transformers integration
+load it on first use. One concern per module:
+
+- :mod:`.config`: the validated configs (``ClassicConfig``, ``SRAConfig``), ``parse_config``;
+- :mod:`.schedules`: which rows of which layer a config edits, and the edit on a block of rows;
+- :mod:`.kernel`: the edited rows of post-softmax attention, in bounded memory;
+- :mod:`.budget`: the ``max_chunk_mib`` setting as a memory budget per layer call;
+- :mod:`.families`: the model-layout facts both engines need (supported ``model_type`` values,
+  which layers the schedule counts);
+- :mod:`.keywords`: the public keyword names (``attn_transition=``, ``attn_transition_prompt_length=``);
+- :mod:`.errors`: the library's errors;
+- :mod:`.models`: the embedded models, offline (``load``);
+- :mod:`.cli`, :mod:`.commands`, :mod:`.extras`: the ``attn-transition`` command and its plug-in
+  subcommands (defined by evaluation).
+
+The integrations are :mod:`attn_transition.patches` (``.transformers``, ``.vllm``); evaluation is
+:mod:`attn_transition.evaluation`.
 """
+
+from typing import TYPE_CHECKING
 
 from .config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
 from .errors import AttnTransitionError, ConfigError, InputError, NotACausalLMError, UnsupportedModelError, UsageError
 from . import kernel
 from .schedules import layer_plan, reweight
 
+if TYPE_CHECKING:   # what __getattr__ below loads on first use, spelled out for static tools
+    from . import models, patches
+    from .families import FAMILIES
+    from .patches.transformers import disable, enable, enabled, get_state, is_enabled
+
 __version__ = "0.1.0"
 
+# name -> the module that defines it; loaded on first use (the transformers integration imports
+# transformers, the embedded models their loader).
+_LAZY = {
+    **{name: "attn_transition.patches.transformers"
+       for name in ("enable", "disable", "enabled", "is_enabled", "get_state")},
+    "FAMILIES": "attn_transition.families",
+}
+_LAZY_MODULES = {"patches": "attn_transition.patches", "models": "attn_transition.models"}
 
-def __getattr__(name):
-    # The integration layer imports transformers; load it only when asked for.
-    if name in ("enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES", "patches"):
-        import importlib
 
-        patches = importlib.import_module("attn_transition.patches")
-        return patches if name == "patches" else getattr(patches, name)
-    if name == "models":                     # the embedded models (imports the evaluation package)
-        import importlib
+def __getattr__(name: str):
+    import importlib
 
-        return importlib.import_module("attn_transition.models")
+    if name in _LAZY_MODULES:
+        return importlib.import_module(_LAZY_MODULES[name])
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'attn_transition' has no attribute {name!r}")
 
 

@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM
 
 import attn_transition as at
 from attn_transition.errors import UsageError
-from attn_transition.patches.compat import LENGTH_KWARG
+from attn_transition.keywords import LENGTH_KWARG
 
 from .harness_args import MODEL_NAME, BatchRecorder, check_model_args, check_rows, parse_transition, warn_rolling
 from .models import EMBEDDED, resolve_model

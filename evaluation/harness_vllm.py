@@ -66,8 +66,7 @@ from vllm import SamplingParams
 
 from attn_transition.config import format_config
 from attn_transition.errors import UsageError
-from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
-from attn_transition.patches.vllm.requests import CONFIG_KEY, WIDTH_KEY
+from attn_transition.keywords import ADDITIONAL_CONFIG_KEY, LENGTH_KWARG as WIDTH_KEY, SWITCH_KWARG as CONFIG_KEY
 
 from .harness_args import BatchRecorder, check_model_args, check_rows, parse_transition, warn_rolling
 from .models import EMBEDDED, resolve_model

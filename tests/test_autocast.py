@@ -32,7 +32,7 @@ def attention_calls(monkeypatch):
     """Every call of the registered edited attention: (layer, query, key, value, scaling, output)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    from attn_transition.patches.registration import register
+    from attn_transition.patches.transformers.attention import register
 
     register()
     calls = []

@@ -320,7 +320,7 @@ def test_a_packed_continuous_batching_forward_is_refused():
 
 
 def test_continuous_batching_methods_refused_then_restored():
-    from attn_transition.patches.compat import allow_continuous_batching, refuse_continuous_batching
+    from attn_transition.patches.transformers.compat import allow_continuous_batching, refuse_continuous_batching
 
     model = _model()
     if not callable(getattr(type(model), "generate_batch", None)):

@@ -1,6 +1,6 @@
 """The patch on every supported family, on tiny random models built here (no downloads).
 
-For each ``model_type`` in ``patches/families.py``: disabled equals stock bitwise; enabled
+For each ``model_type`` in ``attn_transition/families.py``: disabled equals stock bitwise; enabled
 changes the logits by a real amount; enable -> disable -> enable reproduces; the
 edited-rows path equals the full-matrix path; both equal an independent reference (the
 family's attention recomputed here from the query/key/value the model passes, with
@@ -21,8 +21,8 @@ import torch
 
 import attn_transition as at
 from attn_transition.patches import FAMILIES, STATE_ATTR
-from attn_transition.patches.calls import CallPlan, RowPrompt
-from attn_transition.patches.families import REFUSED, family_for, num_decoder_layers, schedule_layout
+from attn_transition.patches.transformers.calls import CallPlan, RowPrompt
+from attn_transition.families import REFUSED, family_for, num_decoder_layers, schedule_layout
 from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, greedy, ids, left_padded, sharpen
 
 pytestmark = pytest.mark.usefixtures("one_thread")     # tiny models: one thread (conftest)

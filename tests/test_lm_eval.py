@@ -152,7 +152,7 @@ def test_the_continuation_is_not_part_of_the_edited_prompt(folder):
 
 def test_each_row_gets_its_context_width(folder):
     """What reaches the model for a right-padded batch: each row's width is its context's length."""
-    from attn_transition.patches.compat import LENGTH_KWARG
+    from attn_transition.keywords import LENGTH_KWARG
 
     ours = _ours(folder, CONFIG, 5)
     calls: list[tuple[list[int], list[int]]] = []

@@ -161,7 +161,7 @@ def test_scratch_lives_for_one_forward_call():
 
 
 def test_auto_budget_depends_on_the_device():
-    from attn_transition.patches.budget import AUTO_CHUNK_MIB, AUTO_CPU_MIN_MIB, AUTO_CPU_ROWS, chunk_budget
+    from attn_transition.budget import AUTO_CHUNK_MIB, AUTO_CPU_MIN_MIB, AUTO_CPU_ROWS, chunk_budget
 
     assert at.get_state(at.enable(tiny_model("llama"))).max_chunk_mib == "auto"
     cpu = torch.device("cpu")

@@ -1,4 +1,5 @@
-"""Model resolution and the one-time conversion of the embedded models (no weights loaded here)."""
+"""Model resolution and the one-time conversion of the embedded models (no weights loaded here;
+attn_transition.models, re-exported by attn_transition.evaluation.models)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 import pytest
 
 from attn_transition.errors import UsageError
-from attn_transition.evaluation import models
+from attn_transition import models
 
 
 def test_concurrent_converts_of_one_model_convert_once(tmp_path, monkeypatch):

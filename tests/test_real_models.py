@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import attn_transition as at
-from attn_transition.patches.registration import implementation_name
-from attn_transition.patches.state import STATE_ATTR
+from attn_transition.patches.transformers.registration import implementation_name
+from attn_transition.patches.transformers.state import STATE_ATTR
 
 pytestmark = pytest.mark.slow
 

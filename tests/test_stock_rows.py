@@ -6,10 +6,10 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 import attn_transition as at
-from attn_transition.patches import attention as A
-from attn_transition.patches import base_rows as B
+from attn_transition.patches.transformers import attention as A
+from attn_transition.patches.transformers import base_rows as B
 from attn_transition.kernel import Budget
-from attn_transition.patches.calls import CallPlan, RowPrompt
+from attn_transition.patches.transformers.calls import CallPlan, RowPrompt
 from attn_transition.schedules import ClassicBlock
 from tiny_models import N, edit_configs, left_padded, tiny_model
 

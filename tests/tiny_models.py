@@ -106,7 +106,7 @@ def ids(batch: int, n: int, *, seed: int = 0) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Every family in patches/families.py (tests/test_families.py). Kept apart from family_configs()
+# Every family in attn_transition/families.py (tests/test_families.py). Kept apart from family_configs()
 # so the six-family suite in test_patch.py stays fast.
 
 # Field values shared by every tiny config; a family's config class only receives the fields it
@@ -158,7 +158,7 @@ _DELTANET = dict(num_hidden_layers=6, layer_types=_HYBRID_TYPES, linear_num_key_
 _MAMBA2 = dict(mamba_n_heads=8, mamba_d_head=8, mamba_d_state=8, mamba_chunk_size=32)
 
 # model_type -> overrides of _TINY (only families available in the installed transformers are built);
-# grouped as in patches/families.py.
+# grouped as in attn_transition/families.py.
 _FAMILY_OVERRIDES = {
     # dense decoders of the Llama kind
     "llama": {},

@@ -236,7 +236,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     ``on_records`` is called after each batch is saved (tests use it to interrupt a run).
     """
     import attn_transition as at
-    from attn_transition.patches.families import schedule_layout
+    from attn_transition.families import schedule_layout
 
     started = time.perf_counter()
     shard = shard or Shard()

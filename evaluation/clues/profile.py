@@ -194,7 +194,7 @@ def register() -> None:
     global _REGISTERED
     if _REGISTERED:
         return
-    from attn_transition.patches.registration import register_attention
+    from attn_transition.patches.transformers import register_attention
 
     register_attention(IMPLEMENTATION, _profile_attention, mask="sdpa")
     _REGISTERED = True

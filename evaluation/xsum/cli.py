@@ -224,7 +224,7 @@ class GenerateRun:
             for shard in existing_shards(self.output):     # each rank's sidecar records the run it belongs to
                 self.check_resumable(read_meta(meta_path(shard)), shard)
         try:
-            from attn_transition.patches.families import schedule_layout
+            from attn_transition.families import schedule_layout
 
             self.num_layers = schedule_layout(self.model.config)[0]   # hybrids: attention layers only
         except Exception:

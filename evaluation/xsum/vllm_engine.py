@@ -39,7 +39,7 @@ class VLLMEngines:
         try:
             from vllm import LLM
 
-            from attn_transition.patches.vllm import ADDITIONAL_CONFIG_KEY
+            from attn_transition.keywords import ADDITIONAL_CONFIG_KEY
         except ImportError:
             raise UsageError("--engine vllm needs vLLM in this environment (make setup-vllm; run "
                              ".venv-vllm/bin/attn-transition generate ...)", field="engine") from None

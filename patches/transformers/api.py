@@ -26,14 +26,16 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 
+from attn_transition.budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
 from attn_transition.config import TransitionConfig
 from attn_transition.errors import NotACausalLMError, UnsupportedModelError, UsageError
+from attn_transition.families import family_for, schedule_layout
+from attn_transition.keywords import LENGTH_KWARG, SWITCH_KWARG
 
-from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
 from .calls import CallPlan, plan_call
-from .compat import LENGTH_KWARG, SWITCH_KWARG, allow_continuous_batching, allow_generate_switch, refuse_continuous_batching
-from .families import family_for, schedule_layout
-from .registration import BASE_IMPLEMENTATIONS, register
+from .compat import allow_continuous_batching, allow_generate_switch, refuse_continuous_batching
+from .attention import register
+from .registration import BASE_IMPLEMENTATIONS
 from .state import STATE_ATTR, Options, TransitionState
 
 __all__ = ["TransitionState", "Options", "enable", "disable", "enabled", "is_enabled", "get_state", "STATE_ATTR",

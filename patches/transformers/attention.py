@@ -18,7 +18,8 @@ dtype, as stock sdpa does; its explicit rows are float32 and its output is in th
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import threading
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
@@ -28,10 +29,12 @@ from attn_transition.schedules import layer_plan
 from .base_rows import base_rows
 from .calls import CallPlan, plan_from_mask
 from .explicit import plain_attention, sinks_of
-from .registration import base_function
-from .state import STATE_ATTR, TransitionState
+from .registration import BASE_IMPLEMENTATIONS, STATE_ATTR, base_function, implementation_name, register_attention
 
-__all__ = ["make_attention", "rows_all_edit", "autocast_inputs"]
+if TYPE_CHECKING:   # the state is read through the module attribute STATE_ATTR, never imported
+    from .state import TransitionState
+
+__all__ = ["make_attention", "register", "rows_all_edit", "autocast_inputs"]
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -155,3 +158,18 @@ def make_attention(base_name: str) -> Callable:
     attention.__name__ = f"attn_transition_{base_name}_attention"
     attention.__qualname__ = attention.__name__
     return attention
+
+
+_LOCK = threading.Lock()
+_REGISTERED = False
+
+
+def register() -> None:
+    """Register ``attn_transition_sdpa`` / ``attn_transition_eager`` (idempotent, thread-safe)."""
+    global _REGISTERED
+    with _LOCK:
+        if _REGISTERED:
+            return
+        for base in BASE_IMPLEMENTATIONS:
+            register_attention(implementation_name(base), make_attention(base), mask=base)
+        _REGISTERED = True

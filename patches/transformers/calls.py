@@ -56,8 +56,9 @@ import torch
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError, UsageError
 from attn_transition.kernel import Scratch, bool_mask
+from attn_transition.keywords import LENGTH_KWARG, SWITCH_KWARG
 
-from .compat import CONTINUOUS_BATCHING_REFUSAL, LENGTH_KWARG, SWITCH_KWARG
+from .compat import CONTINUOUS_BATCHING_REFUSAL
 from .generation import GenerateCall, generate_call
 
 __all__ = ["RowPrompt", "CallPlan", "ChunkedPrefill", "plan_call", "plan_from_mask", "resolve_switch"]

@@ -6,12 +6,8 @@ import functools
 from typing import Any
 
 from attn_transition.errors import UsageError
+from attn_transition.keywords import CALL_KWARGS
 
-# The per-call keywords: the switch (on / off / a config) and the whole prompt's width for a
-# prefill fed in chunks. Both are read (and removed) by the decoder pre-hook in calls.py.
-SWITCH_KWARG = "attn_transition"
-LENGTH_KWARG = "attn_transition_prompt_length"
-CALL_KWARGS = (SWITCH_KWARG, LENGTH_KWARG)
 
 # transformers' continuous batching (``generate_batch``, ``init_continuous_batching``,
 # ``continuous_batching_context_manager``; ``generation/continuous_batching/continuous_api.py``)

@@ -1,19 +1,22 @@
 """The names under which the library's attention functions live in transformers' registries,
-and the stock function each one falls back on for the rows it leaves alone."""
+the stock function each one falls back on for the rows it leaves alone, and the attribute that
+holds an enabled model's state. Names only: the functions registered under them are made and
+registered by :mod:`.attention` (:func:`~.attention.register`)."""
 
 from __future__ import annotations
 
 import functools
 import sys
-import threading
 from typing import Callable
 
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["BASE_IMPLEMENTATIONS", "implementation_name", "register_attention", "register", "base_function"]
+__all__ = ["BASE_IMPLEMENTATIONS", "STATE_ATTR", "implementation_name", "register_attention", "base_function"]
 
 BASE_IMPLEMENTATIONS = ("sdpa", "eager")
+# The attribute of an enabled model, its decoder and its attention modules that holds the state.
+STATE_ATTR = "_attn_transition"
 _PREFIX = "attn_transition_"
 
 
@@ -46,19 +49,3 @@ def register_attention(name: str, function: Callable[..., tuple], *, mask: str =
     AttentionInterface.register(name, function)
     AttentionMaskInterface.register(name, {"sdpa": sdpa_mask, "eager": eager_mask}[mask])
 
-
-_LOCK = threading.Lock()
-_REGISTERED = False
-
-
-def register() -> None:
-    """Register ``attn_transition_sdpa`` / ``attn_transition_eager`` (idempotent, thread-safe)."""
-    global _REGISTERED
-    with _LOCK:
-        if _REGISTERED:
-            return
-        from .attention import make_attention
-
-        for base in BASE_IMPLEMENTATIONS:
-            register_attention(implementation_name(base), make_attention(base), mask=base)
-        _REGISTERED = True

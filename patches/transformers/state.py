@@ -39,15 +39,13 @@ import torch
 
 from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError
+from attn_transition.budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting, chunk_budget
 from attn_transition.kernel import Budget
 
-from .budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting, chunk_budget
 from .calls import CallPlan, ChunkedPrefill
-from .registration import implementation_name
+from .registration import STATE_ATTR, implementation_name
 
 __all__ = ["STATE_ATTR", "Options", "Scope", "TransitionState"]
-
-STATE_ATTR = "_attn_transition"
 
 
 @dataclass(frozen=True)
@@ -301,7 +299,7 @@ class TransitionState:
         # The hook handles were copied with the model: torch's RemovableHandle pickles the hook
         # dictionary it points into, which the copy shares with the copied decoder.
         from .compat import allow_generate_switch
-        from .registration import register
+        from .attention import register
 
         self.__dict__.update(values)
         self._local = _PerThread()

@@ -39,7 +39,7 @@ def make_layer_transition(impl: Any, *, budget: Callable[[torch.device, int, int
     step rows in this worker (:mod:`.steps`)."""
     from vllm.config import get_current_vllm_config
 
-    from attn_transition.patches.families import schedule_layout
+    from attn_transition.families import schedule_layout
 
     from .steps import install_step_rows
 

@@ -21,7 +21,7 @@ from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend, FlashAttentionImpl
 
 from attn_transition.errors import ConfigError
-from attn_transition.patches.budget import chunk_budget
+from attn_transition.budget import chunk_budget
 
 from .backends import asked_config, make_layer_transition
 from .steps import STEP_ATTR

@@ -157,7 +157,7 @@ def check_vllm_config(vllm_config: Any, config: TransitionConfig) -> None:
     """Refuse, at engine start, what the plugin cannot edit faithfully on this engine."""
     from vllm.platforms import current_platform
 
-    from attn_transition.patches.families import family_for, schedule_layout
+    from attn_transition.families import family_for, schedule_layout
 
     model_config = vllm_config.model_config
     text_config = model_config.hf_text_config
