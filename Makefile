@@ -1,6 +1,7 @@
 # One-command set-up and runs. Each target creates the virtual environment it needs.
 #   make bench   set up, then run the main job (long-context benchmark, SmolLM2, CPU, < 10 min)
-#   make test    set up, then run every test (fast suite, the floor suite, then the real-model tests)
+#   make test    set up, then check the import contracts (lint-imports) and run every test (fast suite,
+#                the floor suite, then the real-model tests)
 #   make test-vllm   only the vLLM plugin's tests (marker `vllm`), in their own environment (.venv-vllm)
 #   make test-floor  only the floor suite: the patch tests (marker `patch`) in a second, small
 #                    environment (.venv-floor) with the lowest supported transformers
@@ -105,6 +106,7 @@ VLLM_RUN = $(VLLM_VENV)/bin/attn-transition convert smollm2-135m && \
 	ATTN_TRANSITION_SETUP=setup-vllm $(VLLM_PY) -m pytest -q -m vllm $(VLLM_TESTS)
 
 test: setup setup-floor setup-vllm
+	$(PY) .ci/lint_imports.py --no-logo
 	$(PY) -m pytest -q -m "not slow and not vllm"
 	$(FLOOR_RUN)
 	$(VLLM_RUN)
