@@ -1,4 +1,6 @@
-"""Per-architecture facts, as a small table keyed by ``config.model_type``.
+"""Per-architecture facts, as a small table keyed by ``config.model_type``: the model-layout facts
+both engines need (the transformers integration and the vLLM plugin read the same Hugging Face
+config: ``model.config`` / vLLM's ``hf_text_config``).
 
 The attention function itself is architecture-agnostic: transformers hands it the
 query/key/value after RoPE (or none, on NoPE layers) and the cache update, the layer's
@@ -15,12 +17,12 @@ edited faithfully, with the reason given to the user.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 from attn_transition.errors import UnsupportedModelError
 
 __all__ = ["Family", "FAMILIES", "REFUSED", "SOFTMAX_LAYER_TYPES", "OTHER_LAYER_TYPES", "family_for",
-           "num_decoder_layers", "attention_layers", "schedule_layout"]
+           "text_decoder_type", "num_decoder_layers", "attention_layers", "schedule_layout"]
 
 # ``config.layer_types`` entries of decoder layers that run softmax attention (Falcon-H1's
 # "hybrid" layers run attention and a Mamba mixer side by side), and of layers that do not.
@@ -228,20 +230,26 @@ REFUSED: dict[str, str] = {
 }
 
 
+def text_decoder_type(config: Any) -> Optional[str]:
+    """The ``model_type`` of a multimodal config's text decoder (``config.text_config``), or None."""
+    return getattr(getattr(config, "text_config", None), "model_type", None)
+
+
 def _multimodal_hint(config: Any) -> str:
-    text = getattr(config, "text_config", None)
-    text_type = getattr(text, "model_type", None)
+    text_type = text_decoder_type(config)
     if text_type is None:
         return ""
     if text_type in FAMILIES:
-        return (f"; it is a multimodal model: enable its text decoder instead, at.enable(model.get_decoder()) "
-                f"(a {text_type!r} model; the vision/audio towers are left untouched), or load the text-only "
-                f"checkpoint with AutoModelForCausalLM")
+        return (f"; it is a multimodal model whose text decoder (a {text_type!r} model) is supported: edit the "
+                f"text decoder alone (the vision/audio towers are left untouched)")
     return f"; it is a multimodal model whose text decoder ({text_type!r}) is not supported either"
 
 
 def family_for(config: Any) -> Family:
-    """The table entry for a model config, or :class:`UnsupportedModelError` naming its type and why."""
+    """The table entry for a model config, or :class:`UnsupportedModelError` naming its type and why.
+
+    Engine-neutral: the message says what to edit, not how in a given engine (the transformers
+    integration adds its way, :func:`attn_transition.patches.transformers.families.family_for`)."""
     model_type = getattr(config, "model_type", None)
     family = FAMILIES.get(model_type)
     if family is not None:

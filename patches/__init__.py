@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from attn_transition.budget import DEFAULT_MAX_CHUNK_MIB
-    from attn_transition.families import FAMILIES, family_for
+    from attn_transition.families import FAMILIES
 
-    from .transformers import STATE_ATTR, Options, TransitionState, disable, enable, enabled, get_state, is_enabled
+    from .transformers import (STATE_ATTR, Options, TransitionState, disable, enable, enabled, family_for, get_state,
+                               is_enabled)
 
 __all__ = ["enable", "disable", "enabled", "is_enabled", "get_state", "TransitionState", "Options", "FAMILIES",
            "family_for", "STATE_ATTR", "DEFAULT_MAX_CHUNK_MIB"]
@@ -30,9 +31,9 @@ __all__ = ["enable", "disable", "enabled", "is_enabled", "get_state", "Transitio
 # name -> the module that defines it (the transformers integration's, or the core's).
 _LAZY = {
     **{name: "attn_transition.patches.transformers" for name in (
-        "enable", "disable", "enabled", "is_enabled", "get_state", "TransitionState", "Options", "STATE_ATTR")},
+        "enable", "disable", "enabled", "is_enabled", "get_state", "TransitionState", "Options", "STATE_ATTR",
+        "family_for")},
     "FAMILIES": "attn_transition.families",
-    "family_for": "attn_transition.families",
     "DEFAULT_MAX_CHUNK_MIB": "attn_transition.budget",
 }
 

@@ -554,6 +554,22 @@ def test_multimodal_model_edits_its_text_decoder_only(build):
     assert torch.equal(off, stock_gen) and torch.equal(after, stock)
 
 
+def test_a_multimodal_refusal_names_the_engines_way_out_only_in_that_engine():
+    """The core's refusal (read by the vLLM plugin too) says what to edit; only the transformers
+    integration's names at.enable(model.get_decoder())."""
+    from transformers import AutoConfig
+
+    from attn_transition.patches.transformers.families import family_for as transformers_family_for
+
+    config = AutoConfig.for_model("gemma3")
+    with pytest.raises(at.UnsupportedModelError, match="'gemma3_text' model\\) is supported") as core:
+        family_for(config)
+    assert "at.enable" not in str(core.value)
+    with pytest.raises(at.UnsupportedModelError, match=r"at\.enable\(model\.get_decoder\(\)\)"):
+        transformers_family_for(config)
+    assert transformers_family_for(CONFIGS["llama"]) is family_for(CONFIGS["llama"])
+
+
 def test_multimodal_model_with_an_unsupported_text_decoder_says_so():
     from transformers import AutoConfig
 

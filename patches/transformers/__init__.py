@@ -14,6 +14,7 @@ nothing about the vLLM plugin or evaluation. One concern per module:
 - :mod:`.base_rows`: the stock rows on the CPU, skipping the recomputed ones where that pays;
 - :mod:`.explicit`: plain explicit attention with its weights (``output_attentions``);
 - :mod:`.registration`: the names in transformers' registries and the stock function behind each;
+- :mod:`.families`: the transformers way out of a refused multimodal model;
 - :mod:`.compat`: version-dependent workarounds.
 
 From the core it uses :mod:`attn_transition.budget` (the ``max_chunk_mib`` setting),
@@ -21,8 +22,9 @@ From the core it uses :mod:`attn_transition.budget` (the ``max_chunk_mib`` setti
 :mod:`attn_transition.keywords` (the per-call keyword names).
 """
 
-from attn_transition.families import FAMILIES, family_for
+from attn_transition.families import FAMILIES
 
+from .families import family_for
 from .api import DEFAULT_MAX_CHUNK_MIB, STATE_ATTR, Options, TransitionState, disable, enable, enabled, get_state, is_enabled
 from .registration import register_attention
 

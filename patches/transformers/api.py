@@ -29,12 +29,13 @@ import torch
 from attn_transition.budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting
 from attn_transition.config import TransitionConfig
 from attn_transition.errors import NotACausalLMError, UnsupportedModelError, UsageError
-from attn_transition.families import family_for, schedule_layout
+from attn_transition.families import schedule_layout
 from attn_transition.keywords import LENGTH_KWARG, SWITCH_KWARG
 
+from .attention import register
 from .calls import CallPlan, plan_call
 from .compat import allow_continuous_batching, allow_generate_switch, refuse_continuous_batching
-from .attention import register
+from .families import family_for
 from .registration import BASE_IMPLEMENTATIONS
 from .state import STATE_ATTR, Options, TransitionState
 
