@@ -19,11 +19,12 @@ dtype, as stock sdpa does; its explicit rows are float32 and its output is in th
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional, Protocol
 
 import torch
 
-from attn_transition.kernel import transition_rows
+from attn_transition.config import TransitionConfig
+from attn_transition.kernel import Budget, transition_rows
 from attn_transition.schedules import layer_plan
 
 from .base_rows import base_rows
@@ -31,10 +32,30 @@ from .calls import CallPlan, plan_from_mask
 from .explicit import plain_attention, sinks_of
 from .registration import BASE_IMPLEMENTATIONS, STATE_ATTR, base_function, implementation_name, register_attention
 
-if TYPE_CHECKING:   # the state is read through the module attribute STATE_ATTR, never imported
-    from .state import TransitionState
-
 __all__ = ["make_attention", "register", "rows_all_edit", "autocast_inputs"]
+
+
+class AttentionState(Protocol):
+    """What the attention function reads of the state it finds on a module (``STATE_ATTR``;
+    :class:`~.state.TransitionState` is one): the settings in effect, this thread's call, the
+    schedule's layout and the memory budget."""
+
+    @property
+    def config(self) -> TransitionConfig: ...
+
+    @property
+    def active(self) -> bool: ...
+
+    @property
+    def full_matrix(self) -> bool: ...
+
+    num_layers: int
+
+    def schedule_layer(self, layer_idx: int) -> int: ...
+
+    def current_call(self) -> Optional[CallPlan]: ...
+
+    def budget(self, device: torch.device, heads: int, keys: int) -> Budget: ...
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -77,7 +98,7 @@ def autocast_inputs(query: torch.Tensor, key: torch.Tensor,
 
 
 def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: Optional[torch.Tensor], call: CallPlan, state: TransitionState, *,
+                attention_mask: Optional[torch.Tensor], call: CallPlan, state: AttentionState, *,
                 scaling: Optional[float], softcap: Optional[float], dropout: float, base: Optional[Callable],
                 want_weights: bool, **base_kwargs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The base attention, then the edited rows of this call recomputed, edited and written back."""
@@ -117,7 +138,7 @@ def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     return out, weights_out
 
 
-def _current_call(state: TransitionState, query: torch.Tensor, key: torch.Tensor,
+def _current_call(state: AttentionState, query: torch.Tensor, key: torch.Tensor,
                   attention_mask: Optional[torch.Tensor]) -> Optional[CallPlan]:
     """The plan of the call this layer runs in, or None when it edits nothing."""
     call = state.current_call()

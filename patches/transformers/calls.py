@@ -49,7 +49,7 @@ import os
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 import torch
 
@@ -124,6 +124,26 @@ class ChunkedPrefill:
     def alive(self) -> bool:
         """Whether the ``generate`` call and its cache still exist."""
         return self.generate() is not None and self.cache() is not None
+
+
+class CallState(Protocol):
+    """What planning a call reads of the model's state (:class:`~.state.TransitionState` is one):
+    the settings in effect for this call, and this thread's prefill in chunks and ``generate``."""
+
+    @property
+    def config(self) -> TransitionConfig: ...
+
+    @property
+    def active(self) -> bool: ...
+
+    chunked: Optional[ChunkedPrefill]
+
+    @property
+    def in_generate(self) -> bool: ...
+
+    def generate_seen(self, marker: Optional[weakref.ref]) -> None: ...
+
+    def warn_once(self, key: str, message: str, stacklevel: int = 2) -> None: ...
 
 
 def resolve_switch(switch: Any, default: Optional[TransitionConfig], active: bool) -> Optional[TransitionConfig]:
@@ -278,7 +298,7 @@ def _chunk(call: GenerateCall, cache: Any, width: int, next_offset: int) -> Opti
     return ChunkedPrefill(call.marker, cache_ref, width, next_offset)
 
 
-def _in_generate(state: Any, call: GenerateCall, declared: Width, offset: int, q: int, cache: Any) -> Width:
+def _in_generate(state: CallState, call: GenerateCall, declared: Width, offset: int, q: int, cache: Any) -> Width:
     """The width of a call made by this model's ``generate``, or None when it edits nothing."""
     width = call.width
     if width is None:
@@ -315,7 +335,7 @@ def _in_generate(state: Any, call: GenerateCall, declared: Width, offset: int, q
     return None
 
 
-def _by_hand(state: Any, declared: Width, offset: int, q: int) -> Width:
+def _by_hand(state: CallState, declared: Width, offset: int, q: int) -> Width:
     """The width of a call not made by this model's ``generate``, or None when it edits nothing."""
     if isinstance(declared, int):
         if 0 < offset < declared < offset + q:
@@ -360,7 +380,7 @@ def _refuse_packed_batching(kwargs: dict) -> None:
         raise UsageError(CONTINUOUS_BATCHING_REFUSAL)
 
 
-def plan_call(state: Any, args: tuple, kwargs: dict) -> CallPlan:
+def plan_call(state: CallState, args: tuple, kwargs: dict) -> CallPlan:
     """Build the :class:`CallPlan` of one decoder call and pop the library's own kwargs."""
     switch = kwargs.pop(SWITCH_KWARG, None)
     declared = kwargs.pop(LENGTH_KWARG, None)
