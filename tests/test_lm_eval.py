@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from skips import need
 
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = need("lm_eval", "pip install -e '.[lm-eval]'", provided_by=("setup",))
 
 import attn_transition as at  # noqa: E402
 from tiny_models import VOCAB, tiny_model  # noqa: E402
