@@ -68,8 +68,8 @@ class AttnTransitionLM(HFLM):
             return super()._loglikelihood_tokens(*args, **kwargs)
 
     def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list[float]:
-        if self._edits():
-            warn_rolling(self.transition_config)
+        if self._edits():                          # the config in effect: enable by hand counts too
+            warn_rolling(at.get_state(self.model).settings().config)
         return super().loglikelihood_rolling(requests, disable_tqdm=disable_tqdm)
 
     def _edits(self) -> bool:

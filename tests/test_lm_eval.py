@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from skips import need
 
-lm_eval = pytest.importorskip("lm_eval")
+lm_eval = need("lm_eval", "pip install -e '.[lm-eval]'", provided_by=("setup",))
 
 import attn_transition as at  # noqa: E402
 from tiny_models import VOCAB, tiny_model  # noqa: E402
@@ -74,6 +75,7 @@ def _instances(kind: str, arguments: list) -> list:
 
 
 def _ours(folder: Path, transition: str, batch_size: int):
+    import attn_transition.evaluation.harness  # noqa: F401  (registers attn-transition)
     from lm_eval.api.registry import get_model
 
     return get_model("attn-transition").create_from_arg_string(
@@ -148,6 +150,15 @@ def test_the_continuation_is_not_part_of_the_edited_prompt(folder):
     whole = _loglik(_plain(folder, 1, SRA_OBJ))
     ours = _loglik(_ours(folder, SRA, 1))
     assert max(abs(a - b) for (a, _), (b, _) in zip(ours, whole)) > 1e-2
+
+
+def test_enabled_by_hand_after_loading_edits_the_context_too(folder):
+    """``transition=none`` and then ``at.enable`` on its model (how the RULER bench switches
+    configs on one loaded model): the same meaning as ``transition=<config>``."""
+    ours = _ours(folder, "none", 5)
+    at.enable(ours.model, SRA_OBJ)
+    for (got, greedy), (want, want_greedy) in zip(_loglik(ours), _by_hand(folder, SRA_OBJ)):
+        assert got == pytest.approx(want, abs=TOL) and greedy == want_greedy
 
 
 def test_each_row_gets_its_context_width(folder):

@@ -174,3 +174,18 @@ def test_comma_split_transition_is_the_same_one_line_error(folder):
         assert err.value.field == "transition" and "\n" not in str(err.value)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and "beta" in messages[0] and "';'" in messages[0]
+
+
+def test_a_config_set_on_an_engine_without_the_plugin_is_refused():
+    """``transition_config`` set after the engine started without the plugin (``transition=none``,
+    no ``additional_config``): a one-line error before any request, never a silent stock run."""
+    from attn_transition.config import SRAConfig
+    from attn_transition.errors import UsageError
+    from attn_transition.evaluation.harness_args import BatchRecorder
+    from attn_transition.evaluation.harness_vllm import AttnTransitionVLLM
+
+    lm = AttnTransitionVLLM.__new__(AttnTransitionVLLM)          # the state __init__ leaves, no engine
+    lm.transition_config, lm._per_request, lm._batches = SRAConfig(), False, BatchRecorder()
+    with pytest.raises(UsageError, match="started without the attn_transition plugin") as err:
+        lm._model_generate([[5, 6, 7]], generate=False)
+    assert "\n" not in str(err.value)
