@@ -75,3 +75,18 @@ def test_the_keyword_names_agree_across_engines():
     from attn_transition.patches import vllm
 
     assert vllm.ADDITIONAL_CONFIG_KEY == keywords.ADDITIONAL_CONFIG_KEY == keywords.SWITCH_KWARG
+
+
+def test_the_vllm_platform_table_picks_the_current_platforms_row():
+    """One table for registration and the engine-start check (patches/vllm/platforms.py); a
+    platform without a row gets none (the engine check then refuses it)."""
+    from types import SimpleNamespace
+
+    from attn_transition.patches.vllm.platforms import PLATFORMS, current_platform_backend
+
+    def platform(name):
+        return SimpleNamespace(**{f"is_{kind}": (lambda kind=kind: kind == name) for kind in PLATFORMS})
+
+    for name, row in PLATFORMS.items():
+        assert current_platform_backend(platform(name)) == (name, row)
+    assert current_platform_backend(platform("tpu")) is None

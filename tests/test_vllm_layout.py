@@ -29,3 +29,37 @@ def test_registering_the_plugin_loads_nothing_of_the_transformers_integration():
     assert "attn_transition.patches.vllm.backends" in ours, ours          # the check ran the plugin
     assert "attn_transition.patches.transformers" not in ours, ours
     assert modeling == "False"
+
+
+def test_every_platform_row_names_a_backend_vllm_has_and_the_cpu_row_loads():
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    from attn_transition.patches.vllm import cpu
+    from attn_transition.patches.vllm.platforms import PLATFORMS, load
+
+    for row in PLATFORMS.values():
+        assert row.backend in AttentionBackendEnum.__members__, row
+    assert load(PLATFORMS["cpu"].backend_class) is cpu.TransitionCPUBackend
+    assert load(PLATFORMS["cpu"].engine_check) is cpu.check_cpu_engine
+
+
+def test_an_engine_on_a_platform_without_a_row_is_refused_at_start(monkeypatch):
+    """The engine-start check reads the same table: a platform it lacks is a ConfigError on
+    ``device``, before any backend is chosen."""
+    from types import SimpleNamespace
+
+    import vllm.platforms
+    from transformers import LlamaConfig
+
+    from attn_transition.config import ClassicConfig
+    from attn_transition.errors import ConfigError
+    from attn_transition.patches.vllm import engine
+
+    monkeypatch.setattr(vllm.platforms, "current_platform",
+                        SimpleNamespace(is_cpu=lambda: False, is_cuda=lambda: False), raising=False)
+    text = LlamaConfig(num_hidden_layers=4)
+    vllm_config = SimpleNamespace(model_config=SimpleNamespace(hf_text_config=text, use_mla=False),
+                                  parallel_config=SimpleNamespace(enable_dbo=False))
+    with pytest.raises(ConfigError, match="CPU and CUDA platforms") as info:
+        engine.check_vllm_config(vllm_config, ClassicConfig())
+    assert info.value.field == "device"

@@ -58,17 +58,17 @@ def make_layer_transition(impl: Any, *, budget: Callable[[torch.device, int, int
 
 
 def register_backends() -> None:
-    """Override vLLM's default attention backend of this platform with the transition's subclass,
-    and install the caller-side check of each request's transition (:mod:`.requests`)."""
-    from vllm.platforms import current_platform
+    """Override vLLM's default attention backend of this platform with the transition's subclass
+    (its row of :data:`~.platforms.PLATFORMS`), and install the caller-side check of each
+    request's transition (:mod:`.requests`)."""
     from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
 
+    from .platforms import current_platform_backend
     from .requests import install_request_check
 
     install_request_check()
 
-    if current_platform.is_cpu():
-        register_backend(AttentionBackendEnum.CPU_ATTN, "attn_transition.patches.vllm.cpu.TransitionCPUBackend")
-    elif current_platform.is_cuda():
-        register_backend(AttentionBackendEnum.FLASH_ATTN,
-                         "attn_transition.patches.vllm.cuda.TransitionFlashAttentionBackend")
+    found = current_platform_backend()
+    if found is not None:
+        _, row = found
+        register_backend(AttentionBackendEnum[row.backend], row.backend_class)

@@ -159,6 +159,8 @@ def check_vllm_config(vllm_config: Any, config: TransitionConfig) -> None:
 
     from attn_transition.families import family_for, schedule_layout
 
+    from .platforms import PLATFORMS, current_platform_backend, load
+
     model_config = vllm_config.model_config
     text_config = model_config.hf_text_config
     family_for(text_config)                              # UnsupportedModelError, naming the model type
@@ -169,17 +171,12 @@ def check_vllm_config(vllm_config: Any, config: TransitionConfig) -> None:
     if getattr(vllm_config.parallel_config, "enable_dbo", False):
         raise ConfigError("attn_transition: dual-batch overlap splits a step's requests across micro-batches; "
                           "pass enable_dbo=False", field="enable_dbo")
-    if current_platform.is_cpu():
-        from .cpu import check_cpu_engine
-
-        check_cpu_engine(vllm_config)
-    elif current_platform.is_cuda():
-        from .cuda import check_cuda_engine
-
-        check_cuda_engine(vllm_config)
-    else:
-        raise ConfigError(f"attn_transition: the vLLM plugin runs on vLLM's CPU and CUDA platforms, not on "
+    found = current_platform_backend(current_platform)
+    if found is None:
+        names = " and ".join(name.upper() for name in PLATFORMS)
+        raise ConfigError(f"attn_transition: the vLLM plugin runs on vLLM's {names} platforms, not on "
                           f"{type(current_platform).__name__}", field="device")
+    load(found[1].engine_check)(vllm_config)
 
 
 def _prefix_caching(vllm_config: Any) -> str:

@@ -1,0 +1,58 @@
+"""The platforms the plugin runs on, as one table: for each, the vLLM attention backend it
+overrides, the class that overrides it, and the check it adds at engine start.
+
+Registration (:func:`~.backends.register_backends`, in every process vLLM starts) and the
+engine-start check (:func:`~.engine.check_vllm_config`) both read :data:`PLATFORMS`, so a new
+backend is one row here and one module beside :mod:`.cpu` / :mod:`.cuda`. Classes and checks are
+named by dotted path, as vLLM's own backend registry names them (``register_backend`` in
+vllm/v1/attention/backends/registry.py): a platform's module imports that platform's vLLM
+backend, so only the current platform's is ever imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+__all__ = ["PlatformBackend", "PLATFORMS", "current_platform_backend", "load"]
+
+
+@dataclass(frozen=True)
+class PlatformBackend:
+    """One platform's row: ``backend`` is the ``AttentionBackendEnum`` member's name the plugin
+    overrides; ``backend_class`` the overriding class (``module.Class``); ``engine_check`` the
+    engine-start check (``module:function``, called with the ``VllmConfig``)."""
+
+    backend: str
+    backend_class: str
+    engine_check: str
+
+
+_HERE = "attn_transition.patches.vllm"
+
+# vLLM platform name (``Platform.is_<name>()``) -> its row. The CPU platform always picks
+# CPU_ATTN (``CpuPlatform.get_attn_backend_cls``, vllm/platforms/cpu.py); on CUDA the engine
+# check selects FLASH_ATTN.
+PLATFORMS: dict[str, PlatformBackend] = {
+    "cpu": PlatformBackend("CPU_ATTN", f"{_HERE}.cpu.TransitionCPUBackend", f"{_HERE}.cpu:check_cpu_engine"),
+    "cuda": PlatformBackend("FLASH_ATTN", f"{_HERE}.cuda.TransitionFlashAttentionBackend",
+                            f"{_HERE}.cuda:check_cuda_engine"),
+}
+
+
+def current_platform_backend(platform: Any = None) -> Optional[tuple[str, PlatformBackend]]:
+    """``(name, row)`` of vLLM's current platform (or ``platform``), or None where the plugin has
+    no backend."""
+    if platform is None:
+        from vllm.platforms import current_platform as platform
+    for name, row in PLATFORMS.items():
+        if getattr(platform, f"is_{name}")():
+            return name, row
+    return None
+
+
+def load(path: str) -> Callable[..., Any]:
+    """The object at ``module:name`` (or ``module.name``)."""
+    module, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
