@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from skips import need
 
-vllm = pytest.importorskip("vllm", reason="the vLLM environment (make setup-vllm) runs these tests")
+vllm = need("vllm", "the vLLM environment (make setup-vllm) runs these tests", provided_by=("setup-vllm",))
 
 import torch  # noqa: E402
 
