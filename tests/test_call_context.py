@@ -17,6 +17,7 @@ import attn_transition as at
 from attn_transition.errors import UsageError
 from hf_compat import cache_kwarg, cache_of
 from tiny_models import N, edit_configs, ids, left_padded, tiny_model
+from skips import need
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
@@ -168,7 +169,7 @@ def test_a_wrappers_generate_is_the_models_own():
     """A PEFT wrapper's generate ends in the wrapped model's generate: its calls keep the prompt's
     width (with use_cache=False the generated rows of every full forward stay unedited), as the
     model's own generate with a cache gives."""
-    peft = pytest.importorskip("peft")
+    peft = need("peft", "make setup; not in the floor environment")
     model = _model()
     at.enable(model, SRA)
     x = ids(1, N, seed=33)

@@ -16,6 +16,7 @@ import torch
 
 import attn_transition as at
 from tiny_models import N, edit_configs, ids, tiny_model
+from skips import need
 
 pytestmark = pytest.mark.patch          # part of the floor suite (make test-floor)
 
@@ -196,7 +197,7 @@ def test_chunks_with_the_declared_width_equal_the_one_shot_prefill():
 # -- PEFT -----------------------------------------------------------------------------------
 
 def test_a_peft_wrapper_is_refused_naming_both_orders_that_work():
-    peft = pytest.importorskip("peft")
+    peft = need("peft", "make setup; not in the floor environment")
     model = _model()
     wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj"]))
     with pytest.raises(at.NotACausalLMError, match=r"get_base_model\(\).*before wrapping"):

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
+from skips import need
 
-vllm = pytest.importorskip("vllm", reason="the vLLM environment (make setup-vllm) runs these tests")
+vllm = need("vllm", "the vLLM environment (make setup-vllm) runs these tests", provided_by=("setup-vllm",))
 
 import torch  # noqa: E402
 
@@ -410,3 +411,18 @@ def test_step_rows_plan_each_request():
     # 3: decoding (all 40 prompt tokens cached).
     rows = step_rows([0, 64, 114, 154, 155], [0, 0, 20, 40], [100, 50, 60, 40], 4, lambda i, n: plans[i])
     assert rows == (PromptRows(0, 0, 0, 64, 100, sra), PromptRows(2, 114, 20, 30, 30, classic))
+
+
+@pytest.mark.parametrize("key", ["attn_transition", WIDTH_KEY, "additional_config"])
+def test_server_body_keys_outside_vllm_xargs_are_refused(key):
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+
+    import attn_transition.patches.vllm as plugin
+
+    plugin.register()
+    request = CompletionRequest(model="m", prompt=[5, 6], max_tokens=1, **{key: "sra"})
+    with pytest.raises(ValueError, match=r"not read; pass \"vllm_xargs\"") as err:   # HTTP 400 online
+        request.to_sampling_params(1, {})
+    assert err.value.field == key and "\n" not in str(err.value)
+    fine = CompletionRequest(model="m", prompt=[5, 6], max_tokens=1, vllm_xargs={"attn_transition": "sra"})
+    assert fine.to_sampling_params(1, {}).extra_args == {"attn_transition": "sra"}

@@ -34,7 +34,8 @@ whose prompt is the original prompt plus the beam's tokens
 wraps ``get_prompt`` to tag that prompt with the original prompt's width
 (:data:`BEAM_PROMPT_WIDTH`), so only the original prompt's rows are edited, with its ``n``. The step
 requests carry none of the caller's ``extra_args``, so a server request asking for its own config
-together with ``use_beam_search`` is refused.
+together with ``use_beam_search`` is refused; so is a server request carrying the plugin's keys (or
+``additional_config``) at the top level of its body, which vLLM would ignore.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from attn_transition.errors import ConfigError
 from . import ADDITIONAL_CONFIG_KEY
 
 __all__ = ["CONFIG_KEY", "WIDTH_KEY", "BEAM_PROMPT_WIDTH", "RequestConfigError", "request_transition",
-           "resolve_request", "salted", "install_request_check"]
+           "resolve_request", "salted", "check_body", "install_request_check"]
 
 CONFIG_KEY = ADDITIONAL_CONFIG_KEY                        # extra_args["attn_transition"]
 WIDTH_KEY = "attn_transition_prompt_length"               # extra_args["attn_transition_prompt_length"]
@@ -195,9 +196,34 @@ def _wrap_get_prompt(get_prompt: Any) -> Any:
     return wrapped
 
 
+# Keys a server request might carry at the top level of its body, where vLLM keeps them unread
+# (``OpenAIBaseModel``: extra="allow", vllm/entrypoints/serve/engine/protocol.py).
+_MISPLACED = (CONFIG_KEY, WIDTH_KEY, "additional_config")
+
+
+def check_body(request: Any) -> None:
+    """Refuse a server request (``CompletionRequest``, ``ChatCompletionRequest``) carrying the
+    plugin's keys or ``additional_config`` at the top level of its body, which vLLM would ignore."""
+    misplaced = [k for k in _MISPLACED if k in (getattr(request, "model_extra", None) or {})]
+    if misplaced:
+        raise RequestConfigError(f"{misplaced[0]!r} at the top level of the request body is not read; pass "
+                                 f"\"vllm_xargs\": {{{CONFIG_KEY!r}: ..., {WIDTH_KEY!r}: ...}}", field=misplaced[0])
+
+
+def _wrap_to_sampling_params(to_params: Any) -> Any:
+    @functools.wraps(to_params)
+    def wrapped(self, *args: Any, **kwargs: Any) -> Any:
+        check_body(self)
+        return to_params(self, *args, **kwargs)
+
+    setattr(wrapped, _WRAPPED, True)
+    return wrapped
+
+
 def _wrap_to_beam_search_params(to_params: Any) -> Any:
     @functools.wraps(to_params)
     def wrapped(self, *args: Any, **kwargs: Any) -> Any:
+        check_body(self)
         asked = [k for k in (CONFIG_KEY, WIDTH_KEY) if k in (getattr(self, "vllm_xargs", None) or {})]
         if asked:
             raise RequestConfigError(f"vllm_xargs[{asked[0]!r}]: beam search's step requests carry no vllm_xargs, so "
@@ -217,7 +243,7 @@ def _install(owner: Any, name: str, wrap: Any) -> None:
 
 def install_request_check() -> None:
     """Wrap ``InputProcessor.process_inputs``, beam search's ``get_prompt`` and the OpenAI requests'
-    ``to_beam_search_params`` (once per process; cheap, and a no-op for requests on an engine
+    ``to_sampling_params`` / ``to_beam_search_params`` (once per process; cheap, and a no-op for requests on an engine
     without the plugin that do not ask)."""
     from vllm.entrypoints.generate.beam_search.utils import BeamSearchSequence
     from vllm.v1.engine.input_processor import InputProcessor
@@ -229,5 +255,6 @@ def install_request_check() -> None:
         from vllm.entrypoints.openai.completion.protocol import CompletionRequest
     except ImportError:                                  # pragma: no cover - the server's extras missing
         return
-    _install(CompletionRequest, "to_beam_search_params", _wrap_to_beam_search_params)
-    _install(ChatCompletionRequest, "to_beam_search_params", _wrap_to_beam_search_params)
+    for request_type in (CompletionRequest, ChatCompletionRequest):
+        _install(request_type, "to_beam_search_params", _wrap_to_beam_search_params)
+        _install(request_type, "to_sampling_params", _wrap_to_sampling_params)
