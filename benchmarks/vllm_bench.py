@@ -9,8 +9,9 @@ each prompt fresh (random token ids, a new seed per round and length), one reque
   timestamps (``RequestOutput.metrics``, with ``disable_log_stats=False``): prefill from the
   request's scheduling to its first token, decode per token from the first token to the last.
 
-Prefix caching is off on every engine (the plugin turns it off; the stock engine is started the
-same way, so both compute every prompt in full). The report gives, per length, each setting's
+Prefix caching is off on every engine (each is started with ``enable_prefix_caching=False``, the
+plugin's as well as the stock one, so both compute every prompt in full; with the plugin it would be
+salted by each request's config and width, see docs/vllm.md). The report gives, per length, each setting's
 median seconds and its ratio to stock (ratio of medians, and the median of the per-round ratios).
 
     .venv-vllm/bin/python benchmarks/vllm_bench.py --tokens 1024,2048,4096 --rounds 3 --out runs/vllm-bench

@@ -221,12 +221,13 @@ def patch_vs_reference(family, config):
 
     def compare(module, query, key, value, attention_mask, **kwargs):
         rows, weights = patched(module, query, key, value, attention_mask, **kwargs)
-        options = state.options
-        state.replace_options(state.with_options(full_matrix=True))   # the same call, every row explicit
+        # The same call, every row explicit: a call runs with the options it began with (pinned
+        # per thread by the decoder's pre-hook), so the inner ones go on top of that stack.
+        state._pins.stack.append(state.with_options(full_matrix=True))
         try:
             full, _ = patched(module, query, key, value, attention_mask, **kwargs)
         finally:
-            state.replace_options(options)
+            state._pins.stack.pop()
         want, _ = ref(module, query, key, value, attention_mask, **kwargs)
         unedited, _ = plain(module, query, key, value, attention_mask, **kwargs)
         calls.append((module.layer_idx, _diff(rows, want), _diff(full, want), _diff(rows, full),
@@ -384,12 +385,11 @@ def test_padded_row_equals_row_alone_per_layer(family, config):
                 alone, _ = patched(module, q[1:, :, PAD:], k[1:, :, PAD:], v[1:, :, PAD:], alone_mask, **wide)
             finally:
                 state.end_call()
-            options = state.options
-            state.replace_options(state.with_options(active=False))
-            try:                                                                      # unedited, same inputs
+            state.begin_call(CallPlan(None, 1, n, 0, ()))                            # a stock call: unedited
+            try:                                                                      # same inputs
                 stock, _ = patched(module, q[1:, :, PAD:], k[1:, :, PAD:], v[1:, :, PAD:], alone_mask, **wide)
             finally:
-                state.replace_options(options)
+                state.end_call()
             seen.append((module.layer_idx, float((padded[1, PAD:] - alone[0]).abs().max()),
                          float((alone - stock).abs().max())))
         return result

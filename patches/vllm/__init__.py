@@ -12,8 +12,13 @@ Installed, the plugin is inert: an engine started without ``additional_config={"
   this prompt's; see ``docs/vllm.md``), and the engine says in one WARNING line through vLLM's
   logger, and in the Prometheus gauge ``attn_transition_config_info``, what it edits with which
   config and what became of prefix caching;
+- in the caller's process (:mod:`.requests`), every request's own ``extra_args`` (or the server's
+  ``vllm_xargs``: ``attn_transition``, ``attn_transition_prompt_length``) are validated before the
+  request reaches the engine (``ValueError``, HTTP 400 online) and its prefix cache salted by its
+  config and prompt width; ``additional_config={"attn_transition": "none"}`` turns the plugin on with
+  no default, so only requests that name a config are edited;
 - in the worker (:mod:`.steps`), each step's attention metadata carries the prompt rows of every
-  request in the batch (its prompt length, the positions this step computes);
+  request in the batch (its config, its prompt width, the positions this step computes);
 - the attention backend (:mod:`.cpu` on vLLM's CPU platform, :mod:`.cuda` for FlashAttention on
   CUDA) lets vLLM's fused kernel compute every row, then recomputes the rows the schedule edits
   with the engine-neutral kernel (:mod:`attn_transition.kernel`) and overwrites them

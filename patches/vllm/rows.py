@@ -106,4 +106,5 @@ class LayerTransition:
         transition_rows(q, k, v, edits, row_start=lo, key_start=key_start, scaling=self.scaling,
                         softcap=self.softcap, sinks=self.sinks, window=self.window,
                         budget=self.budget(q.device, heads, hi - key_start), scratch=_SCRATCH,
+                        prompt_length=rows.prompt_len,   # the kernel checks the edits were planned for it
                         out=output[local])               # (r, heads, dv) view of output
