@@ -6,7 +6,7 @@ Installed, the plugin is inert: an engine started without ``additional_config={"
 - in the process that builds the engine config (:mod:`.engine`), the config string is validated
   with the library's :func:`~attn_transition.config.parse_config` (``ConfigError``, one line), a key
   of ``additional_config`` spelled close to ``attn_transition`` is refused with "did you mean", the
-  model family is checked with :func:`~attn_transition.patches.families.family_for`, the engine
+  model family is checked with :func:`~attn_transition.families.family_for`, the engine
   settings the edit cannot honour (KV connectors among them) are refused with the setting to
   change, prefix caching is made safe for the edit (K/V cached for another prompt length are not
   this prompt's; see ``docs/vllm.md``), and the engine says in one WARNING line through vLLM's
@@ -20,7 +20,7 @@ Installed, the plugin is inert: an engine started without ``additional_config={"
 - in the worker (:mod:`.steps`), each step's attention metadata carries the prompt rows of every
   request in the batch (its config, its prompt width, the positions this step computes);
 - the attention backend (:mod:`.cpu` on vLLM's CPU platform, :mod:`.cuda` for FlashAttention on
-  CUDA) lets vLLM's fused kernel compute every row, then recomputes the rows the schedule edits
+  CUDA; :mod:`.platforms` is the one table of platform, backend, class and engine check) lets vLLM's fused kernel compute every row, then recomputes the rows the schedule edits
   with the engine-neutral kernel (:mod:`attn_transition.kernel`) and overwrites them
   (:mod:`.rows`). Decode rows are never edited and cost one attribute lookup per layer.
 

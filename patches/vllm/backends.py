@@ -35,7 +35,7 @@ def make_layer_transition(impl: Any, *, budget: Callable[[torch.device, int, int
                           ) -> LayerTransition:
     """A layer's :class:`LayerTransition` from a backend implementation's settings (``scale``,
     ``logits_soft_cap``, ``sinks``, ``sliding_window`` as vLLM's implementations store them) and the
-    model's schedule layout (:func:`~attn_transition.patches.families.schedule_layout`). Installs the
+    model's schedule layout (:func:`~attn_transition.families.schedule_layout`). Installs the
     step rows in this worker (:mod:`.steps`)."""
     from vllm.config import get_current_vllm_config
 

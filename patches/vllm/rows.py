@@ -37,7 +37,7 @@ class CacheReader(Protocol):
 
 def layer_position(layer_name: str, layout: dict[int, int]) -> int:
     """The schedule position of the attention layer named ``layer_name`` (vLLM's prefix, e.g.
-    ``model.layers.7.self_attn.attn``), from :func:`~attn_transition.patches.families.schedule_layout`'s map."""
+    ``model.layers.7.self_attn.attn``), from :func:`~attn_transition.families.schedule_layout`'s map."""
     from vllm.model_executor.models.utils import extract_layer_index
 
     index = extract_layer_index(layer_name)
