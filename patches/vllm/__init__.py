@@ -30,9 +30,9 @@ named where it is used.
 
 from __future__ import annotations
 
-__all__ = ["register", "ADDITIONAL_CONFIG_KEY"]
+from attn_transition.keywords import ADDITIONAL_CONFIG_KEY  # the core's public name, re-exported
 
-ADDITIONAL_CONFIG_KEY = "attn_transition"
+__all__ = ["register", "ADDITIONAL_CONFIG_KEY"]
 
 
 def register() -> None:

@@ -48,14 +48,13 @@ from vllm.exceptions import VLLMValidationError
 
 from attn_transition.config import TransitionConfig, format_config, parse_config
 from attn_transition.errors import ConfigError
-
-from . import ADDITIONAL_CONFIG_KEY
+from attn_transition.keywords import ADDITIONAL_CONFIG_KEY, LENGTH_KWARG
 
 __all__ = ["CONFIG_KEY", "WIDTH_KEY", "BEAM_PROMPT_WIDTH", "RequestConfigError", "request_transition",
            "resolve_request", "salted", "check_body", "install_request_check"]
 
 CONFIG_KEY = ADDITIONAL_CONFIG_KEY                        # extra_args["attn_transition"]
-WIDTH_KEY = "attn_transition_prompt_length"               # extra_args["attn_transition_prompt_length"]
+WIDTH_KEY = LENGTH_KWARG                                  # extra_args["attn_transition_prompt_length"]
 BEAM_PROMPT_WIDTH = "attn_transition_beam_prompt_width"   # set on beam search's step prompts
 _NONE = "none"
 _WRAPPED = "_attn_transition_wrapped"
