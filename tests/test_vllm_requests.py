@@ -13,13 +13,7 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 import os
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -119,49 +113,21 @@ def between(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 # ----------------------------------------------------------------------------- the server (started first)
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server_process(model_dir):
-    """``vllm serve`` (the module entry point, as tests/test_vllm.py starts it) with
-    ``additional_config={"attn_transition": "none"}``; not yet waited for."""
-    port = _free_port()
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host",
-               "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len",
-               str(MAX_MODEL_LEN), "--additional-config", json.dumps({"attn_transition": "none"})]
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"attn-transition-vllm-requests-{port}.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        yield process, f"http://127.0.0.1:{port}", log
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    """``vllm serve`` with ``additional_config={"attn_transition": "none"}``; not yet waited for (the
+    engine below starts meanwhile)."""
+    from vllm_server import started
+
+    with started(model_dir, {"attn_transition": "none"}, MAX_MODEL_LEN, "vllm-requests") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def server(server_process) -> str:
-    process, url, log = server_process
-    deadline = time.monotonic() + 420
-    while True:
-        assert process.poll() is None, f"vllm serve exited with {process.returncode}; see {log.name}"
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                if response.status == 200:
-                    return url
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"vllm serve did not answer within 420 s; see {log.name}"
-        time.sleep(2)
+    from vllm_server import wait_healthy
+
+    return wait_healthy(server_process)
 
 
 # ----------------------------------------------------------------------------- the engine
