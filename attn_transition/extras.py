@@ -25,13 +25,14 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "models": ("gguf",),
     "eval": ("datasets", "openai", "evaluate", "rouge_score", "matplotlib", "accelerate", "gguf"),
     "contrast": ("peft", "accelerate", "gguf"),
-    "lm-eval": ("lm_eval",),
-    "notebooks": ("nbclient", "nbformat", "ipykernel"),
+    "lm-eval": ("lm_eval", "matplotlib", "gguf"),
+    "notebooks": ("nbclient", "nbformat", "ipykernel", "datasets", "openai", "evaluate", "rouge_score",
+                  "matplotlib", "accelerate", "gguf"),
 }
 
 
 # pip's names of the packages whose import name differs
-_PIP_NAMES = {"rouge_score": "rouge-score", "lm_eval": "lm_eval[ruler]"}
+_PIP_NAMES = {"rouge_score": "rouge-score", "lm_eval": "lm_eval[hf,ruler]"}
 
 
 class MissingExtraError(UsageError):
