@@ -9,8 +9,11 @@ The engine-neutral core. It imports no integration and no evaluation (``lint-imp
 checks it, see setup.cfg); ``enable`` and the other names of the transformers integration
 load it on first use. One concern per module:
 
-- :mod:`.config`: the validated configs (``ClassicConfig``, ``SRAConfig``), ``parse_config``;
-- :mod:`.schedules`: which rows of which layer a config edits, and the edit on a block of rows;
+- :mod:`.protocol`: what a schedule implements (``TransitionConfig``, ``Edit``), the registry of
+  schedule names (``register_schedule``, entry points ``attn_transition.schedules``) and the spec codec;
+- :mod:`.config`: the built-in validated configs (``ClassicConfig``, ``SRAConfig``), ``parse_config``;
+- :mod:`.schedules`: which rows of which layer a config edits (``layer_plan``, checked), and the
+  built-in edits on a block of rows;
 - :mod:`.kernel`: the edited rows of post-softmax attention, in bounded memory;
 - :mod:`.budget`: the ``max_chunk_mib`` setting as a memory budget per layer call;
 - :mod:`.families`: the model-layout facts both engines need (supported ``model_type`` values,
@@ -27,7 +30,8 @@ The integrations are :mod:`attn_transition.patches` (``.transformers``, ``.vllm`
 
 from typing import TYPE_CHECKING
 
-from .config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
+from .config import ClassicConfig, SRAConfig, format_config, parse_config
+from .protocol import Edit, TransitionConfig, register_schedule, schedule_class, schedule_names
 from .errors import AttnTransitionError, ConfigError, InputError, NotACausalLMError, UnsupportedModelError, UsageError
 from . import kernel
 from .schedules import layer_plan, reweight
@@ -60,7 +64,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ClassicConfig", "SRAConfig", "TransitionConfig", "parse_config", "reweight", "layer_plan", "kernel",
+    "ClassicConfig", "SRAConfig", "TransitionConfig", "Edit", "register_schedule", "schedule_class", "schedule_names",
+    "parse_config", "format_config", "reweight", "layer_plan", "kernel",
     "enable", "disable", "enabled", "is_enabled", "get_state", "FAMILIES",
     "AttnTransitionError", "ConfigError", "InputError", "UnsupportedModelError", "NotACausalLMError", "UsageError",
 ]

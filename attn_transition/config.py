@@ -1,37 +1,40 @@
-"""Configuration of the two attention-transition schedules, and their one text codec.
+"""The two built-in schedules' configs (``classic``, ``sra``), registered by name, and the grid form.
 
-Both configs are frozen dataclasses validated on construction: a wrong type or a
-value out of range raises :class:`~attn_transition.errors.ConfigError` naming the
-field, the value and what is allowed. Defaults are the reference defaults.
+Both configs are frozen dataclasses subclassing :class:`~attn_transition.protocol.TransitionConfig`,
+validated on construction: a wrong type or a value out of range raises
+:class:`~attn_transition.errors.ConfigError` naming the field, the value and what is allowed.
+Defaults are the reference defaults. Which rows each layer edits is
+:mod:`attn_transition.schedules`' (each config's ``plan``).
 
 Text forms (parse once at the boundary; everything past it holds config objects):
 
 - the spec, ``classic``, ``sra``, ``classic:alpha=1,beta=0.5``: :func:`parse_config`, and
   :func:`format_config` (canonical: non-default fields only; ``parse_config(format_config(c)) == c``),
-  also the label of a config in bench logs and tables; :func:`parse_configs` for a list;
-- the grid, ``alpha=0.5,1;beta=0.1,0.5`` (the product of the values; ``sra:...``; ``seed``):
-  :func:`parse_grid`.
+  also the label of a config in bench logs and tables; :func:`parse_configs` for a list. They read
+  any registered schedule's fields (:mod:`attn_transition.protocol`, re-exported here);
+- the grid, ``alpha=0.5,1;beta=0.1,0.5`` (the product of the values; ``sra:...``, any registered
+  schedule's name; ``seed``): :func:`parse_grid`.
 
 The seed's output keys (``decode_al_05_be_01_lay_2``) are the seed format's, in
 ``attn_transition.evaluation.seedformat``: its table names every field of both configs and
 a field added here without a name there stops that module's import.
-
-The dataclasses and their spec and grid forms stay in this one file on purpose: a field added
-to a config is then added to each of its forms in one place.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, fields
 import itertools
-from typing import Any, ClassVar, Sequence, Union
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 from .errors import ConfigError, did_you_mean
+from .protocol import (SCHEDULES, Edit, TransitionConfig, build_config, config_dict, config_field, format_config,
+                       parse_config, parse_configs, register_schedule, schedule_class, schedule_names)
+from .schedules import classic_plan, sra_plan
 
 __all__ = ["ClassicConfig", "SRAConfig", "TransitionConfig", "SCHEDULES", "parse_config", "format_config",
-           "parse_configs", "parse_grid", "seed_grid", "SEED_GRID", "config_dict"]
+           "parse_configs", "parse_grid", "seed_grid", "SEED_GRID", "config_dict", "register_schedule",
+           "schedule_class", "schedule_names"]
 
 
 def _check_number(owner: str, name: str, value: Any, *, low: float, high: float = math.inf,
@@ -53,8 +56,9 @@ def _check_bool(owner: str, name: str, value: Any) -> None:
         raise ConfigError(f"{owner}.{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
+@register_schedule
 @dataclass(frozen=True)
-class ClassicConfig:
+class ClassicConfig(TransitionConfig):
     """The 2023 schedule ("classic"): block-by-block elimination and transition.
 
     Layer ``l`` (``1 <= l <= L-3``) edits ``intervals_per_layer`` blocks of query rows;
@@ -95,9 +99,14 @@ class ClassicConfig:
             raise ConfigError(
                 f"{owner}.strategy must be one of {list(self.STRATEGIES)}, got {self.strategy!r}{extra}")
 
+    def plan(self, layer: int, num_layers: int, n: int) -> Sequence[Edit]:
+        """The classic blocks of ``layer`` (:func:`attn_transition.schedules.classic_plan`)."""
+        return classic_plan(self, layer, num_layers, n)
 
+
+@register_schedule
 @dataclass(frozen=True)
-class SRAConfig:
+class SRAConfig(TransitionConfig):
     """The 2025 schedule ("sra"): an inter step on a band of middle rows and an outer
     step on the last ``threshold_len`` rows, both strengthening an earlier span.
 
@@ -146,119 +155,9 @@ class SRAConfig:
         """The tail length used for an input of ``n`` real tokens."""
         return n // self.dyna_div if self.dynamic_threshold else self.threshold_len
 
-
-TransitionConfig = Union[ClassicConfig, SRAConfig]
-SCHEDULES: dict[str, type] = {"classic": ClassicConfig, "sra": SRAConfig}
-
-
-# --------------------------------------------------------------------------- specs
-
-def _schedule(name: str, where: str) -> type:
-    """The config class of a schedule name; ConfigError with a hint otherwise."""
-    key = name.strip().lower()
-    if key not in SCHEDULES:
-        raise ConfigError(f"unknown schedule {key!r} in {where}; use one of {sorted(SCHEDULES)}"
-                          f"{did_you_mean(key, SCHEDULES)}")
-    return SCHEDULES[key]
-
-
-def _field(cls: type, name: str) -> dataclasses.Field:
-    """The field ``name`` of a config class; ConfigError with a hint otherwise."""
-    by_name = {f.name: f for f in fields(cls)}
-    if name not in by_name:
-        raise ConfigError(f"{cls.__name__} has no field {name!r}{did_you_mean(name, by_name)}; "
-                          f"fields: {', '.join(by_name)}")
-    return by_name[name]
-
-
-def _coerce(owner: str, field: dataclasses.Field, text: str) -> Any:
-    """Turn the text of a ``key=value`` pair into the field's type."""
-    default = field.default
-    try:
-        if isinstance(default, bool):
-            low = text.strip().lower()
-            if low in ("true", "1", "yes"):
-                return True
-            if low in ("false", "0", "no"):
-                return False
-            raise ValueError(text)
-        if isinstance(default, int):
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-    except ValueError:
-        kind = {bool: "true or false", int: "an int", float: "a number"}[type(default)]
-        raise ConfigError(f"{owner}.{field.name} must be {kind}, got {text!r}") from None
-    return text
-
-
-def _pairs(items: str, where: str) -> list[tuple[str, str]]:
-    """``"a=1,b=2"`` -> ``[("a", "1"), ("b", "2")]``; a key given twice is a ConfigError naming it
-    (the string would otherwise keep one of the two values without a word)."""
-    out = []
-    seen: set[str] = set()
-    for item in filter(None, (p.strip() for p in items.split(","))):
-        key, eq, text = item.partition("=")
-        if not eq:
-            raise ConfigError(f"config item {item!r} in {where} must look like key=value")
-        key = key.strip()
-        if key in seen:
-            raise ConfigError(f"{key!r} appears twice in {where}; give each key once", field=key)
-        seen.add(key)
-        out.append((key, text.strip()))
-    return out
-
-
-def _build(cls: type, pairs: Sequence[tuple[str, str]]) -> TransitionConfig:
-    return cls(**{key: _coerce(cls.__name__, _field(cls, key), text) for key, text in pairs})
-
-
-def parse_config(spec: str) -> TransitionConfig:
-    """Build a config from a compact string such as ``"classic"``, ``"sra"`` or
-    ``"classic:alpha=1,beta=0.5,intervals_per_layer=2"``.
-
-    Unknown schedules and keys raise :class:`ConfigError` with a "did you mean" hint.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"a config spec must be a non-empty string like 'classic:alpha=1', got {spec!r}")
-    head, _, tail = spec.strip().partition(":")
-    where = f"config {spec!r}"
-    return _build(_schedule(head, where), _pairs(tail, where))
-
-
-def _text(value: Any) -> str:
-    """A field value as the spec writes it: ``1`` for 1.0 (as ``:g`` does) unless that loses digits."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        short = f"{value:g}"
-        return short if float(short) == value else repr(value)
-    return str(value)
-
-
-def format_config(config: TransitionConfig) -> str:
-    """The canonical spec of a config: the schedule and its non-default fields, e.g.
-    ``classic:alpha=1`` (the inverse of :func:`parse_config`; also the config's label in logs)."""
-    default = type(config)()
-    changed = [f"{f.name}={_text(getattr(config, f.name))}" for f in fields(config)
-               if getattr(config, f.name) != getattr(default, f.name)]
-    return config.schedule + (":" + ",".join(changed) if changed else "")
-
-
-def parse_configs(items: Sequence[Union[str, TransitionConfig]]) -> dict[str, TransitionConfig]:
-    """``label -> config`` for several specs (or configs), in order, the first of each config kept."""
-    out: dict[str, TransitionConfig] = {}
-    for item in items:
-        config = parse_config(item) if isinstance(item, str) else item
-        if not isinstance(config, (ClassicConfig, SRAConfig)):
-            raise ConfigError(f"not a config or a config spec: {item!r} ({type(item).__name__})")
-        out.setdefault(format_config(config), config)
-    return out
-
-
-def config_dict(config: TransitionConfig) -> dict[str, Any]:
-    """``{"schedule": ..., field: value, ...}`` (as run metadata stores a config)."""
-    return {"schedule": config.schedule, **dataclasses.asdict(config)}
+    def plan(self, layer: int, num_layers: int, n: int) -> Sequence[Edit]:
+        """The inter and outer spans of ``layer`` (:func:`attn_transition.schedules.sra_plan`)."""
+        return sra_plan(self, layer, num_layers, n)
 
 
 # --------------------------------------------------------------------------- grids
@@ -292,20 +191,20 @@ def parse_grid(spec: str) -> list[TransitionConfig]:
         return []
     head, colon, body = text.partition(":")
     try:
-        cls = _schedule(head, f"grid {spec!r}") if colon else ClassicConfig
+        cls = schedule_class(head, f"grid {spec!r}") if colon else ClassicConfig
         axes: dict[str, list[str]] = {}
         for part in filter(None, (p.strip() for p in (body if colon else text).split(";"))):
             name, eq, values = part.partition("=")
             name = name.strip()
             if not eq:
                 raise ConfigError(f"{part!r} must look like name=value1,value2")
-            _field(cls, name)
+            config_field(cls, name)
             if name in axes:
                 raise ConfigError(f"field {name!r} appears twice; list all its values once")
             axes[name] = [v.strip() for v in values.split(",") if v.strip()]
             if not axes[name]:
                 raise ConfigError(f"field {name!r} has no values")
-        return [_build(cls, list(zip(axes, combo))) for combo in itertools.product(*axes.values())]
+        return [build_config(cls, list(zip(axes, combo))) for combo in itertools.product(*axes.values())]
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if message.startswith("unknown schedule") else f"grid {spec!r}: {message}") \

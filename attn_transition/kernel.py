@@ -38,10 +38,11 @@ from typing import Optional, Sequence
 import torch
 
 from .errors import ConfigError, InputError
-from .schedules import ClassicBlock, Edit, SpanRedistribution, apply_edit_
+from .protocol import Edit
+from .schedules import apply_edit_
 
 __all__ = ["BYTES_PER_ENTRY", "Budget", "Scratch", "explicit_precision", "attention_weights", "weighted_values",
-           "bool_mask", "edited_spans", "transition_rows"]
+           "bool_mask", "edited_spans", "needs_grad", "transition_rows"]
 
 # The memory model. An *entry* is one (head, query row, key) triple of an explicit attention
 # chunk. Computing a chunk holds, per entry, at most: its float32 score, its float32 weight
@@ -235,7 +236,9 @@ def edited_spans(edits: Sequence[Edit], row_start: int, row_end: int) -> list[tu
     return sorted((a, c) for a, c in spans if a < c)
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records through ``tensors`` here: then nothing computed from them may be
+    edited in place (one rule for the kernel and both integrations)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
@@ -270,10 +273,9 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 def _check_edits(edits: object, prompt_length: Optional[int], real_end: int) -> None:
     """The plan is a sequence of edits inside the prompt it was planned for, and that prompt is
     this call's: a plan from :func:`~attn_transition.schedules.layer_plan` carries its ``n``."""
-    if not isinstance(edits, (tuple, list)) or not all(isinstance(e, (ClassicBlock, SpanRedistribution))
-                                                       for e in edits):
+    if not isinstance(edits, (tuple, list)) or not all(isinstance(e, Edit) for e in edits):
         _fail(f"edits must be the layer's plan, attn_transition.schedules.layer_plan(config, layer, num_layers, n) "
-              f"(a sequence of ClassicBlock / SpanRedistribution), got {edits!r:.80}", "edits")
+              f"(a sequence of attn_transition.Edit), got {edits!r:.80}", "edits")
     planned = getattr(edits, "n", None)
     if prompt_length is not None:
         if not _is_int(prompt_length) or prompt_length < 0:
@@ -289,6 +291,18 @@ def _check_edits(edits: object, prompt_length: Optional[int], real_end: int) -> 
     for e in edits:
         if not (0 <= e.start < e.end) or (n is not None and e.end > n):
             _fail(f"edits: rows [{e.start}, {e.end}) are not inside the prompt [0, {n})", "edits")
+
+
+def _check_whole_edits(edits: Sequence[Edit], row_start: int, real_end: int) -> None:
+    """A plan that is not continuous (``Plan.continuous`` False: its schedule's edits need all
+    their rows at once) must hold every row of each edit it touches in this call."""
+    if getattr(edits, "continuous", True):
+        return
+    for e in edits:
+        if max(e.start, row_start) < min(e.end, real_end) and not (row_start <= e.start and e.end <= real_end):
+            _fail(f"edits: the schedule is not continuous (each edit needs all its rows at once) and this call "
+                  f"holds rows [{max(row_start, 0)}, {real_end}) of the edit on [{e.start}, {e.end}); give the "
+                  f"prompt in one piece", "edits")
 
 
 def _check_inputs(query: object, key: object, value: object, edits: object, out: object, *, row_start: object,
@@ -358,6 +372,7 @@ def _check_inputs(query: object, key: object, value: object, edits: object, out:
         _fail(f"dropout must be a number in [0, 1), got {dropout!r}", "dropout")
     end = row_start + rows if real_end is None else min(real_end, row_start + rows)
     _check_edits(edits, prompt_length, end)
+    _check_whole_edits(edits, row_start, end)
     if key_start + keys < end:
         _fail(f"rows up to position {end} need keys up to it; keys cover [{key_start}, {key_start + keys})", "key")
 
@@ -388,7 +403,10 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             ``[key_start, key_start + C)``; they reach at least the last row computed (and,
             without a mask, start where the first row computed starts to look).
         edits: the layer's plan for this sequence's prompt length,
-            ``layer_plan(config, layer, num_layers, n)`` (it carries its ``n``).
+            ``layer_plan(config, layer, num_layers, n)`` (it carries its ``n``); each edit is applied
+            through its ``apply_`` (:class:`~attn_transition.protocol.Edit`). A plan whose schedule is
+            not ``continuous`` has each edit's rows computed in one piece (beyond the budget if need
+            be), and every edit it touches must lie wholly inside this call's rows.
         row_start / key_start: prompt positions of ``query[:, 0]`` and ``key[:, 0]``.
         scaling / softcap / sinks: the layer's own (scaling and softcap finite numbers > 0;
             sinks: (heads,) logits).
@@ -414,7 +432,8 @@ def transition_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
     Raises:
         InputError: an argument of the wrong type, shape, dtype, device or range, naming it; checked
-            once per call from shapes and numbers (no tensor is read except CPU ``sinks``).
+            once per call from shapes and numbers (no tensor is read except CPU ``sinks``); a plan
+            that is not continuous on a call that holds only part of an edit's rows.
     """
     _check_inputs(query, key, value, edits, out, row_start=row_start, key_start=key_start, real_end=real_end,
                   scaling=scaling, softcap=softcap, sinks=sinks, mask=mask, window=window, budget=budget,
@@ -441,11 +460,12 @@ def _write_rows(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, edi
                 out: torch.Tensor, weights_out: Optional[torch.Tensor]) -> None:
     """The rows of ``spans`` of :func:`transition_rows` (its arguments, checked), chunk by chunk."""
     heads = query.shape[0]
-    grad = _needs_grad(query, key, value)
+    grad = needs_grad(query, key, value)
     pad = max(key_start, 0)                      # prompt columns [0, pad) were dropped by a window
+    whole = not getattr(edits, "continuous", True)   # each edit's rows in one piece, whatever the budget
     for span_start, span_end in spans:
         # Chunks of equal size within the budget (65 rows in chunks of 32 would leave a chunk of one).
-        pieces = -(-(span_end - span_start) // budget.rows(heads, span_end - pad))
+        pieces = 1 if whole else -(-(span_end - span_start) // budget.rows(heads, span_end - pad))
         step = -(-(span_end - span_start) // pieces)
         for a in range(span_start, span_end, step):
             c = min(span_end, a + step)          # prompt rows [a, c) see prompt keys [pad, c)

@@ -1,34 +1,41 @@
 """The pure math of attention transition: which rows each layer edits, and how.
 
 Nothing here knows about transformers. A *plan* is the list of edits one layer makes
-on one sequence of ``n`` real tokens; every edit covers a span of query rows, the
+on one sequence of ``n`` real tokens (:func:`layer_plan`, from any registered schedule's
+``config.plan``, checked here in one place); every edit covers a span of query rows, the
 spans of one plan never overlap, and rows outside them are never touched. Positions
 are counted from the sequence's first real token.
 
-The formulas follow the project's specification of the two reference schedules
-(``classic``, 2023; ``sra``, 2025); the README lists where we deliberately differ.
+The two built-in schedules' edits (:class:`ClassicBlock`, :class:`SpanRedistribution`) and plans
+(:func:`classic_plan`, :func:`sra_plan`) follow the project's specification of the two reference
+schedules (``classic``, 2023; ``sra``, 2025); the README lists where we deliberately differ. Every
+consumer goes through the protocol (:class:`~attn_transition.protocol.Edit`'s ``apply_``), never
+through these types.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from .config import ClassicConfig, SRAConfig, TransitionConfig
 from .errors import ConfigError, InputError
+from .protocol import Edit, TransitionConfig
+
+if TYPE_CHECKING:
+    from .config import ClassicConfig, SRAConfig
 
 __all__ = [
-    "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "plan_rows", "apply_plan", "apply_edit_",
-    "classic_block_", "redistribute_", "real_spans", "reweight",
+    "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "classic_plan", "sra_plan", "plan_rows",
+    "apply_plan", "apply_edit_", "classic_block_", "redistribute_", "real_spans", "reweight",
 ]
 
 
 @dataclass(frozen=True)
-class ClassicBlock:
-    """Classic edit of query rows ``[start, end)`` over columns ``[0, end)``."""
+class ClassicBlock(Edit):
+    """Classic edit of query rows ``[start, end)`` over columns ``[0, end)`` (:func:`classic_block_`)."""
 
     start: int
     end: int
@@ -36,10 +43,15 @@ class ClassicBlock:
     beta: float
     strategy: str
 
+    def apply_(self, rows: torch.Tensor, *, first_row: int, total: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return classic_block_(rows, self.start, self.end, self.threshold, self.beta, self.strategy,
+                              first_row=first_row, total=total)
+
 
 @dataclass(frozen=True)
-class SpanRedistribution:
-    """SRA edit: rows ``[start, end)`` move removed mass onto columns ``[target_start, target_end)``."""
+class SpanRedistribution(Edit):
+    """SRA edit: rows ``[start, end)`` move removed mass onto columns ``[target_start, target_end)``
+    (:func:`redistribute_`)."""
 
     start: int
     end: int
@@ -48,32 +60,38 @@ class SpanRedistribution:
     threshold: float
     strength: float
 
-
-Edit = Union[ClassicBlock, SpanRedistribution]
+    def apply_(self, rows: torch.Tensor, *, first_row: int, total: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return redistribute_(rows, self.target_start, self.target_end, self.threshold, self.strength, total=total)
 
 
 class Plan(tuple):
-    """One layer's edits on one prompt: a tuple of :data:`Edit` that also carries the prompt
+    """One layer's edits on one prompt: a tuple of :class:`Edit` that also carries the prompt
     length ``n`` it was planned for (what :func:`layer_plan` returns), so that a consumer such as
-    :func:`attn_transition.kernel.transition_rows` can check the plan is for its sequence. It
-    compares, hashes and iterates as the plain tuple of its edits."""
+    :func:`attn_transition.kernel.transition_rows` can check the plan is for its sequence, and
+    whether its schedule is ``continuous`` (its edits may be applied to their rows in chunks;
+    False: each edit needs all its rows at once). It compares, hashes and iterates as the plain
+    tuple of its edits."""
 
     n: int
+    continuous: bool
 
-    def __new__(cls, edits: Sequence[Edit] = (), n: int = 0) -> "Plan":
+    def __new__(cls, edits: Sequence[Edit] = (), n: int = 0, continuous: bool = True) -> "Plan":
         plan = super().__new__(cls, edits)
         plan.n = n
+        plan.continuous = continuous
         return plan
 
     def __reduce__(self):
-        return (Plan, (tuple(self), self.n))
+        return (Plan, (tuple(self), self.n, self.continuous))
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _classic_plan(cfg: ClassicConfig, layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+def classic_plan(cfg: "ClassicConfig", layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    """``ClassicConfig.plan``: ``intervals_per_layer`` consecutive blocks of query rows on layers
+    ``1 .. L-3``, none on prompts shorter than ``min_length`` or where the block rounds to 0."""
     if n < cfg.min_length or not 1 <= layer <= num_layers - 3:
         return ()
     k = cfg.intervals_per_layer
@@ -89,7 +107,9 @@ def _classic_plan(cfg: ClassicConfig, layer: int, num_layers: int, n: int) -> tu
     return tuple(blocks)
 
 
-def _sra_plan(cfg: SRAConfig, layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+def sra_plan(cfg: "SRAConfig", layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    """``SRAConfig.plan``: the inter span (layers ``0 .. L-2``) and the outer span on the last
+    ``threshold_for(n)`` rows (layers ``1 .. L-2``)."""
     if not 0 <= layer <= num_layers - 2:
         return ()
     thr = cfg.threshold_for(n)
@@ -113,18 +133,59 @@ def _sra_plan(cfg: SRAConfig, layer: int, num_layers: int, n: int) -> tuple[Edit
     return tuple(edits)
 
 
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_plan(config: TransitionConfig, edits: object, layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
+    """``edits`` as a tuple, or a ConfigError naming the schedule: a sequence of :class:`Edit` with
+    int bounds inside ``[0, n)``, sorted by ``start``, not overlapping."""
+    where = (f"schedule {config.schedule!r} ({type(config).__qualname__}.plan(layer={layer}, "
+             f"num_layers={num_layers}, n={n}))")
+    if not isinstance(edits, (tuple, list)):
+        raise ConfigError(f"{where} returned {type(edits).__name__}; it must return a tuple or list of "
+                          f"attn_transition.Edit", field="config")
+    end = 0
+    for edit in edits:
+        if not isinstance(edit, Edit):
+            raise ConfigError(f"{where} returned {edit!r:.80}, not an attn_transition.Edit", field="config")
+        start, stop = getattr(edit, "start", None), getattr(edit, "end", None)
+        if not (_is_int(start) and _is_int(stop) and 0 <= start < stop <= n):
+            raise ConfigError(f"{where}: the edit {edit!r:.80} covers rows [{start!r}, {stop!r}), which must be "
+                              f"ints with 0 <= start < end <= n", field="config")
+        if start < end:
+            raise ConfigError(f"{where}: the edit on rows [{start}, {stop}) starts before the previous edit ends "
+                              f"({end}); the edits must be sorted and must not overlap", field="config")
+        end = stop
+    return tuple(edits)
+
+
 @functools.lru_cache(maxsize=4096)
+def _cached_plan(config: TransitionConfig, layer: int, num_layers: int, n: int) -> Plan:
+    edits = _check_plan(config, config.plan(layer, num_layers, n), layer, num_layers, n)
+    return Plan(edits, n, type(config).continuous)
+
+
 def layer_plan(config: TransitionConfig, layer_idx: int, num_layers: int, n: int) -> Plan:
     """The edits layer ``layer_idx`` of ``num_layers`` makes on a prompt of ``n`` real tokens.
 
-    A :class:`Plan` (a tuple of edits carrying ``n``); an empty one means the layer is left
-    exactly as it is (short prompt, layer outside the schedule, or a block that rounds to zero width).
+    ``config.plan(...)``, checked (edits inside ``[0, n)``, sorted, not overlapping) and cached,
+    as a :class:`Plan` (a tuple of edits carrying ``n`` and the schedule's ``continuous``); an
+    empty one means the layer is left exactly as it is (short prompt, layer outside the schedule,
+    or a block that rounds to zero width).
+
+    Raises:
+        ConfigError: ``config`` is not a schedule config, or its ``plan`` returned a bad plan
+            (naming the schedule).
+        InputError: ``layer_idx``, ``num_layers`` or ``n`` is not an int (``n >= 0``, ``num_layers >= 1``).
     """
-    if isinstance(config, ClassicConfig):
-        return Plan(_classic_plan(config, layer_idx, num_layers, n), n)
-    if isinstance(config, SRAConfig):
-        return Plan(_sra_plan(config, layer_idx, num_layers, n), n)
-    raise TypeError(f"config must be a ClassicConfig or SRAConfig, got {type(config).__name__}")
+    if not isinstance(config, TransitionConfig):
+        raise ConfigError(f"config must be a schedule config (attn_transition.TransitionConfig), got "
+                          f"{type(config).__name__}", field="config")
+    for name, value, low in (("layer_idx", layer_idx, 0), ("num_layers", num_layers, 1), ("n", n, 0)):
+        if not _is_int(value) or value < low:
+            raise InputError(f"layer_plan: {name} must be an int >= {low}, got {value!r}", field=name)
+    return _cached_plan(config, layer_idx, num_layers, n)
 
 
 def plan_rows(plan: Sequence[Edit]) -> list[int]:
@@ -237,10 +298,7 @@ def apply_edit_(rows: torch.Tensor, edit: Edit, *, first_row: Optional[int] = No
     first_row = edit.start if first_row is None else first_row
     assert edit.start <= first_row and first_row + rows.shape[-2] <= edit.end, \
         (tuple(rows.shape), first_row, edit)
-    if isinstance(edit, ClassicBlock):
-        return classic_block_(rows, edit.start, edit.end, edit.threshold, edit.beta, edit.strategy,
-                              first_row=first_row, total=total)
-    return redistribute_(rows, edit.target_start, edit.target_end, edit.threshold, edit.strength, total=total)
+    return edit.apply_(rows, first_row=first_row, total=total)
 
 
 def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:
@@ -278,10 +336,6 @@ def real_spans(real: torch.Tensor) -> list[Optional[tuple[int, int]]]:
     return spans
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowed) -> None:
     """InputError / ConfigError naming the argument of :func:`reweight` that is wrong."""
     if not isinstance(weights, torch.Tensor) or weights.dim() != 4 or weights.shape[-1] != weights.shape[-2]:
@@ -295,9 +349,9 @@ def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowe
     if not _is_int(layer_idx) or not 0 <= layer_idx < num_layers:
         raise InputError(f"reweight: layer_idx must be an int in [0, {num_layers - 1}] (num_layers={num_layers}), "
                          f"got {layer_idx!r}", field="layer_idx")
-    if not isinstance(config, (ClassicConfig, SRAConfig)):
-        raise ConfigError(f"reweight: config must be a ClassicConfig or SRAConfig, got {type(config).__name__}",
-                          field="config")
+    if not isinstance(config, TransitionConfig):
+        raise ConfigError(f"reweight: config must be a schedule config (attn_transition.TransitionConfig), got "
+                          f"{type(config).__name__}", field="config")
     batch, _, n, _ = weights.shape
     if padding_mask is not None and (not isinstance(padding_mask, torch.Tensor)
                                      or tuple(padding_mask.shape) != (batch, n)):
@@ -357,7 +411,8 @@ def reweight(weights: torch.Tensor, layer_idx: int, num_layers: int, config: Tra
             over its allowed keys (within rounding) and no entry is negative.
         layer_idx: The layer, ``0 .. num_layers - 1``.
         num_layers: Number of decoder layers of the model.
-        config: A :class:`ClassicConfig` or :class:`SRAConfig`.
+        config: A schedule's config (:class:`~attn_transition.protocol.TransitionConfig`: ``ClassicConfig``,
+            ``SRAConfig`` or a registered one).
         padding_mask: Optional ``(batch, n)``, 1/True on real tokens, 0/False on padding. Each row
             then uses its own length, counted from its first real token.
         allowed: Optional bool mask broadcastable to ``weights`` (e.g. a sliding window), True
