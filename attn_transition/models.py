@@ -10,7 +10,10 @@ is downloaded at run time::
 The first ``load`` (or ``attn-transition convert``) dequantises the GGUF file once into a
 safetensors folder under ``$ATTN_TRANSITION_CACHE`` (default ``~/.cache/attn_transition``);
 later loads take about a second. That folder is an ordinary transformers model folder:
-``AutoModelForCausalLM.from_pretrained(path("smollm2-135m"))`` loads it too.
+``AutoModelForCausalLM.from_pretrained(path("smollm2-135m"))`` loads it too. Its folders and
+files get the modes the user's umask gives any new folder and file (with umask 022, readable by
+every user: a cache shared on a lab machine or between containers works), and it appears whole or
+not at all (written into a temporary folder, then renamed).
 
     from attn_transition.models import load
     model, tokenizer = load("smollm2-135m")            # eval mode, float32, CPU, left padding
@@ -29,8 +32,9 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,18 +134,61 @@ def _convert(name: str, target: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    write_folder_atomic(target, save)
+    print(f"converted {name} in {time.perf_counter() - started:.0f} s", flush=True)
+    return target
+
+
+def _new_temp_folder(target: Path) -> Path:
+    """A new, empty, hidden folder next to ``target``, created with mode 0o777 so the user's umask
+    decides its permissions exactly as for any new folder (``tempfile.mkdtemp`` would create it
+    0o700, and the rename would keep that)."""
+    for _ in range(100):
+        tmp = target.parent / f".{target.name}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+    raise UsageError(f"could not create a temporary folder next to {target}; check {target.parent}")
+
+
+def _give_umask_modes(root: Path) -> None:
+    """Give every folder under ``root`` the mode of ``root`` and every file that mode without the
+    execute bits: the modes the user's umask gives any new folder (0o777 & ~umask) and file
+    (0o666 & ~umask). Writers that create private files (safetensors' ``serialize_file`` writes
+    ``model.safetensors`` 0o600) would otherwise make a shared cache unreadable to other users."""
+    folder_mode = stat.S_IMODE(root.stat().st_mode)       # 0o777 & ~umask: root came from os.mkdir
+    file_mode = folder_mode & 0o666
+    for here, folders, files in os.walk(root):
+        for sub in folders:
+            os.chmod(os.path.join(here, sub), folder_mode)
+        for file in files:
+            path = os.path.join(here, file)
+            if not os.path.islink(path):
+                os.chmod(path, file_mode)
+
+
+def write_folder_atomic(target: Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(folder)`` on a new temporary folder next to ``target``, give its folders and
+    files the user's umask modes (:func:`_give_umask_modes`), then move it onto ``target`` (an
+    existing ``target`` is replaced): an interruption never leaves a half folder at ``target``."""
+    target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    tmp = _new_temp_folder(target)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        write(tmp)
+        _give_umask_modes(tmp)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)                     # atomic: a crash never leaves a half folder
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    print(f"converted {name} in {time.perf_counter() - started:.0f} s", flush=True)
     return target
 
 
