@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 
-__all__ = ["markdown", "write_markdown", "write_plots", "figures", "heatmap_figure", "accuracy_figure", "HEATMAP_CMAP"]
+__all__ = ["markdown", "write_markdown", "write_plots", "figures", "heatmap_figure", "accuracy_figure", "HEATMAP_CMAP",
+           "config_values", "config_lines"]
 
 
 def _pct(x: Any) -> str:
@@ -55,6 +56,28 @@ def _comparison_rows(rows: Sequence[Mapping[str, Any]], keys: Sequence[str] = ()
     return out
 
 
+def config_values(results: Mapping[str, Any]) -> dict[str, str]:
+    """``label -> every field of that config`` (``"classic" -> "classic schedule: alpha=0.5, beta=0.1,
+    ..."``), from the configs the run stored (``meta["configs"]``, each
+    :func:`attn_transition.config.config_dict`): a label such as ``classic`` names only the fields
+    that differ from the defaults, so a summary spells out what was run."""
+    out: dict[str, str] = {}
+    for label, fields in (results["meta"].get("configs") or {}).items():
+        values = ", ".join(f"{k}={v}" for k, v in fields.items() if k != "schedule")
+        out[label] = f"{fields.get('schedule', '?')} schedule: {values}"
+    return out
+
+
+def config_lines(results: Mapping[str, Any]) -> list[str]:
+    """The terminal summary's legend: one line per config, its label and every field."""
+    values = config_values(results)
+    if not values:
+        return []
+    width = max(len(label) for label in values)
+    return ["configs (every field; stock = the model without the transition):",
+            *(f"  {label:<{width}}  {text}" for label, text in values.items())]
+
+
 _CMP_HEAD = ["config", "n", "stock %", "config %", "diff (pts)", "95% CI (paired bootstrap)", "win/tie/loss",
              "McNemar p", "outputs changed"]
 
@@ -81,6 +104,10 @@ def markdown(results: Mapping[str, Any]) -> str:
         + "; per config: " + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds_per_config"].items()),
         "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform"),
     ]
+    values = config_values(results)
+    if values:
+        lines += ["- configs (every field; stock = the model without the transition):",
+                  *(f"  - `{label}`: {text}" for label, text in values.items())]
     if not meta.get("complete", True):
         lines += ["", "**Incomplete run: some (item, config) pairs are missing; rerun with --resume.**"]
     lines += ["", "## Accuracy", ""]

@@ -234,6 +234,8 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
     With ``resume`` the logs in ``out_dir`` are read (:func:`.store.read_logs`) unless the caller
     read them already and passes them as ``previous`` (the CLI does, before loading the model).
     ``on_records`` is called after each batch is saved (tests use it to interrupt a run).
+    With ``write_report`` rank 0 also writes ``summary.md`` and the plots and prints every field of
+    each config (:func:`.report.config_lines`), the legend of the summary the CLI prints next.
     """
     import attn_transition as at
     from attn_transition.families import schedule_layout
@@ -324,6 +326,7 @@ def run_bench(model: Any, tokenizer: Any, settings: BenchSettings, out_dir: str 
 
         report.write_markdown(results, out / "summary.md")
         report.write_plots(results, out)
+        print("\n".join(report.config_lines(results)))      # what each label of the summary ran
     close(shard)
     return results
 
