@@ -26,7 +26,8 @@ def test_registering_the_plugin_loads_nothing_of_the_transformers_integration():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     *_, ours, modeling = done.stdout.strip().splitlines()
-    assert "attn_transition.patches.vllm.backends" in ours, ours          # the check ran the plugin
+    for ran in ("engine", "requests", "platforms"):                      # the checks and the table ran
+        assert f"attn_transition.patches.vllm.{ran}" in ours, ours
     assert "attn_transition.patches.transformers" not in ours, ours
     assert modeling == "False"
 

@@ -344,7 +344,7 @@ def test_engine_without_the_plugin_refuses_a_request_that_asks():
 
 
 def test_request_resolution_and_salt():
-    from attn_transition.patches.vllm.engine import NO_DEFAULT
+    from attn_transition.patches.vllm.asked import NO_DEFAULT
     from attn_transition.patches.vllm.requests import request_transition
 
     sra = at.parse_config("sra")

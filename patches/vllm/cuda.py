@@ -17,20 +17,15 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from vllm.v1.attention.backend import AttentionType
 from vllm.v1.attention.backends.flash_attn import FlashAttentionBackend, FlashAttentionImpl
+from vllm.v1.attention.backends.registry import AttentionBackendEnum
 
 from attn_transition.errors import ConfigError
-from attn_transition.budget import chunk_budget
 
-from .backends import asked_config, make_layer_transition
-from .steps import STEP_ATTR
+from .backends import TransitionBackend, TransitionImpl
+from .rows import CacheReader
 
 __all__ = ["TransitionFlashAttentionBackend", "TransitionFlashAttentionImpl", "read_cache", "check_cuda_engine"]
-
-
-def _budget(device: torch.device, heads: int, keys: int):
-    return chunk_budget("auto", device, heads, keys)
 
 
 def read_cache(kv_cache: torch.Tensor, blocks: torch.Tensor, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,37 +41,31 @@ def read_cache(kv_cache: torch.Tensor, blocks: torch.Tensor, start: int, end: in
     return held[:, cut, :head_size], held[:, cut, head_size:]
 
 
-class TransitionFlashAttentionImpl(FlashAttentionImpl):
+class TransitionFlashAttentionImpl(TransitionImpl, FlashAttentionImpl):
     """vLLM's FlashAttention, then the edited rows of the step's prompts overwritten."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.transition = (None if asked_config() is None or self.attn_type != AttentionType.DECODER
-                           else make_layer_transition(self, budget=_budget))
+    def attention_window(self) -> Optional[int]:
+        """``FlashAttentionImpl.__init__`` stores ``(window - 1, 0)``, or ``(-1, -1)`` for none."""
+        left = self.sliding_window[0]
+        return left + 1 if left >= 0 else None
 
-    def forward(self, layer: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                kv_cache: torch.Tensor, attn_metadata: Any, output: torch.Tensor,
-                output_scale: Optional[torch.Tensor] = None,
-                output_block_scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-        result = super().forward(layer, query, key, value, kv_cache, attn_metadata, output,
-                                 output_scale=output_scale, output_block_scale=output_block_scale)
-        if self.transition is not None and getattr(attn_metadata, STEP_ATTR, None):
-            self.transition.overwrite(layer, attn_metadata, query, key, value, kv_cache, output, read_cache)
-        return result
+    def cache_reader(self, layer: Any, kv_cache: torch.Tensor) -> CacheReader:
+        return read_cache
 
 
-class TransitionFlashAttentionBackend(FlashAttentionBackend):
+class TransitionFlashAttentionBackend(TransitionBackend, FlashAttentionBackend):
     """``FLASH_ATTN`` whose layers get :class:`TransitionFlashAttentionImpl` when the engine asks."""
 
-    @staticmethod
-    def get_impl_cls() -> type:
-        return TransitionFlashAttentionImpl if asked_config() is not None else FlashAttentionImpl
+    transition_impl = TransitionFlashAttentionImpl
+    stock_impl = FlashAttentionImpl
 
 
 def check_cuda_engine(vllm_config: Any) -> None:
-    """Select FlashAttention (the backend the plugin overrides); refuse another one chosen by hand."""
-    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+    """Select FlashAttention (the backend the plugin overrides); refuse another one chosen by hand.
 
+    Raises:
+        ConfigError: another attention backend was chosen (field ``attention_backend``).
+    """
     attention = vllm_config.attention_config
     if attention.backend is None:
         attention.backend = AttentionBackendEnum.FLASH_ATTN

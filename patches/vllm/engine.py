@@ -27,16 +27,18 @@ from __future__ import annotations
 
 import difflib
 import functools
-from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, format_config, parse_config
+from attn_transition.config import TransitionConfig, format_config
 from attn_transition.errors import ConfigError, did_you_mean
+from attn_transition.families import family_for, schedule_layout
+from attn_transition.keywords import ADDITIONAL_CONFIG_KEY
 
-from . import ADDITIONAL_CONFIG_KEY
+from .asked import FIELD, EngineTransition, engine_transition, splits_prompts
+from .platforms import PLATFORMS, current_platform_backend, load
 
-__all__ = ["transition_config", "install_engine_check", "check_engine_args", "check_vllm_config",
-           "check_key_spelling", "announce", "LOGGER_NAME", "METRIC_NAME"]
+__all__ = ["install_engine_check", "check_engine_args", "check_vllm_config", "check_key_spelling", "uses_alibi",
+           "check_whole_prompts", "announce", "LOGGER_NAME", "METRIC_NAME"]
 
 # A child of vLLM's "vllm" logger, which vLLM configures with a handler (and propagate=False, so a
 # logger outside its tree has none under vLLM's defaults).
@@ -47,53 +49,6 @@ METRIC_NAME = "attn_transition_config_info"
 # ('gdn_prefill_backend', 'kda_prefill_backend', ...) stay below 0.5.
 _CLOSE = 0.8
 _WRAPPED = "_attn_transition_wrapped"
-_FIELD = f"additional_config[{ADDITIONAL_CONFIG_KEY!r}]"
-
-
-def transition_config(additional_config: Any) -> Optional[TransitionConfig]:
-    """The transition config an engine's ``additional_config`` asks for, or None (plugin inert).
-
-    Raises:
-        ConfigError: the value is not a valid config string (the message names the field).
-    """
-    if not isinstance(additional_config, dict) or ADDITIONAL_CONFIG_KEY not in additional_config:
-        return None
-    spec = additional_config[ADDITIONAL_CONFIG_KEY]
-    if isinstance(spec, (ClassicConfig, SRAConfig)):
-        return spec
-    if not isinstance(spec, str):
-        raise ConfigError(f"{_FIELD} must be a config string such as 'classic', 'sra' or 'classic:alpha=1', "
-                          f"got {spec!r} ({type(spec).__name__})", field=ADDITIONAL_CONFIG_KEY)
-    try:
-        return parse_config(spec)
-    except ConfigError as err:
-        raise ConfigError(f"{_FIELD}: {err}", field=ADDITIONAL_CONFIG_KEY) from None
-
-
-@dataclass(frozen=True)
-class NoDefault:
-    """The engine default of ``additional_config={"attn_transition": "none"}``: the plugin is on,
-    a request is edited only when it asks (``SamplingParams.extra_args``, :mod:`.requests`)."""
-
-    schedule: str = "none"
-
-
-NO_DEFAULT = NoDefault()
-EngineTransition = Union[TransitionConfig, NoDefault]
-
-
-def engine_transition(additional_config: Any) -> Optional[EngineTransition]:
-    """What an engine's ``additional_config`` asks of the plugin: None (no key: the plugin is inert,
-    exactly stock vLLM), :data:`NO_DEFAULT` (``"none"``: on, per-request configs only) or the
-    default config of every request that does not name its own.
-
-    Raises:
-        ConfigError: the value is not ``"none"`` nor a valid config string (the message names the field).
-    """
-    if isinstance(additional_config, dict) and isinstance(additional_config.get(ADDITIONAL_CONFIG_KEY), str) \
-            and additional_config[ADDITIONAL_CONFIG_KEY].strip().lower() == "none":
-        return NO_DEFAULT
-    return transition_config(additional_config)
 
 
 def _normalised(key: str) -> str:
@@ -153,30 +108,69 @@ def check_engine_args(args: Any) -> Optional[EngineTransition]:
     return config
 
 
-def check_vllm_config(vllm_config: Any, config: TransitionConfig) -> None:
-    """Refuse, at engine start, what the plugin cannot edit faithfully on this engine."""
+def uses_alibi(text_config: Any) -> bool:
+    """Whether a model's text config asks for ALiBi position biases, as vLLM's model code reads it:
+    ``config.alibi`` (``FalconAttention``, vllm/model_executor/models/falcon.py), MPT's
+    ``attn_config["alibi"]``, Jais' ``position_embedding_type == "alibi"``. The edited rows are
+    recomputed without a position bias, so such a model cannot be edited faithfully."""
+    attn_config = getattr(text_config, "attn_config", None)
+    nested = attn_config.get("alibi") if isinstance(attn_config, dict) else getattr(attn_config, "alibi", False)
+    return (getattr(text_config, "alibi", False) is True or nested is True
+            or getattr(text_config, "position_embedding_type", None) == "alibi")
+
+
+def check_vllm_config(vllm_config: Any, config: EngineTransition) -> None:
+    """Refuse, at engine start, what the plugin cannot edit faithfully on this engine: the model
+    (its family, ALiBi, MLA), dual-batch overlap, a platform without a row in
+    :data:`~.platforms.PLATFORMS`, and what that row's engine check refuses.
+
+    Raises:
+        UnsupportedModelError: the model's family (named) is not one the edit supports.
+        ConfigError: naming the setting to change (``field``).
+    """
     from vllm.platforms import current_platform
-
-    from attn_transition.families import family_for, schedule_layout
-
-    from .platforms import PLATFORMS, current_platform_backend, load
 
     model_config = vllm_config.model_config
     text_config = model_config.hf_text_config
     family_for(text_config)                              # UnsupportedModelError, naming the model type
     schedule_layout(text_config)
+    if uses_alibi(text_config):
+        raise ConfigError("attn_transition: ALiBi attention is not supported by the vLLM plugin (the edited rows "
+                          "carry no position bias); use a model without ALiBi", field="model")
     if getattr(model_config, "use_mla", False):
         raise ConfigError("attn_transition: multi-head latent attention (MLA) backends are not supported by the "
                           "vLLM plugin; use the transformers path (attn_transition.enable)", field="model")
     if getattr(vllm_config.parallel_config, "enable_dbo", False):
         raise ConfigError("attn_transition: dual-batch overlap splits a step's requests across micro-batches; "
                           "pass enable_dbo=False", field="enable_dbo")
+    check_whole_prompts(vllm_config, config)
     found = current_platform_backend(current_platform)
     if found is None:
         names = " and ".join(name.upper() for name in PLATFORMS)
         raise ConfigError(f"attn_transition: the vLLM plugin runs on vLLM's {names} platforms, not on "
                           f"{type(current_platform).__name__}", field="device")
     load(found[1].engine_check)(vllm_config)
+
+
+def check_whole_prompts(vllm_config: Any, config: EngineTransition) -> None:
+    """A default config whose schedule is not continuous (``continuous`` False: each edit needs all
+    its rows in one step) needs every prompt computed in one step: chunked prefill and a
+    long-prefill cap are refused, prefix caching is turned off (a cache hit starts a prompt's
+    rows after the cached ones; the engine's WARNING line says so). Requests naming such a
+    config on another engine are refused one by one (:func:`~.requests.request_transition`).
+
+    Raises:
+        ConfigError: naming the setting that splits prompts (``field``).
+    """
+    if not isinstance(config, TransitionConfig) or config.continuous:
+        return
+    vllm_config.cache_config.enable_prefix_caching = False
+    split = splits_prompts(vllm_config)
+    if split is not None:
+        setting, value = split
+        raise ConfigError(f"attn_transition: {FIELD} {format_config(config)!r} is not continuous (each edit needs "
+                          f"all its rows in one step) and {setting} splits prompts into steps; pass "
+                          f"{setting}={value}", field=setting)
 
 
 def _prefix_caching(vllm_config: Any) -> str:
@@ -196,12 +190,12 @@ def announce(vllm_config: Any, config: Any) -> str:
     from vllm.logger import init_logger
 
     caching = _prefix_caching(vllm_config)
-    if isinstance(config, (ClassicConfig, SRAConfig)):
+    if isinstance(config, TransitionConfig):
         label = format_config(config)
-        edited = f"every request's prompt rows with {label} ({config!r}, from {_FIELD}) unless a request names its own"
+        edited = f"every request's prompt rows with {label} ({config!r}, from {FIELD}) unless a request names its own"
     else:
         label = "none"
-        edited = f"only the prompt rows of requests that name a config ({_FIELD} is 'none')"
+        edited = f"only the prompt rows of requests that name a config ({FIELD} is 'none')"
     line = f"attn_transition: editing {edited}; decode rows are not edited; prefix caching {caching}"
     init_logger(LOGGER_NAME).warning("%s", line)
     _publish(label, caching)

@@ -1,12 +1,14 @@
 """The platforms the plugin runs on, as one table: for each, the vLLM attention backend it
 overrides, the class that overrides it, and the check it adds at engine start.
 
-Registration (:func:`~.backends.register_backends`, in every process vLLM starts) and the
-engine-start check (:func:`~.engine.check_vllm_config`) both read :data:`PLATFORMS`, so a new
-backend is one row here and one module beside :mod:`.cpu` / :mod:`.cuda`. Classes and checks are
-named by dotted path, as vLLM's own backend registry names them (``register_backend`` in
-vllm/v1/attention/backends/registry.py): a platform's module imports that platform's vLLM
-backend, so only the current platform's is ever imported.
+Registration (:func:`register_backends`, in every process vLLM starts) and the engine-start
+check (:func:`~.engine.check_vllm_config`) both read :data:`PLATFORMS`, so a new backend is one
+row here and one module beside :mod:`.cpu` / :mod:`.cuda` (its classes combine the mixins of
+:mod:`.backends` with vLLM's). Classes and checks are named by dotted path, as vLLM's own backend
+registry names them (``register_backend`` in vllm/v1/attention/backends/registry.py): a
+platform's module imports that platform's vLLM backend, so only the current platform's is ever
+imported, and this module imports no other module of the plugin (the platform modules import
+the rest; nothing imports them but vLLM and :func:`load`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-__all__ = ["PlatformBackend", "PLATFORMS", "current_platform_backend", "load"]
+__all__ = ["PlatformBackend", "PLATFORMS", "current_platform_backend", "load", "register_backends"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +58,14 @@ def load(path: str) -> Callable[..., Any]:
     """The object at ``module:name`` (or ``module.name``)."""
     module, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def register_backends() -> None:
+    """Override vLLM's attention backend of this platform (its row's ``backend``) with the row's
+    class; nothing on a platform without a row (the engine-start check refuses it)."""
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum, register_backend
+
+    found = current_platform_backend()
+    if found is not None:
+        _, row = found
+        register_backend(AttentionBackendEnum[row.backend], row.backend_class)

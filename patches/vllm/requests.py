@@ -50,6 +50,8 @@ from attn_transition.config import TransitionConfig, format_config, parse_config
 from attn_transition.errors import ConfigError
 from attn_transition.keywords import ADDITIONAL_CONFIG_KEY, LENGTH_KWARG
 
+from .asked import EngineTransition, default_config, engine_transition, splits_prompts
+
 __all__ = ["CONFIG_KEY", "WIDTH_KEY", "BEAM_PROMPT_WIDTH", "RequestConfigError", "request_transition",
            "resolve_request", "salted", "check_body", "install_request_check"]
 
@@ -58,7 +60,7 @@ WIDTH_KEY = LENGTH_KWARG                                  # extra_args["attn_tra
 BEAM_PROMPT_WIDTH = "attn_transition_beam_prompt_width"   # set on beam search's step prompts
 _NONE = "none"
 _WRAPPED = "_attn_transition_wrapped"
-_ENGINE = "_attn_transition_engine"                      # on an InputProcessor: engine_transition()
+_ENGINE = "_attn_transition_engine"              # on an InputProcessor: (engine_transition(), splits_prompts())
 
 
 class RequestConfigError(ConfigError, VLLMValidationError):
@@ -131,16 +133,22 @@ def _refuse_off_engine() -> RequestConfigError:
                               f"only requests that ask) or a default config", field=CONFIG_KEY)
 
 
-def request_transition(engine: Any, request: Any, prompt: Any) -> None:
+# What a request with a config that is not continuous is told where the engine's settings are not known.
+_MAY_SPLIT = ("enable_chunked_prefill", "False")
+
+
+def request_transition(engine: Optional[EngineTransition], request: Any, prompt: Any, *,
+                       splits: Optional[tuple[str, str]] = _MAY_SPLIT) -> None:
     """Check one ``EngineCoreRequest`` (``process_inputs``' result) and resolve its transition in place.
 
-    ``engine``: :func:`~.engine.engine_transition` of the engine (None: the plugin is off);
+    ``engine``: :func:`~.asked.engine_transition` of the engine (None: the plugin is off);
     ``prompt``: what the caller handed ``process_inputs`` (a beam search step carries
-    :data:`BEAM_PROMPT_WIDTH`). Raises :class:`ConfigError` for an invalid value, or for a request
-    asking for a config on an engine started without the plugin.
+    :data:`BEAM_PROMPT_WIDTH`); ``splits``: :func:`~.asked.splits_prompts` of the engine (None: it
+    computes every prompt in one step; by default it may split them). Raises :class:`ConfigError`
+    for an invalid value, for a request asking for a config on an engine started without the
+    plugin, or for a config that is not continuous (each edit needs all its rows in one step) on
+    an engine that may split its prompt.
     """
-    from .engine import NoDefault
-
     params = request.sampling_params
     if params is None:                                   # pooling: the engine's default, as before
         return
@@ -158,8 +166,14 @@ def request_transition(engine: Any, request: Any, prompt: Any) -> None:
         if WIDTH_KEY in extra:
             _width(extra[WIDTH_KEY], prompt_len)
         return
-    default = None if isinstance(engine, NoDefault) else engine
-    config, width = resolve_request(extra, default, prompt_len)
+    config, width = resolve_request(extra, default_config(engine), prompt_len)
+    if config is not None and not config.continuous and splits is not None:
+        setting, value = splits
+        also = "" if setting == "enable_prefix_caching" else " and enable_prefix_caching=False"
+        raise RequestConfigError(f"extra_args[{CONFIG_KEY!r}]: {format_config(config)!r} is not continuous (each edit "
+                                 f"needs all its rows in one step) and this engine's {setting} splits prompts into "
+                                 f"steps; start it with {setting}={value}{also}, or use a continuous schedule",
+                                 field=CONFIG_KEY)
     extra[CONFIG_KEY] = _NONE if config is None else format_config(config)
     extra[WIDTH_KEY] = width
     params.extra_args = extra                            # the request's own copy (clone() may be shallow)
@@ -168,14 +182,14 @@ def request_transition(engine: Any, request: Any, prompt: Any) -> None:
 
 
 def _wrap_process_inputs(process_inputs: Any) -> Any:
-    from .engine import engine_transition
-
     @functools.wraps(process_inputs)
     def wrapped(self, request_id: str, prompt: Any, params: Any, *args: Any, **kwargs: Any) -> Any:
         request = process_inputs(self, request_id, prompt, params, *args, **kwargs)
         if not hasattr(self, _ENGINE):                   # read once per input processor (per engine)
-            setattr(self, _ENGINE, engine_transition(self.vllm_config.additional_config))
-        request_transition(getattr(self, _ENGINE), request, prompt)
+            setattr(self, _ENGINE, (engine_transition(self.vllm_config.additional_config),
+                                    splits_prompts(self.vllm_config)))
+        engine, splits = getattr(self, _ENGINE)
+        request_transition(engine, request, prompt, splits=splits)
         return request
 
     setattr(wrapped, _WRAPPED, True)

@@ -30,6 +30,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from attn_transition.config import TransitionConfig
 
+from .asked import default_config, engine_transition
+from .requests import resolve_request
+
 __all__ = ["PromptRows", "STEP_ATTR", "step_rows", "install_step_rows", "request_plan"]
 
 STEP_ATTR = "attn_transition_rows"
@@ -85,8 +88,6 @@ def request_plan(state: Any, default: Optional[TransitionConfig], prompt_len: in
     ``sampling_params.extra_args`` (:func:`~.requests.resolve_request`) and kept on the state."""
     plan = getattr(state, _PLAN, None)
     if plan is None:
-        from .requests import resolve_request
-
         params = state.sampling_params
         plan = resolve_request(getattr(params, "extra_args", None), default, prompt_len)
         setattr(state, _PLAN, plan)
@@ -96,10 +97,7 @@ def request_plan(state: Any, default: Optional[TransitionConfig], prompt_len: in
 def _engine_default(runner: Any) -> Optional[TransitionConfig]:
     """The engine's default config (None for ``"none"``), read once per runner."""
     if not hasattr(runner, _DEFAULT):
-        from .engine import NoDefault, engine_transition
-
-        engine = engine_transition(runner.vllm_config.additional_config)
-        setattr(runner, _DEFAULT, None if engine is None or isinstance(engine, NoDefault) else engine)
+        setattr(runner, _DEFAULT, default_config(engine_transition(runner.vllm_config.additional_config)))
     return getattr(runner, _DEFAULT)
 
 
