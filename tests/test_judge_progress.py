@@ -42,9 +42,10 @@ def test_each_retry_and_timeout_is_one_line_as_it_happens_and_the_answers_land(t
         assert server.n_requests == 2 + 3
     lines = _judge_lines(capsys.readouterr().err)
     assert len(lines) == 3, lines
-    assert lines[0].startswith("judge: no answer within 0.3 s (--timeout); retry 1 of 3 in ")
-    assert lines[1].startswith("judge: HTTP 500 (The server had an error (fake)); retry 2 of 3 in ")
-    assert lines[2] == "judge: HTTP 429 (Rate limit reached (fake)); retry 3 of 3 in 0.1 s as the server asked"
+    item = "judge: document 'doc0' (4 candidates): "                  # concurrency 1: all three hit doc0
+    assert lines[0].startswith(item + "no answer within 0.3 s (--timeout); retry 1 of 3 in ")
+    assert lines[1].startswith(item + "HTTP 500 (The server had an error (fake)); retry 2 of 3 in ")
+    assert lines[2] == item + "HTTP 429 (Rate limit reached (fake)); retry 3 of 3 in 0.1 s as the server asked"
     assert doc["summary"]["complete_documents"] == 2 and doc["summary"]["failed_requests"] == 0
 
 
@@ -60,8 +61,9 @@ def test_cli_shows_retries_on_stderr_with_a_loopback_server_and_no_key(tmp_path,
     lines = _judge_lines(captured.err)
     assert lines[0] == (f"judge: asking {FAKE_MODEL} at {server.base_url} (1 request(s) at a time, --timeout 0.5 s, "
                         f"--max-retries 6); answers kept in {tmp_path / 'out.judge-cache.jsonl'} as they arrive")
-    assert [line.split(";")[0] for line in lines[1:]] == ["judge: no answer within 0.5 s (--timeout)",
-                                                          "judge: HTTP 429 (Rate limit reached (fake))"]
+    assert [line.split(";")[0] for line in lines[1:]] == [
+        "judge: document 'doc0' (4 candidates): no answer within 0.5 s (--timeout)",
+        "judge: document 'doc0' (4 candidates): HTTP 429 (Rate limit reached (fake))"]   # its retry
     assert "2/2 documents fully scored" in captured.out
     scores = json.loads((tmp_path / "out.scores.json").read_text())
     assert scores["judge"]["stand_in"] is True            # the package's stand-in answered: marked

@@ -410,8 +410,13 @@ def test_client_exception_outside_http_errors_is_a_one_line_usage_error(tmp_path
         client.complete({"messages": []}, "k")
     text = str(info.value)
     assert len(text.splitlines()) == 1 and name in text
-    assert f"answers so far are kept in {cache.path}" in text
-    assert len(cache) == 0
+    assert len(cache) == 0 and not cache.path.exists()
+    assert "kept in" not in text                            # no answer yet: no cache file to point to
+    cache.put("earlier", {"content": "paid for"})           # once it holds an answer, the error names it
+    with pytest.raises(UsageError) as info:
+        client.complete({"messages": []}, "k")
+    assert f"answers so far are kept in {cache.path}" in str(info.value)
+    assert len(cache) == 1
 
 
 def test_dry_run_counts_cached_answers_and_estimates_only_the_rest(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,9 @@ orders, which measures the judge's own noise and position bias (see ``report``).
 
 Replies must be JSON (``--response-format json_schema`` by default, a strict schema with
 one entry per label); a malformed or incomplete reply is re-asked ``--reask`` times and
-then recorded as a failure with its raw text -- never dropped or guessed.
+then recorded as a failure with its raw text -- never dropped or guessed. Each reply is
+bounded by ``--max-tokens`` (``auto``: 50 + 100 tokens per candidate shown, sized from that
+schema; ``none``: the server's limit).
 
 Every answer is appended to a JSONL cache (default ``OUTPUTS.judge-cache.jsonl``) keyed
 by a hash of the request payload, model and base URL: rerunning after a crash, Ctrl-C or

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional
+from typing import Optional, Union
 
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
@@ -17,10 +17,11 @@ from ..runtime.requirements import require_judge_client
 from .client import DEFAULT_BASE_URL
 from .dry_run import dry_run
 from .options import DEFAULT_JUDGE_MODEL, JudgeOptions
-from .payload import PROTOCOLS, RESPONSE_FORMATS
+from .payload import (MAX_TOKENS_AUTO, PROTOCOLS, REPLY_TOKENS_BASE, REPLY_TOKENS_PER_CANDIDATE,
+                      RESPONSE_FORMATS)
 from .plan import judge_file
 
-__all__ = ["EPILOG", "add_arguments", "options_from_args", "run"]
+__all__ = ["EPILOG", "add_arguments", "options_from_args", "run", "max_tokens_arg"]
 
 EPILOG = """examples:
   attn-transition judge out.json --dry-run                       # one prompt + estimated tokens and cost
@@ -35,9 +36,29 @@ Ctrl-C or a server error only the missing requests are sent. A reply that stays 
 recorded as a failure (raw text in the scores file); rerun with a larger --reask to ask again
 (only the new attempts are sent). A request the server refuses for its content (HTTP 400, e.g.
 context_length_exceeded) is recorded as a failure with the server's message; the others go on.
-Every retry and timeout is told as it happens, one line on stderr. A --base-url on this machine
-(127.0.0.1, localhost, ::1) needs no OPENAI_API_KEY.
+Every retry and timeout is told as it happens, one line on stderr naming the document (and the
+candidate, with --protocol single). A server slower than --timeout: the timed-out request's
+connection is closed (a server that stops work on a closed request frees it), the run goes on one
+request at a time, and repeated timeouts say what to rerun with (a larger --timeout, --concurrency 1).
+A --base-url on this machine (127.0.0.1, localhost, ::1) needs no OPENAI_API_KEY. transformers serve
+ignores response_format: add --response-format none (replies are still checked as strictly).
 """
+
+
+def max_tokens_arg(text: str) -> Union[int, str, None]:
+    """``--max-tokens``: ``auto``, ``none`` (None: no limit sent) or an integer >= 1."""
+    word = text.strip().lower()
+    if word == MAX_TOKENS_AUTO:
+        return MAX_TOKENS_AUTO
+    if word == "none":
+        return None
+    try:
+        value = int(word)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, none or an integer >= 1")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", metavar="PATH", help="scores file (default: OUTPUTS.scores.json)")
     parser.add_argument("--judge-model", default=DEFAULT_JUDGE_MODEL, help=f"judge model (default {DEFAULT_JUDGE_MODEL})")
     parser.add_argument("--base-url", default=DEFAULT_BASE_URL,
-                        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM), "
-                             "http://localhost:8080/v1 (llama.cpp), http://localhost:11434/v1 (Ollama)")
+                        help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, or transformers "
+                             "serve with --response-format none), http://localhost:8080/v1 (llama.cpp), "
+                             "http://localhost:11434/v1 (Ollama)")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="joint",
                         help="joint: all candidates of a document in one request (the seed's); single: one per request")
     parser.add_argument("--with-reference", action="store_true", help="show the reference summary to the judge")
@@ -55,7 +77,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_schema",
                         help="structured output mode the server supports (replies are validated strictly anyway)")
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature of the judge, in [0, 2]")
-    parser.add_argument("--max-tokens", type=int, default=None, help="reply token limit (default: the server's)")
+    parser.add_argument("--max-tokens", type=max_tokens_arg, default=MAX_TOKENS_AUTO, metavar="auto|none|N",
+                        help=f"reply token limit. auto (default): sized from the reply schema, "
+                             f"{REPLY_TOKENS_BASE} + {REPLY_TOKENS_PER_CANDIDATE} per candidate shown (the reply is "
+                             f"one label, a one-sentence reason and a score per candidate, about 45 tokens each), "
+                             f"so a reply that rambles is cut short and re-asked instead of running past --timeout "
+                             f"on a slow server; none: send no limit (the server's own); N: that many tokens")
     parser.add_argument("--reask", type=int, default=2, help="re-asks after a malformed/incomplete reply")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight at once")
     parser.add_argument("--max-retries", type=int, default=6, help="retries on 429/5xx/timeouts (backoff)")

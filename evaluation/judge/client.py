@@ -5,7 +5,16 @@ else calls the official ``openai`` client (built with ``max_retries=0``: retryin
 here) and caches the answer. 429, 408/409, 5xx, timeouts and connection errors are retried
 with exponential backoff (deterministic jitter), honouring the server's ``retry-after-ms`` /
 ``Retry-After`` headers; every wait is recorded in ``waits`` and said as it happens, one line
-on stderr (:meth:`JudgeClient.say`: what failed, which retry, how long the wait). Errors that retrying cannot
+on stderr (:meth:`JudgeClient.say`: which document and candidate, what failed, which retry, how
+long the wait).
+
+A slow server: the client closes the connection of a request that ran past ``--timeout`` (the
+``openai`` client's ``httpx`` transport does, on the timeout), so a server that stops work on a
+request whose client has gone (vLLM, llama.cpp, Ollama, ``transformers serve``) frees it. After
+the first timeout the client sends one request at a time for the rest of the run (those already
+in flight finish first; :meth:`JudgeClient._gate`), so its retries never stack on a server that
+is already too slow; the second timeout says what to rerun with (a larger ``--timeout``,
+``--concurrency 1``). Errors that retrying cannot
 fix and that hit every request (unknown model, rejected key, an unsupported
 ``response_format`` or other request setting) become a one-line
 :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's content
@@ -17,6 +26,7 @@ request's failure. Anything else the client raises (an unreadable answer...) is 
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import sys
 import threading
@@ -152,6 +162,19 @@ def _error_code(exc: Exception) -> Optional[str]:
     return None
 
 
+class _Slot:
+    """A held :meth:`JudgeClient._gate` slot; released on leaving the ``with`` block."""
+
+    def __init__(self, client: "JudgeClient") -> None:
+        self._client = client
+
+    def __enter__(self) -> "_Slot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._client._release()
+
+
 @dataclass
 class JudgeClient:
     """Sends payloads through an ``openai.OpenAI`` client with caching and retries.
@@ -173,10 +196,16 @@ class JudgeClient:
     notify: Optional[Callable[[str], None]] = None  # one line per retry or note; default: stderr
     notes: list = field(default_factory=list)      # every line given to notify
     stand_in: bool = False                         # an answer came from the offline stand-in (not a judge)
+    concurrency: int = 0                           # --concurrency: HTTP requests in flight at most (0: no limit)
+    placeholder_key: bool = False                  # no OPENAI_API_KEY: a loopback server got a placeholder
+    timeouts: int = 0                              # requests that ran past --timeout, this run
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._noted: set[str] = set()
+        self._slots = threading.Condition()
+        self._active = 0                           # HTTP requests in flight now
+        self._capacity = self.concurrency if self.concurrency > 0 else None    # None: no limit
 
     def _note_server(self, fingerprint: Optional[str]) -> None:
         """Remember an answer from the offline stand-in (:mod:`.testing`), which marks its replies."""
@@ -202,13 +231,18 @@ class JudgeClient:
             self._noted.add(topic)
         self.say(line)
 
+    def _timeout_s(self) -> Optional[float]:
+        """The per-request timeout of the underlying client (seconds), when it is a plain number."""
+        timeout = getattr(self.client, "timeout", None)
+        return float(timeout) if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) else None
+
     def _failure(self, exc: Exception) -> str:
         """What went wrong with one try, in a few words."""
         import openai
 
         if isinstance(exc, openai.APITimeoutError):
-            timeout = getattr(self.client, "timeout", None)
-            return f"no answer within {timeout:g} s (--timeout)" if isinstance(timeout, (int, float)) else \
+            timeout = self._timeout_s()
+            return f"no answer within {timeout:g} s (--timeout)" if timeout is not None else \
                 "the request timed out (--timeout)"
         if isinstance(exc, openai.APIConnectionError):
             return f"cannot reach {self.base_url} ({_error_text(exc)[:120]})"
@@ -224,15 +258,16 @@ class JudgeClient:
         elif self.stop.wait(seconds):
             raise Aborted()
 
-    def complete(self, payload: dict, key: str) -> Completion:
-        """The answer to ``payload``: from the cache, else from the server (then cached)."""
+    def complete(self, payload: dict, key: str, item: str = "") -> Completion:
+        """The answer to ``payload``: from the cache, else from the server (then cached).
+        ``item`` names the request in the lines said about it (e.g. ``document 'd1' (4 candidates)``)."""
         hit = self.cache.get(key)
         if hit is not None:
             self._note_server(hit.get("system_fingerprint"))
             usage = hit.get("usage") or {}
             return Completion(hit.get("content"), hit.get("finish_reason"), int(usage.get("prompt_tokens", 0)),
                               int(usage.get("completion_tokens", 0)), True, hit.get("response_model"))
-        response = self._send(payload, key)
+        response = self._send(payload, key, item)
         try:                            # a non-compliant 200 body may lack any of these
             choice = response.choices[0] if response.choices else None
             content = choice.message.content if choice is not None and choice.message is not None else None
@@ -253,8 +288,15 @@ class JudgeClient:
                              "time": time.time()})
         return Completion(content, finish, pt, ct, False, getattr(response, "model", None))
 
-    def _saved(self) -> str:
-        return f"; answers so far are kept in {self.cache_path_hint}" if self.cache_path_hint else ""
+    def kept_in(self) -> str:
+        """The cache file, when it exists and holds answers ('' otherwise: nothing to point to)."""
+        if not self.cache_path_hint or not self.cache.enabled or len(self.cache) == 0:
+            return ""
+        return self.cache_path_hint if os.path.exists(self.cache_path_hint) else ""
+
+    def _saved(self, rerun: bool = False) -> str:
+        kept = self.kept_in()
+        return f"; answers so far are kept in {kept}" + (", rerun to continue" if rerun else "") if kept else ""
 
     def _unexpected(self, exc: Exception) -> UsageError:
         """Anything the client raised that is not an HTTP status, timeout or connection error."""
@@ -293,6 +335,10 @@ class JudgeClient:
             return UsageError(f"{where}/chat/completions answered 404 ({text}); check --base-url "
                               f"(an OpenAI-compatible server's URL usually ends in /v1){saved}")
         if isinstance(exc, openai.AuthenticationError):
+            if self.placeholder_key:
+                return UsageError(f"{where} wants an API key (401: {text}): OPENAI_API_KEY is not set, so a "
+                                  f"placeholder was sent, as a server on this machine usually needs none; export "
+                                  f"OPENAI_API_KEY=<the key the server was started with>{saved}")
             return UsageError(f"{where} rejected the API key (401: {text}); export OPENAI_API_KEY=<a valid key>"
                               f"{saved}")
         if isinstance(exc, openai.PermissionDeniedError):
@@ -301,24 +347,77 @@ class JudgeClient:
             return UsageError(f"{where} rejected the response_format (400: {text}); try --response-format "
                               f"json_object or --response-format none{saved}")
         param = getattr(exc, "param", None)
+        if status in CONTENT_STATUS and param == "max_tokens":
+            return UsageError(f"{where} rejected the request setting 'max_tokens' (400: {text}); pass "
+                              f"--max-tokens none to send no reply limit{saved}")
         if status in CONTENT_STATUS and param:
             return UsageError(f"{where} rejected the request setting {param!r} (400: {text}); change the option "
                               f"that sets it (see attn-transition judge --help){saved}")
         return UsageError(f"{where} answered {status} ({text}){saved}")
 
-    def _send(self, payload: dict, key: str) -> Any:
+    def _gate(self) -> "_Slot":
+        """A slot for one HTTP request: waits while ``concurrency`` requests (one after a timeout)
+        are in flight; raises :class:`Aborted` when the run stops meanwhile."""
+        with self._slots:
+            while self._capacity is not None and self._active >= self._capacity:
+                if self.stop.is_set():
+                    raise Aborted()
+                self._slots.wait(0.05)
+            self._active += 1
+        return _Slot(self)
+
+    def _release(self) -> None:
+        with self._slots:
+            self._active -= 1
+            self._slots.notify_all()
+
+    def _timed_out(self) -> list[tuple[str, str]]:
+        """Count a timeout. The first lowers the requests in flight to one, the second tells what to
+        rerun with: returns those notes as (topic, line), for :meth:`say_once` after the retry line."""
+        with self._slots:
+            self.timeouts += 1
+            count = self.timeouts
+            lowered = self._capacity is not None and self._capacity > 1
+            if lowered:
+                self._capacity = 1
+        timeout = self._timeout_s()
+        limit = f"--timeout {timeout:g} s" if timeout is not None else "--timeout"
+        notes = []
+        if lowered:
+            notes.append(("one-at-a-time", f"judge: the server did not answer within {limit}: one request at a "
+                                           f"time from now on (those in flight finish first), so retries do not "
+                                           f"stack on it"))
+        if count >= 2:
+            larger = f"--timeout {max(4 * timeout, 120.0):g}" if timeout is not None else "a larger --timeout"
+            one = " --concurrency 1" if self.concurrency > 1 else ""
+            notes.append(("slow-server", f"judge: timeouts repeat ({limit}): "
+                                         f"this server needs longer per request; stop (Ctrl-C keeps every answer "
+                                         f"received) and rerun with {larger}{one}"))
+        return notes
+
+    def _send(self, payload: dict, key: str, item: str = "") -> Any:
         import_optional("openai", "the judge")
         import openai
 
+        prefix = f"judge: {item}: " if item else "judge: "
         last: Optional[Exception] = None
         for attempt in range(self.retry.max_retries + 1):
             if self.stop.is_set():
                 raise Aborted()
-            with self._lock:
-                self.sent += 1
+            notes: list[tuple[str, str]] = []
+            slot = self._gate()             # Aborted when the run stops while it waits
             try:
-                return self.client.chat.completions.create(model=self.model, **payload)
-            except (openai.APITimeoutError, openai.APIConnectionError) as exc:   # timeout is a subclass
+                with slot:
+                    with self._lock:
+                        self.sent += 1
+                    try:
+                        return self.client.chat.completions.create(model=self.model, **payload)
+                    except openai.APITimeoutError:
+                        notes = self._timed_out()     # before the slot is given back, at the capacity it lowers
+                        raise
+            except openai.APITimeoutError as exc:     # the transport closed the connection: the server may cancel
+                last, wait = exc, None
+            except openai.APIConnectionError as exc:
                 last, wait = exc, None
             except openai.APIStatusError as exc:
                 status = exc.status_code
@@ -337,15 +436,18 @@ class JudgeClient:
                 break
             delay = wait if wait is not None else self.retry.backoff(attempt, key)
             asked = " as the server asked" if wait is not None else ""
-            self.say(f"judge: {self._failure(last)}; retry {attempt + 1} of {self.retry.max_retries} in "
+            self.say(f"{prefix}{self._failure(last)}; retry {attempt + 1} of {self.retry.max_retries} in "
                      f"{delay:.1f} s{asked}")
+            for topic, line in notes:
+                self.say_once(topic, line)
             self._sleep(delay)
-        saved = f"; answers so far are kept in {self.cache_path_hint}, rerun to continue" \
-            if self.cache_path_hint else ""
+        saved = self._saved(rerun=True)
         tries = self.retry.max_retries + 1
+        about = f" ({item})" if item else ""
         if isinstance(last, openai.APITimeoutError):
-            raise UsageError(f"{self.base_url} timed out {tries} time(s) in a row; raise --timeout or check the "
-                             f"server{saved}")
+            one = " or pass --concurrency 1" if self.concurrency > 1 else ""
+            raise UsageError(f"{self.base_url} timed out {tries} time(s) in a row{about}; raise --timeout{one}, or "
+                             f"check the server{saved}")
         if isinstance(last, openai.APIConnectionError):
             raise UsageError(f"cannot reach {self.base_url} ({_error_text(last)}) after {tries} tries; check "
                              f"--base-url and that the server is running{saved}")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from attn_transition.errors import UsageError
 
 from .client import DEFAULT_BASE_URL
-from .payload import PROTOCOLS, RESPONSE_FORMATS
+from .payload import MAX_TOKENS_AUTO, PROTOCOLS, RESPONSE_FORMATS, reply_token_limit
 
 __all__ = ["JudgeOptions", "DEFAULT_JUDGE_MODEL"]
 
@@ -27,7 +27,10 @@ class JudgeOptions:
         seed: seed of the candidate orders and of the request seeds.
         with_reference: show the reference summary to the judge.
         response_format: structured-output mode the server supports (replies are validated anyway).
-        temperature: in [0, 2]. max_tokens: reply limit (None: the server's).
+        temperature: in [0, 2].
+        max_tokens: the reply limit: ``"auto"`` (default) sizes it per request from the reply
+            schema (:func:`~.payload.reply_token_limit`), an integer >= 1 is sent as is, ``None``
+            sends no limit (the server's own).
         reask: re-asks after a malformed or incomplete reply, >= 0.
         concurrency: requests in flight, >= 1. max_retries: on 429/5xx/timeouts, >= 0.
         timeout: seconds per request. price_in, price_out: USD per 1M tokens (both or neither).
@@ -41,7 +44,7 @@ class JudgeOptions:
     with_reference: bool = False
     response_format: str = "json_schema"
     temperature: float = 0.0
-    max_tokens: Optional[int] = None
+    max_tokens: Union[int, str, None] = MAX_TOKENS_AUTO
     reask: int = 2                   # extra requests after a malformed/incomplete reply
     concurrency: int = 4
     max_retries: int = 6
@@ -63,8 +66,10 @@ class JudgeOptions:
                 raise bad(name, f"must be an integer >= {low}, got {value!r}")
         if not 0.0 <= self.temperature <= 2.0:
             raise bad("temperature", f"must be in [0, 2], got {self.temperature!r}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise bad("max_tokens", f"must be >= 1, got {self.max_tokens!r}")
+        if self.max_tokens not in (None, MAX_TOKENS_AUTO) and (
+                isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 1):
+            raise bad("max_tokens", f"must be {MAX_TOKENS_AUTO!r}, None (no limit) or an integer >= 1, "
+                                    f"got {self.max_tokens!r}")
         if not self.timeout > 0:
             raise bad("timeout", f"must be > 0 seconds, got {self.timeout!r}")
         if (self.price_in is None) != (self.price_out is None):
@@ -76,3 +81,7 @@ class JudgeOptions:
                 raise bad(name, f"must be >= 0 USD per 1M tokens, got {value!r}")
         if not self.judge_model:
             raise bad("judge_model", "must not be empty")
+
+    def reply_limit(self, n_labels: int) -> Optional[int]:
+        """The ``max_tokens`` sent with a request showing ``n_labels`` candidates (None: none sent)."""
+        return reply_token_limit(n_labels) if self.max_tokens == MAX_TOKENS_AUTO else self.max_tokens

@@ -28,7 +28,8 @@ from attn_transition.errors import UsageError
 
 __all__ = ["PROTOCOLS", "RESPONSE_FORMATS", "PROMPTS_PATH", "ReplyError", "Reply", "load_prompts",
            "presentation_order", "make_labels", "request_seed", "build_messages", "response_format", "with_reask",
-           "build_payload", "cache_key", "parse_reply", "estimate_tokens", "OUTPUT_TOKENS_PER_CANDIDATE"]
+           "build_payload", "cache_key", "parse_reply", "estimate_tokens", "OUTPUT_TOKENS_PER_CANDIDATE",
+           "MAX_TOKENS_AUTO", "REPLY_TOKENS_BASE", "REPLY_TOKENS_PER_CANDIDATE", "reply_token_limit"]
 
 PROTOCOLS = ("joint", "single")
 RESPONSE_FORMATS = ("json_schema", "json_object", "none")
@@ -37,6 +38,14 @@ SCHEMA_NAME = "summary_scores"
 # Dry-run estimate of the reply: a one-sentence reason, the score and the JSON around them.
 OUTPUT_TOKENS_PER_CANDIDATE = 45
 CHARS_PER_TOKEN = 4.0   # rough English average for GPT-style BPE tokenizers
+# The default reply limit (``--max-tokens auto``), sized from the reply schema: per candidate, its
+# label, ``{"reason": <one sentence>, "score": <int>}`` and the JSON around it is about 45 tokens
+# (OUTPUT_TOKENS_PER_CANDIDATE); 100 leaves room for a long sentence, and the base covers the outer
+# braces and a code fence. A reply that runs past it is cut short (finish_reason "length") and
+# re-asked, instead of running on until --timeout.
+MAX_TOKENS_AUTO = "auto"
+REPLY_TOKENS_BASE = 50
+REPLY_TOKENS_PER_CANDIDATE = 100
 
 
 class ReplyError(ValueError):
@@ -113,6 +122,14 @@ def response_format(labels: Sequence[str], mode: str) -> Optional[dict]:
     schema = {"type": "object", "properties": {lab: entry for lab in labels}, "required": list(labels),
               "additionalProperties": False}
     return {"type": "json_schema", "json_schema": {"name": SCHEMA_NAME, "strict": True, "schema": schema}}
+
+
+def reply_token_limit(n_labels: int) -> int:
+    """The ``max_tokens`` of a request showing ``n_labels`` candidates under ``--max-tokens auto``:
+    ``REPLY_TOKENS_BASE + REPLY_TOKENS_PER_CANDIDATE * n_labels`` (150 for one, 2,550 for 25)."""
+    if n_labels < 1:
+        raise ValueError(f"a request shows at least one candidate, got {n_labels}")
+    return REPLY_TOKENS_BASE + REPLY_TOKENS_PER_CANDIDATE * n_labels
 
 
 def build_payload(*, prompts: dict, protocol: str, document: str, texts: Sequence[str], labels: Sequence[str],

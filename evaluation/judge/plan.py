@@ -57,9 +57,9 @@ from .payload import (PROMPTS_PATH, ReplyError, build_payload, cache_key, load_p
                       presentation_order, request_seed, with_reask)
 from .pricing import cost_usd, price_for
 
-__all__ = ["LOCAL_PLACEHOLDER_KEY", "is_loopback", "RequestSpec", "TrialResult", "record_keys", "plan_requests", "payload_for", "judge_records",
-           "make_client", "judge_file", "default_scores_path", "default_cache_path", "SCORES_FORMAT",
-           "SCORES_FORMAT_VERSION"]
+__all__ = ["LOCAL_PLACEHOLDER_KEY", "is_loopback", "request_name", "RequestSpec", "TrialResult", "record_keys",
+           "plan_requests", "payload_for", "judge_records", "make_client", "judge_file", "default_scores_path",
+           "default_cache_path", "SCORES_FORMAT", "SCORES_FORMAT_VERSION"]
 
 SCORES_FORMAT = "attn_transition.judge_scores"
 SCORES_FORMAT_VERSION = 1
@@ -131,7 +131,7 @@ def payload_for(spec: RequestSpec, record: dict, options: JudgeOptions, prompts:
         reference=record["summary"] if options.with_reference else None,
         response_format_mode=options.response_format, temperature=options.temperature,
         seed=request_seed(options.seed, spec.doc_index, spec.repeat, attempt, spec.candidate or ""),
-        max_tokens=options.max_tokens)
+        max_tokens=options.reply_limit(len(labels)))
     if previous is not None:
         payload = with_reask(payload, *previous)
     return payload, labels
@@ -145,6 +145,18 @@ def reply_problem(exc: ReplyError, finish_reason: Optional[str]) -> str:
     return error
 
 
+def request_name(spec: RequestSpec, record: dict, options: JudgeOptions, attempt: int = 0) -> str:
+    """How the lines said about one request name it: the document id, then its candidate's key
+    (``single``) or how many it shows (``joint``), the repeat and the re-ask when there are several,
+    e.g. ``document 'd7' (decode_or, repeat 2 of 3)`` or ``document 'd7' (25 candidates, re-ask 1 of 2)``."""
+    shown = [spec.keys[0] if options.protocol == "single" else f"{len(spec.keys)} candidates"]
+    if options.repeats > 1:
+        shown.append(f"repeat {spec.repeat + 1} of {options.repeats}")
+    if attempt > 0:
+        shown.append(f"re-ask {attempt} of {options.reask}")
+    return f"document {str(record.get('id'))!r} ({', '.join(shown)})"
+
+
 # -- running ------------------------------------------------------------------------------------
 def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: dict,
                client: JudgeClient) -> TrialResult:
@@ -153,7 +165,8 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
     for attempt in range(options.reask + 1):
         payload, labels = payload_for(spec, record, options, prompts, attempt, previous)
         try:
-            comp = client.complete(payload, cache_key(payload, options.judge_model, options.base_url))
+            comp = client.complete(payload, cache_key(payload, options.judge_model, options.base_url),
+                                   request_name(spec, record, options, attempt))
         except Rejected as exc:        # e.g. context_length_exceeded: a re-ask would be rejected alike
             result.failures.append({"repeat": spec.repeat, "candidate": spec.candidate, "attempt": attempt,
                                     "error": str(exc), "raw": None, "finish_reason": None, "recovered": False,
@@ -347,7 +360,8 @@ def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[s
                 sleep: Optional[Callable[[float], None]] = None) -> JudgeClient:
     """The official ``openai`` client (its own retries off) wrapped with cache and retries."""
     key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-    if not key and is_loopback(options.base_url):
+    placeholder = not key and is_loopback(options.base_url)
+    if placeholder:
         key = LOCAL_PLACEHOLDER_KEY              # a server on this machine: the client needs some key
     if not key:
         hint = ("export OPENAI_API_KEY=sk-..." if options.base_url == DEFAULT_BASE_URL else
@@ -360,7 +374,8 @@ def make_client(options: JudgeOptions, cache: JudgeCache, *, api_key: Optional[s
     client = OpenAI(api_key=key, base_url=options.base_url, max_retries=0, timeout=options.timeout)
     return JudgeClient(client, options.judge_model, options.base_url, cache,
                        RetryPolicy(max_retries=options.max_retries), sleep=sleep,
-                       cache_path_hint=str(cache.path) if cache.enabled else "")
+                       cache_path_hint=str(cache.path) if cache.enabled else "", concurrency=options.concurrency,
+                       placeholder_key=placeholder)
 
 
 def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path: Optional[str | os.PathLike] = None,
@@ -385,8 +400,12 @@ def judge_file(outputs: str | os.PathLike, options: JudgeOptions, *, scores_path
     try:
         doc = judge_records(records, options, client, on_result=on_result, progress=progress)
     except KeyboardInterrupt:
-        kept = (f"every answer received so far is kept in {cache.path}; rerun the same command to continue"
-                if cache.enabled else "answers were not kept (--no-cache)")
+        if not cache.enabled:
+            kept = "answers were not kept (--no-cache)"
+        elif len(cache) and cache.path.exists():
+            kept = f"every answer received so far is kept in {cache.path}; rerun the same command to continue"
+        else:
+            kept = "no answer had arrived yet, so nothing was kept"
         client.say(f"judge: interrupted; {kept}")
         raise
     rel = os.path.relpath(outputs.resolve(), scores_path.resolve().parent)
