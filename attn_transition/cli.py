@@ -4,7 +4,8 @@ a command's module is imported only when it runs.
 
 Errors that are the user's to fix (:class:`~attn_transition.errors.AttnTransitionError`)
 print one line, worded with the command's flags, and exit with code 2; so does a package of an
-optional extra that a command finds missing (naming the extra to install); Ctrl-C exits 130.
+optional extra that a command finds missing (naming the extra to install); Ctrl-C exits 130
+(a command that keeps finished work says itself what it kept; this module only says "interrupted").
 Every option's help shows its default.
 """
 
@@ -109,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished work was saved", file=sys.stderr)
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
 

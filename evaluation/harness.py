@@ -22,21 +22,27 @@ edited exactly as its context alone would be. ``generate_until`` batches are lef
 a mask, which the patch reads.
 
 ``attn-transition lm-eval ARGS...`` registers the model and hands ``ARGS`` to lm_eval's own
-command line unchanged (``--help`` included), so every lm_eval flag works.
+command line unchanged (``--help`` included), so every lm_eval flag works. Before that, nothing
+loaded yet, :func:`check_run_arguments` reads ``ARGS`` with lm_eval's own parser and refuses a
+``transition=`` of the attn-transition models that is not a config, and an ``--output_path``
+that cannot be written, each in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import sys
+from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from attn_transition.commands import register_command
 from attn_transition.extras import MissingExtraError, install_hint, require
 
-from .harness_args import MODEL_NAME, parse_transition, stray_config_items
+from .harness_args import MODEL_NAME, check_model_args, parse_transition, stray_config_items
 from .models import EMBEDDED, resolve_model
+from .runtime.files import check_outputs
 
 try:                       # registers the model with lm_eval; without lm_eval the command still lists and helps
     from .harness_model import AttnTransitionLM
@@ -46,7 +52,7 @@ else:
     _MISSING = None
 
 __all__ = ["MODEL_NAME", "AttnTransitionLM", "parse_transition", "stray_config_items", "require_lm_eval",
-           "uses_ruler", "import_ruler_quietly", "without_unasked_lengths",
+           "check_run_arguments", "uses_ruler", "import_ruler_quietly", "without_unasked_lengths",
            "add_arguments", "run", "main", "EPILOG"]
 
 EPILOG = """attn-transition lm-eval hands every argument to lm-evaluation-harness's command line, after
@@ -234,6 +240,54 @@ def resolve_embedded_args(argv: Sequence[str]) -> list[str]:
     return out
 
 
+# The models whose model_args carry ``transition=`` (harness_vllm.MODEL_NAME is the second; named
+# here so that checking them does not import vLLM).
+_TRANSITION_MODELS = (MODEL_NAME, "attn-transition-vllm")
+
+
+def _lm_eval_reading(argv: Sequence[str]) -> Optional[argparse.Namespace]:
+    """``argv`` as lm_eval's own command line parses it (its parser only: nothing is loaded), or
+    None where it does not parse (lm_eval then says why itself) or this lm_eval's parser cannot
+    be read. As ``HarnessCLI.parse_args`` (lm_eval/_cli/harness.py) does, a command line of more
+    than one argument without a subcommand is a ``run``."""
+    try:
+        from lm_eval._cli import HarnessCLI
+
+        cli = HarnessCLI()
+        parser, commands = cli._parser, cli._subparsers.choices
+    except Exception:                                  # another lm_eval layout: no early check
+        return None
+    argv = list(argv)
+    if len(argv) > 1 and argv[0] not in commands:
+        argv.insert(0, "run")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return parser.parse_args(argv)
+    except (SystemExit, Exception):
+        return None
+
+
+def check_run_arguments(argv: Sequence[str]) -> None:
+    """Before anything loads: ConfigError for a ``transition=`` model argument of the
+    attn-transition models that names no config (or a config item cut off at a comma), and
+    UsageError for an ``--output_path`` that cannot be written (a ``.json`` path is a file to
+    lm_eval, anything else a folder: ``EvaluationTracker.save_results_aggregated`` in
+    lm_eval/loggers/evaluation_tracker.py). Arguments lm_eval cannot parse are left to it."""
+    reading = _lm_eval_reading(argv)
+    if reading is None or getattr(reading, "command", None) != "run":
+        return
+    output = getattr(reading, "output_path", None)
+    if output:
+        is_file = Path(output).suffix == ".json"
+        check_outputs(files={"--output_path": output} if is_file else {},
+                      folders={} if is_file else {"--output_path": output})
+    model_args = getattr(reading, "model_args", None)
+    if getattr(reading, "model", None) in _TRANSITION_MODELS and isinstance(model_args, dict):
+        check_model_args(model_args)
+        if "transition" in model_args:
+            parse_transition(model_args["transition"])
+
+
 def main(argv: Sequence[str]) -> int:
     """Run lm_eval's command line on ``argv`` with the ``attn-transition`` model registered."""
     argv = list(argv)
@@ -247,6 +301,7 @@ def main(argv: Sequence[str]) -> int:
         print("lm-eval's options (lm-eval run --help):\n", flush=True)
         argv = ["run", "--help"]
     require_lm_eval()                          # before anything is converted or loaded
+    check_run_arguments(argv)
     from lm_eval.__main__ import cli_evaluate
 
     register_vllm_model()

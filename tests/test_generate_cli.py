@@ -290,6 +290,54 @@ def test_ctrl_c_keeps_finished_batches(tiny_dir, tmp_path, monkeypatch, capsys):
     assert all("decode_or" in r and CLASSIC_KEY in r for r in read_records(out))
 
 
+def test_ctrl_c_in_the_first_batch_says_that_nothing_was_generated(tiny_dir, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "generate_batch", interrupted)
+    out = tmp_path / "i.json"
+    assert run_generate("-o", str(out), "--model", tiny_dir, "--config", CLASSIC, "--limit", "2") == 130
+    err = capsys.readouterr().err
+    assert "finished work was saved" not in err
+    assert f"no output was generated; {out} lists the 2 selected documents without outputs" in err
+    assert [key for r in read_records(out) for key in r if key.startswith("decode_")] == []
+
+
+def test_resume_takes_the_settings_it_is_not_given_from_the_metadata(tiny_dir, tmp_path, capsys):
+    """A resume without --model, --max-new-tokens, --template and configs repeats the run it
+    continues (the defaults would be smollm2-135m, 50 tokens, auto, classic), so it needs no flags."""
+    out = tmp_path / "o.json"
+    first = ["generate", str(FIXTURE), "--no-progress", "-o", str(out), "--model", tiny_dir, "--max-new-tokens", "3",
+             "--template", "base", "--config", CLASSIC, "--no-plain"]
+    assert main(first + ["--limit", "1"]) == 0
+    capsys.readouterr()
+    assert main(["generate", str(FIXTURE), "--no-progress", "-o", str(out), "--limit", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming with the settings of o.json.meta.json: --model" in err and "--max-new-tokens 3" in err
+    records, meta = read_records(out), json.loads(meta_path(out).read_text(encoding="utf-8"))
+    assert [sorted(k for k in r if k.startswith("decode_")) for r in records] == [[CLASSIC_KEY], [CLASSIC_KEY]]
+    assert meta["model"]["name"] == tiny_dir and meta["generation"]["max_new_tokens"] == 3
+    assert meta["prompt_template"]["name"] == "summarize_base" and meta["grid"]["keys"] == [CLASSIC_KEY]
+    reference = tmp_path / "reference.json"            # the same two documents in one uninterrupted run
+    assert main([*first[:4], str(reference), *first[5:], "--limit", "2"]) == 0
+    assert read_records(reference) == records
+    capsys.readouterr()
+    # an explicit flag that contradicts the file is still refused in one line
+    assert main(["generate", str(FIXTURE), "--no-progress", "-o", str(out), "--resume", "--max-new-tokens", "4"]) == 2
+    assert "--max-new-tokens 3" in _error(capsys)
+
+
+def test_the_packaged_sample_by_name(tiny_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)                        # not the checkout: the name, not a path, finds it
+    assert run_generate("-o", "s.json", "--model", tiny_dir, "--limit", "1", data="sample") == 0
+    first = json.loads(SAMPLE_PATH.read_text(encoding="utf-8").splitlines()[0])
+    assert [r["id"] for r in read_records(tmp_path / "s.json")] == [str(first["id"])]
+    assert json.loads(meta_path(tmp_path / "s.json").read_text(encoding="utf-8"))["data"]["source"] == "sample"
+    capsys.readouterr()
+    assert run_generate("-o", "t.json", "--model", tiny_dir, data="evaluation/data/xsum_sample.jsonl") == 2
+    assert "sample (the packaged sample of news articles)" in _error(capsys)
+
+
 # --------------------------------------------------------------------------- ranks (accelerate)
 
 def _run_ranks(world: int, argv: list[str], monkeypatch) -> list[object]:

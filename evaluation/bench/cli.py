@@ -18,6 +18,7 @@ from attn_transition.errors import UsageError
 
 from ..models import MODEL_FLAGS
 from ..runtime.dist import Shard, detect_shard, gather
+from ..runtime.files import check_outputs
 from ..runtime.requirements import require_embedded, require_plots
 from . import store
 from .options import EPILOG, add_arguments, depths, ints, slug
@@ -52,6 +53,7 @@ def output_dir(args: argparse.Namespace, shard: Shard) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(folders={"--output-dir": args.output_dir})   # both suites, before anything else
     if args.suite == "ruler":
         from .ruler_cli import run as run_ruler
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     require_embedded([args.model], args.cache_dir)
     shard = detect_shard()
     out = output_dir(args, shard)
+    check_outputs(folders={"--output-dir": out})             # the default folder under runs/ too
     refuse_results(out, resume=args.resume, shard=shard)     # before loading; run_bench checks again
     previous = store.read_logs(out) if args.resume else None   # read once; a corrupted log fails before loading
     if args.no_progress:

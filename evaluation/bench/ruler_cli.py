@@ -102,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
     from .ruler_report import build_results, write_outputs
 
     from ..harness import import_ruler_quietly, require_lm_eval
+    from ..runtime.files import check_outputs
     from ..runtime.requirements import require_embedded, require_plots
+
+    check_outputs(folders={"--output-dir": args.output_dir})   # also when called without the bench command
 
     settings = settings_from_args(args)                   # bad tasks / configs fail before loading
     require_lm_eval("attn-transition bench --suite ruler")
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device_map:
         raise UsageError("--device-map is not an option of --suite ruler")
     out = output_dir(args)
+    check_outputs(folders={"--output-dir": out})          # the default folder under runs/ too
     store.refuse_results(out, resume=args.resume)          # before loading; run_cells checks again
     if args.resume:
         store.read_logs(out)                               # a corrupted log fails before loading

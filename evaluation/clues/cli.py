@@ -16,7 +16,7 @@ from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 from attn_transition.evaluation.models import MODEL_FLAGS, add_model_arguments
 
-from ..runtime.files import check_paths
+from ..runtime.files import check_outputs, check_paths
 from ..runtime.requirements import require_embedded, require_finetuning
 
 EPILOG = """steps (each also runs alone):
@@ -455,8 +455,21 @@ RUNNERS = {"biographies": _run_biographies, "profile": _run_profile, "contrast":
            "augment": _run_augment, "finetune": _run_finetune, "qa": _run_qa, "run": _run_pipeline}
 
 
+# Each step's outputs: (flag -> dest of a file, flag -> dest of a folder).
+OUTPUTS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "biographies": ({"--output": "output", "--questions": "questions"}, {}),
+    "profile": ({"--output": "output"}, {}), "contrast": ({"--output": "output"}, {}),
+    "augment": ({"--output": "output"}, {}), "finetune": ({}, {"--output": "output"}),
+    "qa": ({}, {"--output": "output"}), "run": ({}, {"--out": "out"}),
+}
+
+
 def run(args: argparse.Namespace) -> int:
-    return RUNNERS[getattr(args, "step", None) or "run"](args)
+    step = getattr(args, "step", None) or "run"
+    files, folders = OUTPUTS[step]
+    check_outputs(files={flag: getattr(args, dest) for flag, dest in files.items()},
+                  folders={flag: getattr(args, dest) for flag, dest in folders.items()})
+    return RUNNERS[step](args)
 
 register_command('clues', help='elusive clues: attention contrast, token dropout, LoRA, QA',
                  add_arguments=add_arguments, run=run, epilog=EPILOG, flags=MODEL_FLAGS)

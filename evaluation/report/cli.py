@@ -1,8 +1,9 @@
 """``attn-transition report SCORES``: an honest report over judged scores.
 
-Thin layer: parses options into :class:`~.paired.ReportOptions`, checks the optional
-packages first, then loads the scores, builds the report (:func:`~.analysis.build_report`)
-and prints or writes it as Markdown, JSON and plots.
+Thin layer: checks the output paths, parses options into :class:`~.paired.ReportOptions`,
+loads the scores (a missing or malformed input is named before anything else is said), checks
+the optional packages, then builds the report (:func:`~.analysis.build_report`) and prints or
+writes it as Markdown, JSON and plots.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from attn_transition.errors import UsageError
 
 from ..judge.client import import_optional
 from ..judge.scores import load_scores
-from ..runtime.files import check_paths, write_text_atomic
+from ..runtime.files import check_outputs, check_paths, write_text_atomic
 from ..seedformat import write_json_atomic
 from . import analysis
 from .analysis import build_report
@@ -64,16 +65,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_outputs(files={"--json": args.json, "--markdown": args.markdown}, folders={"--plots": args.plots})
     check_paths(inputs={"SCORES": args.scores, "--outputs": args.outputs},
                 outputs={"--json": args.json, "--markdown": args.markdown})
     options = ReportOptions(n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, folds=args.folds,
                             length_buckets=args.length_buckets, length_edges=parse_edges(args.length_edges),
                             rouge=not args.no_rouge)
+    table = load_scores(args.scores, args.outputs)   # the inputs first: a missing file before a missing package
     if options.rouge:           # missing optional packages: say so before any work
         import_optional("rouge_score.rouge_scorer", "ROUGE", "rouge_score", ROUGE_HINT)
     if args.plots:
         import_optional("matplotlib", "--plots", alternative=PLOTS_HINT)
-    table = load_scores(args.scores, args.outputs)
     report = build_report(table, options)
     text = render_markdown(report)
     print(text)

@@ -26,14 +26,14 @@ from attn_transition.commands import register_command
 from attn_transition.config import TransitionConfig, config_dict
 from attn_transition.errors import UsageError
 
-from ..models import MODEL_FLAGS
+from ..models import DEFAULT_MODEL, MODEL_FLAGS
 from ..runtime.dist import Shard, barrier, close, detect_shard
-from ..runtime.files import check_paths
+from ..runtime.files import check_outputs, check_paths
 from ..runtime.requirements import require_embedded
 from ..runtime.versions import library_versions
 from ..seedformat import PLAIN_KEY, read_records, write_json_atomic, write_records
 from . import store
-from .data import HUB_DATASET, load_documents, new_record
+from .data import HUB_DATASET, SAMPLE_NAME, data_path, load_documents, new_record
 from .runner import check_generation, collect_configs, generate_records
 from .selection import bucket_of, check_buckets, check_limit, select_documents
 from .store import (META_FORMAT, add_timings, combine_timings, drop_merged_shards, existing_shards, meta_path,
@@ -46,11 +46,11 @@ EPILOG = """examples:
   # the seed's experiment: LLaMA-7b, four length buckets, the full grid, 50 new tokens
   attn-transition generate --model huggyllama/llama-7b --dtype float16 --device cuda \\
       --buckets 800,1200,1600,1900 --per-bucket 200 --grid seed --max-new-tokens 50 -o xsum_llama7b.json
-  # a local file, two explicit configs, SmolLM2 on CPU
-  attn-transition generate data.jsonl --limit 3 --config classic --config sra -o out.json
+  # the packaged sample of news articles, two explicit configs, SmolLM2 on CPU
+  attn-transition generate sample --limit 3 --config classic --config sra -o out.json
   # a compact grid; then fill what is missing after an interruption
   attn-transition generate data.jsonl --grid 'alpha=0.5,1;beta=0.1,0.5;intervals_per_layer=2' -o out.json
-  attn-transition generate data.jsonl --grid 'alpha=0.5,1;beta=0.1,0.5;intervals_per_layer=2' -o out.json --resume
+  attn-transition generate data.jsonl -o out.json --resume      # the grid and settings: out.json.meta.json's
   # several GPUs (documents sharded by rank; rank 0 merges)
   accelerate launch -m attn_transition.cli generate --model huggyllama/llama-7b --dtype float16 --grid seed ...
 
@@ -70,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..models import add_model_arguments
 
     parser.add_argument("data", nargs="?", default=None,
-                        help=f"a local .json / .jsonl / .csv file with fields document, summary, id, or a hub "
-                             f"dataset id (default {HUB_DATASET}; with --resume and no data: the output's own "
-                             f"documents)")
+                        help=f"a local .json / .jsonl / .csv file with fields document, summary, id; "
+                             f"'{SAMPLE_NAME}' for the packaged sample of news articles; or a hub dataset id "
+                             f"(default {HUB_DATASET}; with --resume and no data: the output's own documents)")
     parser.add_argument("-o", "--output", required=True, help="output JSON file (the seed's format)")
     parser.add_argument("--split", default="test", help="dataset split for a hub dataset (default test; a local "
                                                         "file has none, and the metadata records null)")
@@ -87,18 +87,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--shuffle", action="store_true", help="shuffle the documents (with --seed) before selecting")
     sel.add_argument("--seed", type=int, default=0, help="seed of --shuffle (generation is greedy; default 0)")
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--template", default="auto",
+    gen.add_argument("--template", default=None,
                      help="prompt: base (the seed's '<document> Please summarize context above:'), chat (a "
                           "system instruction + chat template), auto (chat if the tokenizer has a chat "
                           "template; default) or a JSON template file")
     gen.add_argument("--grid", default=None,
                      help="'seed' (alpha 0.5,1,1.5 x beta 0.1..1.5 x intervals 1,2,3 = 63 configs), 'none', or "
                           "a spec like 'alpha=0.5,1;beta=0.1,0.5;intervals_per_layer=2' (prefix 'sra:' for SRA)")
-    gen.add_argument("--config", action="append", default=[], metavar="SPEC",
+    gen.add_argument("--config", action="append", default=None, metavar="SPEC",
                      help="an explicit config, repeatable: classic, sra, classic:alpha=1,beta=0.5 "
                           "(default without --grid: classic)")
-    gen.add_argument("--no-plain", action="store_true", help="do not generate the plain output decode_or")
-    gen.add_argument("--max-new-tokens", type=int, default=50, help="new tokens per summary (seed: 50)")
+    gen.add_argument("--no-plain", action="store_true", default=None,
+                     help="do not generate the plain output decode_or")
+    gen.add_argument("--max-new-tokens", type=int, default=None,
+                     help=f"new tokens per summary (default {RESUMED['max_new_tokens'][0]}, the seed's)")
     gen.add_argument("--batch-size", type=int, default=4, help="documents per generate call (default 4)")
     gen.add_argument("--engine", choices=("transformers", "vllm"), default="transformers",
                      help="transformers (default) or vllm: each pass on a vLLM engine with the transition plugin "
@@ -106,10 +108,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--resume", action="store_true",
                            help="keep the existing output (also one written by the seed's code) and fill only "
-                                "missing outputs")
+                                "missing outputs; --model, --dtype, --template, --max-new-tokens and the configs "
+                                "(--grid, --config, --no-plain) not given come from its metadata file")
     run_group.add_argument("--overwrite", action="store_true", help="replace an existing output")
     run_group.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_arguments(parser)
+    for action in parser._actions:        # the model group's own defaults: see RESUMED
+        if action.dest in ("model", "dtype"):
+            action.default = None
+    for action in parser._actions:
+        if action.dest in RESUMED:
+            action.help = f"{action.help}; --resume without it: the output's own"
+
+
+def _template_spec(recorded: Any) -> Optional[str]:
+    """The ``--template`` that renders the prompts a sidecar's ``prompt_template`` records: a
+    built-in one by its kind, a file by its path (None when the record names neither)."""
+    if not isinstance(recorded, dict):
+        return None
+    if recorded.get("source") == "builtin":
+        return recorded.get("kind") if recorded.get("kind") in ("base", "chat") else None
+    source = recorded.get("source")
+    return source if isinstance(source, str) and source else None
+
+
+def _recorded(meta: dict, section: str, key: str) -> Any:
+    """``meta[section][key]``, None where the sidecar lacks it."""
+    part = meta.get(section)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+# The settings a resumed output's sidecar supplies when the command line leaves them out (their
+# options default to None): dest -> (the default without a sidecar, the sidecar's value or None).
+RESUMED: dict[str, tuple[Any, Any]] = {
+    "model": (DEFAULT_MODEL, lambda meta: _recorded(meta, "model", "name")),
+    "dtype": ("float32", lambda meta: _recorded(meta, "model", "dtype")),
+    "template": ("auto", lambda meta: _template_spec(meta.get("prompt_template"))),
+    "max_new_tokens": (50, lambda meta: _recorded(meta, "generation", "max_new_tokens")),
+}
+# The configs come as one: from the sidecar only when none of --grid, --config, --no-plain is given.
+_CONFIG_DESTS = ("grid", "config", "no_plain")
 
 
 class GenerateRun:
@@ -143,6 +181,8 @@ class GenerateRun:
         self.target = self.output                 # the file this rank writes
         self.timings: dict[str, dict] = {}        # passes this rank finished in this run
         self.rewrite = False                      # the records on disk are out of date
+        self.from_meta: list[str] = []            # the flags whose values the resumed sidecar gave
+        self.done_before = 0                      # outputs the records held when generation began
 
     def note(self, text: str) -> None:
         """One line on stderr, from rank 0 only."""
@@ -153,13 +193,15 @@ class GenerateRun:
 
     def check_paths(self) -> None:
         args, output = self.args, self.output
+        if output.is_dir():
+            raise UsageError(f"-o {output} is a folder; pass a file name such as {output / 'xsum.json'}")
+        check_outputs(files={"-o": args.output})
         if args.resume and args.overwrite:
             raise UsageError("--resume and --overwrite exclude each other: --resume keeps the existing output and "
                              "fills what is missing, --overwrite starts over")
-        if output.is_dir():
-            raise UsageError(f"-o {output} is a folder; pass a file name such as {output / 'xsum.json'}")
-        data = args.data if args.data and Path(args.data).expanduser().exists() else None   # else a hub id
-        template = args.template if Path(args.template).suffix == ".json" else None
+        data = data_path(args.data) if args.data else None
+        data = data if data is not None and data.exists() else None                          # else a hub id
+        template = args.template if args.template and Path(args.template).suffix == ".json" else None
         check_paths(inputs={"input data": data, "--template": template},
                     outputs={"-o": output, "metadata file": self.meta_file})
         if output.exists() and not (args.resume or args.overwrite):
@@ -169,6 +211,30 @@ class GenerateRun:
             names = ", ".join(p.name for p in existing_shards(output))
             raise UsageError(f"{names} hold the outputs of an interrupted multi-process run of {output.name}; pass "
                              f"--resume to keep and complete them or --overwrite to start over")
+
+    def resolve_settings(self) -> None:
+        """The settings not given on the command line: on ``--resume``, those the output's sidecar
+        records (so a resume repeats the run it continues), else the defaults. A setting given
+        explicitly is kept; :meth:`check_resumable` refuses one that would mix outputs."""
+        args = self.args
+        if args.resume and self.output.exists():
+            self.old_meta = read_meta(self.meta_file) or {}
+        meta = self.old_meta
+        for dest, (default, recorded) in RESUMED.items():
+            if getattr(args, dest) is None:
+                value = recorded(meta) if meta else None
+                setattr(args, dest, default if value is None else value)
+                if value is not None:
+                    self.from_meta.append(f"--{dest.replace('_', '-')} {value}")
+        grid = meta.get("grid") if isinstance(meta.get("grid"), dict) else None
+        if grid is not None and all(getattr(args, dest) is None for dest in _CONFIG_DESTS):
+            given = grid.get("configs_given")
+            args.grid = grid.get("spec") if isinstance(grid.get("spec"), str) else None
+            args.config = [str(c) for c in given] if isinstance(given, list) else []
+            args.no_plain = grid.get("plain") is False
+            self.from_meta.append("the configs")
+        args.config = [] if args.config is None else args.config
+        args.no_plain = bool(args.no_plain)
 
     def check_settings(self) -> None:
         args = self.args
@@ -191,10 +257,10 @@ class GenerateRun:
             self.device = self.dist.device()
 
     def read_previous(self) -> None:
-        """With ``--resume``: the existing output's records and sidecar."""
+        """With ``--resume``: the existing output's records (its sidecar was read by
+        :meth:`resolve_settings`)."""
         if self.args.resume and self.output.exists():
             self.records = read_records(self.output)
-            self.old_meta = read_meta(self.meta_file) or {}
 
     def read_documents(self) -> None:
         """The data argument's documents; without one on a resume, the output's own records."""
@@ -204,7 +270,7 @@ class GenerateRun:
             self.docs = load_documents(source, self.args.split)
             if not self.docs:
                 raise UsageError(f"{source} holds no documents")
-            self.data_split = None if Path(str(source)).expanduser().is_file() else self.args.split
+            self.data_split = None if data_path(source).is_file() else self.args.split
         else:
             source = self.old_meta.get("data", {}).get("source") or str(self.output)
             self.data_split = self.old_meta.get("data", {}).get("split")
@@ -331,11 +397,14 @@ class GenerateRun:
     def generate(self) -> None:
         args, dist = self.args, self.dist
         self.save()
+        if self.from_meta:                  # said once the run is known to go ahead
+            self.note(f"resuming with the settings of {self.meta_file.name}: {', '.join(self.from_meta)}")
         sharded = f", sharded over {dist.world} processes" if dist.world > 1 else ""
         self.note(f"{len(self.records)} documents (prompts {min(self.lengths)}..{max(self.lengths)} tokens{sharded}), "
                   f"{len(self.keys)} outputs each, {missing_outputs(self.records, self.keys)} to generate; "
                   f"template {self.template.name} v{self.template.version}")
         mine = self.mine
+        self.done_before = self.finished_outputs()
         try:
             run_records, model = generate_records, self.model
             if args.engine == "vllm":                        # the same loop on vLLM engines
@@ -353,6 +422,24 @@ class GenerateRun:
                 timings=self.timings, progress=not args.no_progress and dist.main)
         finally:
             self.save()
+
+    def finished_outputs(self) -> int:
+        """How many of the outputs (``keys`` of every record) the records hold."""
+        return len(self.records) * len(self.keys) - missing_outputs(self.records, self.keys)
+
+    def interrupted(self) -> str:
+        """What a Ctrl-C during :meth:`generate` leaves, as it is: the outputs finished and saved in
+        this run, or that none was (and what the file holds then)."""
+        target, now = self.target, self.finished_outputs()
+        resume = "continue with the same command plus --resume"
+        if now > self.done_before:
+            new = now - self.done_before
+            return (f"interrupted; finished work was saved: {new} new output{'s' if new != 1 else ''} in {target} "
+                    f"({now} of {len(self.records) * len(self.keys)} done); {resume}")
+        if self.done_before:
+            return f"interrupted before a batch finished: no new output; {target} holds its {now} earlier ones; {resume}"
+        return (f"interrupted before the first batch finished: no output was generated; {target} lists the "
+                f"{len(self.records)} selected documents without outputs; {resume}")
 
     def _drop_merged_shards(self) -> None:
         missing = drop_merged_shards(self.output, self.records, self.keys)
@@ -420,6 +507,7 @@ class GenerateRun:
 def run(args: argparse.Namespace) -> int:
     job = GenerateRun(args)
     job.check_paths()
+    job.resolve_settings()          # a resume's unspecified settings: its sidecar's
     job.check_settings()            # cheap checks first: nothing is loaded before the arguments are good
     job.start_processes()
     job.read_previous()
@@ -428,7 +516,12 @@ def run(args: argparse.Namespace) -> int:
     job.select()
     job.measure()
     job.resume_shards()
-    job.generate()
+    try:
+        job.generate()
+    except KeyboardInterrupt:
+        if job.dist.main:
+            print(f"attn-transition generate: {job.interrupted()}", file=sys.stderr, flush=True)
+        return 130
     job.finish()
     return 0
 

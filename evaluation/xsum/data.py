@@ -3,7 +3,9 @@
 Readers for ``.jsonl`` (one object a line), ``.json`` (a list, or ``{"data": [...]}``) and
 ``.csv`` (a header row), and the hub through ``datasets``. Every reader checks its rows the
 same way and names the record (and line or row) and the field that is wrong; ids become
-text and must be unique. Extra fields (earlier generations, scores) are dropped.
+text and must be unique. Extra fields (earlier generations, scores) are dropped. The data
+argument ``sample`` names the packaged sample (:data:`SAMPLE_PATH`, inside the installed
+package, so it works from a wheel as from a checkout).
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ from attn_transition.extras import require
 from ..runtime import files
 from ..seedformat import REQUIRED_FIELDS
 
-__all__ = ["SAMPLE_PATH", "HUB_DATASET", "load_documents", "new_record"]
+__all__ = ["SAMPLE_PATH", "SAMPLE_NAME", "HUB_DATASET", "data_path", "load_documents", "new_record"]
 
 SAMPLE_PATH = Path(__file__).parent.parent / "data" / "xsum_sample.jsonl"
+SAMPLE_NAME = "sample"           # the data argument that names SAMPLE_PATH
 HUB_DATASET = "EdinburghNLP/xsum"
+
+
+def data_path(source: str | os.PathLike) -> Path:
+    """The local path a data argument names: :data:`SAMPLE_PATH` for ``sample`` (unless a file of
+    that name is in the working folder), else the argument itself, ``~`` expanded."""
+    path = Path(str(source)).expanduser()
+    if str(source) == SAMPLE_NAME and not path.exists():
+        return SAMPLE_PATH
+    return path
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,12 +111,12 @@ def _read_hub(name: str, split: str) -> list[dict]:
 def load_documents(source: str | os.PathLike = SAMPLE_PATH, split: str = "test") -> list[dict]:
     """Documents as ``{"document", "summary", "id"}`` dicts (ids as text), in input order.
 
-    ``source`` is a local ``.json`` (a list of objects), ``.jsonl`` or ``.csv`` file, or a
-    dataset id on the Hugging Face hub (``EdinburghNLP/xsum``; also ``xsum``) loaded through
-    ``datasets`` with ``split``. Extra fields (earlier generations, scores) are ignored.
+    ``source`` is a local ``.json`` (a list of objects), ``.jsonl`` or ``.csv`` file, ``sample``
+    (the packaged sample), or a dataset id on the Hugging Face hub (``EdinburghNLP/xsum``; also
+    ``xsum``) loaded through ``datasets`` with ``split``. Extra fields (earlier generations, scores) are ignored.
     """
     text = str(source)
-    path = Path(text).expanduser()
+    path = data_path(source)
     if path.is_file():
         reader = _READERS.get(path.suffix.lower())
         if reader is None:
@@ -116,8 +128,9 @@ def load_documents(source: str | os.PathLike = SAMPLE_PATH, split: str = "test")
     if text.lower() == "xsum":
         text = HUB_DATASET
     if path.suffix.lower() in _READERS or text.startswith((".", "/", "~")) or "/" not in text:
-        raise UsageError(f"data file {text} does not exist; pass a local .json / .jsonl / .csv file "
-                         f"or a hub dataset id such as {HUB_DATASET}")
+        raise UsageError(f"data file {text} does not exist; pass a local .json / .jsonl / .csv file, "
+                         f"{SAMPLE_NAME} (the packaged sample of news articles) or a hub dataset id such as "
+                         f"{HUB_DATASET}")
     return _read_hub(text, split)
 
 
