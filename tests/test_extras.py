@@ -91,6 +91,9 @@ def test_first_use_of_a_missing_extra_stops_before_any_work(tmp_path):
     texts = tmp_path / "texts.csv"
     texts.write_text("text\nAda Lovelace was born in London.\n")
     gen = _generation_file(tmp_path / "gen.json")
+    judged = tmp_path / "judged.json"               # a seed judged file: report reads it, then needs ROUGE
+    judged.write_text(json.dumps([{**json.loads(gen.read_text())[0], "eval_scores": [50, 60],
+                                   "gpt4_eva": "'decode_or': 50\n'decode_classic': 60"}]))
     calls = {
         "lm-eval": (["lm-eval", "--model", "attn-transition", "--tasks", "niah_single_1"], "lm-eval"),
         "ruler": (["bench", "--suite", "ruler", "--output-dir", str(tmp_path / "ruler")], "lm-eval"),
@@ -101,7 +104,7 @@ def test_first_use_of_a_missing_extra_stops_before_any_work(tmp_path):
         "qa": (["clues", "qa", str(texts), "--adapter", str(tmp_path), "-o", str(tmp_path / "qa")], "contrast"),
         "profile": (["clues", "profile", str(texts), "-o", str(tmp_path / "prof.jsonl")], "models"),
         "generate": (["generate", str(texts), "-o", str(tmp_path / "gen-out.json")], "models"),
-        "report-rouge": (["report", str(tmp_path / "none.scores.json")], "eval"),
+        "report-rouge": (["report", str(judged)], "eval"),
     }
     before = sorted(p.name for p in tmp_path.iterdir())
     results = cli_calls([argv for argv, _ in calls.values()], blocked_for(()),
