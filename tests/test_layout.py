@@ -90,3 +90,17 @@ def test_the_vllm_platform_table_picks_the_current_platforms_row():
     for name, row in PLATFORMS.items():
         assert current_platform_backend(platform(name)) == (name, row)
     assert current_platform_backend(platform("tpu")) is None
+
+
+def test_the_acyclic_contract_covers_both_integrations():
+    """The no-circle contract walks the core and both integrations (imports inside functions
+    count, so a circle cannot hide in a function-level import); none of them is skipped."""
+    parser = configparser.ConfigParser()
+    parser.read(ROOT / "setup.cfg")
+    contract = parser["importlinter:contract:acyclic"]
+    assert contract["type"] == "acyclic_siblings"
+    ancestors = set(contract["ancestors"].split())
+    assert {"attn_transition", "attn_transition.patches.transformers", "attn_transition.patches.vllm"} <= ancestors
+    skipped = set(contract.get("skip_descendants", "").split())
+    assert not skipped & {"attn_transition.patches", "attn_transition.patches.transformers",
+                          "attn_transition.patches.vllm"}, skipped
