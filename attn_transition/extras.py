@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from .errors import UsageError
 
 __all__ = ["EXTRAS", "MissingExtraError", "install_hint", "extra_of", "missing_modules", "require",
-           "missing_extra_message"]
+           "dependency_error", "missing_extra_message"]
 
 # extra -> the import names of its packages (setup.cfg's extras_require; tests/test_extras.py checks both agree)
 EXTRAS: dict[str, tuple[str, ...]] = {
@@ -69,18 +69,44 @@ def _why(module: str, exc: ImportError, plural: bool = False) -> str:
     return f"cannot be imported ({first})"
 
 
+def _missing_dependency(module: str, exc: ImportError) -> Optional[str]:
+    """The top-level package that ``module`` itself imports and that is not installed (the real
+    cause when ``module`` is installed but one of its own dependencies is not), or None."""
+    name = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    top = name.split(".")[0] if name else None
+    return top if top and top != module.split(".")[0] else None
+
+
+def dependency_error(purpose: str, module: str, exc: ImportError, extra: Optional[str],
+                     alternative: str = "") -> MissingExtraError:
+    """The one-line error for ``module`` failing to import with ``exc``. When a package that
+    ``module`` imports is not installed, it names that package (``"needs accelerate (imported by
+    lm_eval), which is not installed"``), not ``module``; either way, the extra to install."""
+    dep = _missing_dependency(module, exc)
+    if dep is None:
+        text = (f"{purpose} needs {module}, which {_why(module, exc)}: "
+                + (install_hint(extra) if extra else f"pip install {module.split('.')[0]}"))
+    else:
+        text = (f"{purpose} needs {dep} (imported by {module.split('.')[0]}), which is not installed: "
+                + (install_hint(extra) if extra else f"pip install {dep}"))
+    return MissingExtraError(text + (f"; {alternative}" if alternative else ""))
+
+
 def require(purpose: str, *modules: str, extra: Optional[str] = None, alternative: str = "") -> None:
     """MissingExtraError (one line) unless every one of ``modules`` imports.
 
     ``purpose`` says what needs them (``"attn-transition judge"``); ``extra`` is the extra to
     install (default: the smallest that brings the first missing module); ``alternative`` is
-    another way out, appended after a ``;`` (``"or pass --no-rouge"``).
+    another way out, appended after a ``;`` (``"or pass --no-rouge"``). A module that is
+    installed but fails on a package it imports itself is worded by :func:`dependency_error`.
     """
     missing = missing_modules(modules)
     if not missing:
         return
     module, exc = missing[0]
     extra = extra or extra_of(module)
+    if _missing_dependency(module, exc) is not None:        # installed, but not what it imports
+        raise dependency_error(purpose, module, exc, extra, alternative)
     names = ", ".join(m for m, _ in missing)
     packages = " ".join(_PIP_NAMES.get(m.split(".")[0], m.split(".")[0]) for m, _ in missing)
     if extra is None:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
 from attn_transition.commands import register_command
-from attn_transition.extras import MissingExtraError, install_hint, require
+from attn_transition.extras import MissingExtraError, dependency_error, require
 
 from .harness_args import MODEL_NAME, check_model_args, parse_transition, stray_config_items
 from .models import EMBEDDED, resolve_model
@@ -151,10 +151,8 @@ def _asked_lengths_only() -> Iterator[None]:
 def require_lm_eval(purpose: str = "attn-transition lm-eval") -> None:
     """MissingExtraError (one line, naming the extra) unless lm_eval and the model import."""
     require(purpose, "lm_eval", extra="lm-eval")
-    if _MISSING is not None:
-        why = (str(_MISSING).strip().splitlines() or [type(_MISSING).__name__])[0][:200]
-        raise MissingExtraError(f"{purpose} needs lm_eval, which cannot be imported here ({why}): "
-                                f"{install_hint('lm-eval')}")
+    if _MISSING is not None:             # lm_eval imports, its HF model (or ours) does not: name what is missing
+        raise dependency_error(purpose, "lm_eval", _MISSING, "lm-eval")
 
 
 def __getattr__(name: str) -> Any:
@@ -295,8 +293,8 @@ def main(argv: Sequence[str]) -> int:
         print(EPILOG)
         try:
             require_lm_eval()
-        except MissingExtraError:
-            print(f"lm-eval's own options are listed here once lm_eval is installed: {install_hint('lm-eval')}")
+        except MissingExtraError as exc:
+            print(f"lm-eval's own options are listed here once it can run; now: {exc}")
             return 0
         print("lm-eval's options (lm-eval run --help):\n", flush=True)
         argv = ["run", "--help"]

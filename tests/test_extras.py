@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
 from pathlib import Path
+from typing import Iterable, Optional
 
 import pytest
+from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
 from attn_transition.commands import command_names
 from attn_transition.extras import EXTRAS, MissingExtraError, missing_extra_message, require
-from import_blocker import ROOT, _DIST_OF, blocked_for, cli_calls
+from import_blocker import DIST, ROOT, _DIST_OF, blocked_for, cli_calls
 
 COMBINATIONS = [(), ("models",), ("eval",), ("contrast",), ("lm-eval",), ("notebooks",)]
 
@@ -132,3 +139,253 @@ def test_embedded_models_need_gguf_only_until_converted(tmp_path):
     proc = run_blocked(code, blocked_for(()))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ERR the embedded model gemma3-270m") and "attn-transition[models]" in proc.stdout
+
+
+# -- each extra alone runs its commands ----------------------------------------------------------
+#
+# A command runs in a subprocess where only the distributions that ``pip install
+# "attn-transition[<extra>]"`` brings are importable: the requirements of the checkout's
+# setup.cfg and, transitively, of the installed metadata. Every other installed distribution is
+# hidden from imports and from importlib.metadata (as if absent), so a package the extra forgets
+# is an error of the command, not a silent success; the modules imported by the end must all
+# belong to that closure. The embedded model names point at a tiny random model with a
+# word-level tokenizer (an ATTN_TRANSITION_CACHE made here), so each command runs to its end.
+
+# in every fresh virtual environment of this Python (3.11 ``venv`` installs both)
+_VENV_BASE = ("pip", "setuptools")
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _setup_requirements(extra: Optional[str]) -> list[Requirement]:
+    """setup.cfg's install_requires, plus ``extra``'s requirements (``%(eval)s`` interpolated)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    texts = cfg["options"]["install_requires"].splitlines()
+    if extra is not None:
+        texts += cfg["options.extras_require"][extra].splitlines()
+    return [Requirement(t.strip()) for t in texts if t.strip() and not t.strip().startswith("#")]
+
+
+def _applies(req: Requirement, extras: Iterable[str]) -> bool:
+    """Whether ``req`` is required with ``extras`` asked for (its marker, on this interpreter)."""
+    if req.marker is None:
+        return True
+    return any(req.marker.evaluate({**default_environment(), "extra": e}) for e in (tuple(extras) or ("",)))
+
+
+def requirement_closure(extra: Optional[str]) -> set[str]:
+    """Normalised names of the distributions an install of ``attn-transition[extra]`` holds."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    todo = [(r.name, tuple(sorted(r.extras))) for r in _setup_requirements(extra) if _applies(r, ())]
+    while todo:
+        name, wanted = todo.pop()
+        if (_norm(name), wanted) in seen:
+            continue
+        seen.add((_norm(name), wanted))
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        todo += [(r.name, tuple(sorted(r.extras))) for r in map(Requirement, requires) if _applies(r, wanted)]
+    return {name for name, _ in seen} | {_norm(DIST)} | set(_VENV_BASE)
+
+
+def hidden_for(closure: set[str]) -> tuple[list[str], list[str]]:
+    """``(top-level modules, distributions)`` installed here but outside ``closure``."""
+    dists = sorted({_norm(d.metadata["Name"]) for d in metadata.distributions()} - closure)
+    modules = sorted(top for top, owners in metadata.packages_distributions().items()
+                     if not any(_norm(o) in closure for o in owners) and top != "attn_transition")
+    return modules, dists
+
+
+# A sitecustomize (so every Python the command starts, a notebook's kernel included, hides the
+# same): the modules in HIDDEN_MODULES are found by no finder and the distributions in
+# HIDDEN_DISTS are not in importlib.metadata; the top-level modules loaded before it are noted.
+_HIDING = r"""
+import os, re, sys
+HIDDEN = frozenset(filter(None, os.environ.get("HIDDEN_MODULES", "").split(",")))
+HIDDEN_DISTS = frozenset(filter(None, os.environ.get("HIDDEN_DISTS", "").split(",")))
+AT_START = {name.partition(".")[0] for name in sys.modules}
+
+class _Hiding:
+    def __init__(self, finder):
+        self._finder = finder
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in HIDDEN:
+            return None
+        find = getattr(self._finder, "find_spec", None)
+        return find(name, path, target) if find else None
+    def find_distributions(self, *args, **kwargs):
+        find = getattr(self._finder, "find_distributions", None)
+        for dist in (find(*args, **kwargs) if find else ()):
+            if re.sub(r"[-_.]+", "-", dist.metadata["Name"] or "").lower() not in HIDDEN_DISTS:
+                yield dist
+    def __getattr__(self, attr):
+        return getattr(self._finder, attr)
+
+sys.meta_path[:] = [_Hiding(f) for f in sys.meta_path]
+"""
+
+# Runs attn_transition.cli.main on each of CALLS; prints the results and the top-level modules
+# loaded since start-up. PRELUDE runs first (a stop before heavy work, where a test wants one).
+_RUN_CALLS = r"""
+import contextlib, io, json, sys, traceback
+import sitecustomize
+exec(PRELUDE)
+from attn_transition.cli import main
+results = []
+for argv in CALLS:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(argv)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:
+            traceback.print_exc()
+            code = "raised " + type(exc).__name__
+    out, err = (text if len(text) <= 4000 else text[:2000] + " ... " + text[-2000:]
+                for text in (out.getvalue(), err.getvalue()))
+    results.append({"argv": argv, "code": code, "out": out, "err": err})
+loaded = sorted({name.partition(".")[0] for name in sys.modules} - sitecustomize.AT_START)
+sys.__stdout__.write("\n@@RESULTS@@" + json.dumps({"results": results, "loaded": loaded}))
+sys.__stdout__.flush()
+"""
+
+
+def run_with_only(extra: Optional[str], calls: list[list[str]], *, cwd: Path, env: dict[str, str],
+                  prelude: str = "", without: Iterable[str] = (), timeout: float = 600) -> dict:
+    """Run the CLI on each of ``calls`` in one subprocess where only the distributions of
+    ``attn-transition[extra]`` (None: the core install), less those named in ``without``, can be
+    imported.
+
+    Returns ``{"results": [{"argv", "code", "out", "err"}, ...], "loaded": [top-level modules],
+    "closure": {distributions}}``."""
+    closure = requirement_closure(extra) - {_norm(d) for d in without}
+    modules, dists = hidden_for(closure)
+    site = cwd / ".hiding"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_HIDING)
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1",
+                **env, "HIDDEN_MODULES": ",".join(modules), "HIDDEN_DISTS": ",".join(dists),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
+    code = f"CALLS = {json.dumps(calls)}\nPRELUDE = {prelude!r}\n" + _RUN_CALLS
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert "@@RESULTS@@" in proc.stdout, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("@@RESULTS@@", 1)[1])
+    report["closure"] = closure
+    return report
+
+
+def outside_closure(loaded: Iterable[str], closure: set[str]) -> dict[str, list[str]]:
+    """The loaded top-level modules that an installed distribution outside ``closure`` provides."""
+    owners = metadata.packages_distributions()
+    return {top: owners[top] for top in loaded
+            if top in owners and not any(_norm(o) in closure for o in owners[top])}
+
+
+def _tiny_model(folder: Path) -> None:
+    """A tiny random Llama (2 layers, width 32) with a word-level tokenizer, saved into ``folder``:
+    what the embedded names resolve to below, so every command runs to its end in seconds."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", *map(chr, range(33, 127)),
+             *"the a of and to in is was he she it born".split()]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>")
+    config = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
+                         pad_token_id=1, bos_token_id=2, eos_token_id=3)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> Path:
+    """An ATTN_TRANSITION_CACHE whose embedded models are both the tiny model."""
+    import shutil
+
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    _tiny_model(cache / "smollm2-135m")
+    shutil.copytree(cache / "smollm2-135m", cache / "gemma3-270m")
+    return cache
+
+
+def _sample() -> str:
+    from attn_transition.evaluation.xsum import SAMPLE_PATH
+
+    return str(SAMPLE_PATH)
+
+
+# extra -> the commands it is for (setup.cfg's comment on [options.extras_require]), on tiny inputs
+def _calls(extra: Optional[str]) -> list[list[str]]:
+    tiny_bench = ["--per-cell", "1", "--n-boot", "100", "--no-progress"]
+    return {
+        None: [["demo", "--max-new-tokens", "2"]],
+        "eval": [["generate", _sample(), "--limit", "1", "--max-new-tokens", "2", "--config", "classic",
+                  "-o", "gen.json", "--no-progress"],
+                 ["judge", "gen.json", "--stand-in", "--quiet"],
+                 ["report", "gen.stand-in.scores.json", "--plots", "plots", "--markdown", "report.md",
+                  "--n-boot", "100"],
+                 ["bench", "--tasks", "fact", "--lengths", "256", "--depths", "50", "--output-dir", "bench",
+                  *tiny_bench]],
+        "contrast": [["clues", "biographies", "-n", "4", "-o", "bios.jsonl"],
+                     ["clues", "finetune", "bios.jsonl", "-o", "ft", "--epochs", "1", "--train-max-length", "32",
+                      "--batch-size", "2"],
+                     ["clues", "qa", "bios.jsonl", "--adapter", "ft/adapter", "-o", "qa", "--shots", "1",
+                      "--max-new-tokens", "2"]],
+        "lm-eval": [["lm-eval", "--help"],
+                    ["bench", "--suite", "ruler", "--tasks", "niah_single_1", "--lengths", "256",
+                     "--output-dir", "ruler", *tiny_bench]],
+    }[extra]
+
+
+def _assert_ran(report: dict, extra: Optional[str]) -> None:
+    """Every call exited 0 without a traceback, and every module loaded is the extra's."""
+    for res in report["results"]:
+        assert res["code"] == 0 and "Traceback" not in res["err"], (extra, res)
+    assert outside_closure(report["loaded"], report["closure"]) == {}
+
+
+@pytest.mark.parametrize("extra", [None, "eval", "contrast", "lm-eval"], ids=lambda e: e or "core")
+def test_each_extra_alone_runs_its_commands(extra, tiny_cache, tmp_path):
+    report = run_with_only(extra, _calls(extra), cwd=tmp_path, env={"ATTN_TRANSITION_CACHE": str(tiny_cache)})
+    _assert_ran(report, extra)
+    if extra == "lm-eval":               # lm_eval's own options: its HF model imported, not only lm_eval
+        out = report["results"][0]["out"]
+        assert "lm-eval's options" in out and "--model_args" in out, out
+
+
+def test_a_package_missing_under_an_installed_one_is_named_itself(tmp_path, monkeypatch):
+    """An installed module that fails on a package it imports: the error names that package."""
+    (tmp_path / "installed_xyz").mkdir()
+    (tmp_path / "installed_xyz" / "__init__.py").write_text("import absent_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingExtraError) as info:
+        require("attn-transition judge", "installed_xyz", extra="eval", alternative="or not")
+    assert str(info.value) == ('attn-transition judge needs absent_dependency_xyz (imported by installed_xyz), '
+                               'which is not installed: pip install "attn-transition[eval]"; or not')
+
+
+def test_lm_eval_without_accelerate_names_accelerate(tmp_path):
+    """lm_eval installed, its HF model's accelerate not: the command and its help name accelerate."""
+    report = run_with_only("lm-eval", [["lm-eval", "--help"],
+                                       ["lm-eval", "--model", "attn-transition", "--tasks", "niah_single_1"]],
+                           cwd=tmp_path, env={"ATTN_TRANSITION_CACHE": str(tmp_path / "cache")},
+                           without=["accelerate"])
+    helped, ran = report["results"]
+    want = ('attn-transition lm-eval needs accelerate (imported by lm_eval), which is not installed: '
+            'pip install "attn-transition[lm-eval]"')
+    assert helped["code"] == 0 and want in helped["out"] and "once lm_eval is installed" not in helped["out"]
+    assert ran["code"] == 2 and len(ran["err"].strip().splitlines()) == 1 and want in ran["err"], ran
+    assert not (tmp_path / "cache").exists()
