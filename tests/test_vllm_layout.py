@@ -64,3 +64,27 @@ def test_an_engine_on_a_platform_without_a_row_is_refused_at_start(monkeypatch):
     with pytest.raises(ConfigError, match="CPU and CUDA platforms") as info:
         engine.check_vllm_config(vllm_config, ClassicConfig())
     assert info.value.field == "device"
+
+
+def test_each_platform_backend_hands_out_its_impl_and_reads_its_window(monkeypatch):
+    """The shared mixins (patches/vllm/backends.py): a backend hands out the plugin's
+    implementation only when the engine asks, and each implementation turns its vLLM class's
+    way of storing the sliding window into a width (None: full attention)."""
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackendImpl
+    from vllm.v1.attention.backends.flash_attn import FlashAttentionImpl
+
+    from attn_transition.patches.vllm import backends, cpu, cuda
+    from attn_transition.patches.vllm.asked import NO_DEFAULT
+
+    pairs = [(cpu.TransitionCPUBackend, cpu.TransitionCPUImpl, CPUAttentionBackendImpl),
+             (cuda.TransitionFlashAttentionBackend, cuda.TransitionFlashAttentionImpl, FlashAttentionImpl)]
+    for asked, index in ((None, 2), (NO_DEFAULT, 1)):
+        monkeypatch.setattr(backends, "asked_config", lambda asked=asked: asked)
+        for pair in pairs:
+            assert pair[0].get_impl_cls() is pair[index]
+    for impl, stored, width in [(cpu.TransitionCPUImpl, -1, None), (cpu.TransitionCPUImpl, 64, 64),
+                                (cuda.TransitionFlashAttentionImpl, (-1, -1), None),
+                                (cuda.TransitionFlashAttentionImpl, (63, 0), 64)]:
+        layer = object.__new__(impl)                       # no vLLM __init__: only the stored window
+        layer.sliding_window = stored
+        assert layer.attention_window() == width, (impl, stored)

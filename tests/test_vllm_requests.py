@@ -4,7 +4,9 @@ Runs in the vLLM environment (``make setup-vllm``). One engine (``LLM``, a tiny 
 engine default is a continuous config, prompts in chunks of 512, prefix caching on) and one
 ``vllm serve`` (the same model, ``additional_config={"attn_transition": "none"}``: only requests
 that ask are edited) serve the whole module; the server starts first and comes up while the
-engine's tests run. Comparisons with the transformers path are made against the floor of the same
+engine's tests run. Both run with a schedule written outside the package on their path
+(:data:`OUTSIDE_SOURCE`, declared by an entry point), which their processes load when a request
+names it. Comparisons with the transformers path are made against the floor of the same
 comparison without the edit, as in ``tests/test_vllm.py`` (whose CONTINUOUS config is used here: no
 threshold can be moved by rounding, so the two paths may differ only by the two engines' rounding).
 """
@@ -112,14 +114,97 @@ def between(a: dict[int, float], b: dict[int, float]) -> float:
     return max(abs(a[t] - b[t]) for t in shared)
 
 
+# ----------------------------------------------------------------------------- a schedule from outside the package
+OUTSIDE = "first_column_vllm"                    # its name; spec "first_column_vllm:fraction=0.5,k=8"
+OUTSIDE_MODULE = "outside_schedule_vllm"
+OUTSIDE_SOURCE = '''"""A schedule written outside attn_transition, installed as a distribution that declares it in
+the entry-point group attn_transition.schedules. Each process that imports it says so in
+imported-by.txt beside it (its pid)."""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import attn_transition as at
+from attn_transition.errors import ConfigError
+
+with open(Path(__file__).with_name("imported-by.txt"), "a") as record:
+    record.write(f"{os.getpid()}\\n")
+
+
+@dataclass(frozen=True)
+class ToFirstColumn(at.Edit):
+    """Moves ``fraction`` of each row's weights on columns ``[1, k)`` onto column 0 (rows >= k see them)."""
+
+    start: int
+    end: int
+    fraction: float
+    k: int
+
+    def apply_(self, rows, *, first_row, total=None):
+        moved = rows[..., 1:self.k] * self.fraction          # (..., r, k - 1)
+        rows[..., 1:self.k] -= moved
+        rows[..., 0] += moved.sum(-1)
+        return rows
+
+
+@at.register_schedule
+@dataclass(frozen=True)
+class FirstColumnConfig(at.TransitionConfig):
+    """Every prompt row from k on, in every layer but the first: ToFirstColumn."""
+
+    schedule = "first_column_vllm"
+    fraction: float = 0.5
+    k: int = 8
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ConfigError(f"FirstColumnConfig.fraction must be in (0, 1], got {self.fraction!r}", field="fraction")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ConfigError(f"FirstColumnConfig.k must be an int >= 2, got {self.k!r}", field="k")
+
+    def plan(self, layer, num_layers, n):
+        return (ToFirstColumn(self.k, n, self.fraction, self.k),) if layer >= 1 and n > self.k else ()
+'''
+
+
+@pytest.fixture(scope="module")
+def outside(tmp_path_factory):
+    """A folder holding :data:`OUTSIDE_SOURCE` as a module and a ``.dist-info`` that declares it in
+    ``attn_transition.schedules``, first on this process's path and on ``PYTHONPATH`` of every
+    process started while the module runs (the engine's, the server's); nothing here imports it.
+    Yields the record of the processes that imported it."""
+    import importlib
+    import sys
+
+    folder = tmp_path_factory.mktemp("outside-schedule")
+    (folder / f"{OUTSIDE_MODULE}.py").write_text(OUTSIDE_SOURCE)
+    info = folder / f"{OUTSIDE_MODULE}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {OUTSIDE_MODULE.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[attn_transition.schedules]\n"
+                                           f"{OUTSIDE} = {OUTSIDE_MODULE}:FirstColumnConfig\n")
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), before]))
+    sys.path.insert(0, str(folder))
+    importlib.invalidate_caches()
+    yield folder / "imported-by.txt"
+    sys.path.remove(str(folder))
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
+
+
 # ----------------------------------------------------------------------------- the server (started first)
 @pytest.fixture(scope="module")
-def server_process(model_dir):
+def server_process(model_dir, outside):
     """``vllm serve`` with ``additional_config={"attn_transition": "none"}``; not yet waited for (the
     engine below starts meanwhile)."""
     from vllm_server import started
 
-    with started(model_dir, {"attn_transition": "none"}, MAX_MODEL_LEN, "vllm-requests") as running:
+    with started(model_dir, {"attn_transition": "none"}, MAX_MODEL_LEN, "vllm-requests",
+                 env={"PYTHONPATH": os.environ["PYTHONPATH"]}) as running:
         yield running
 
 
@@ -313,6 +398,30 @@ def test_server_per_request_configs(server, model_dir, floor):
         _completion(client, model_dir, PROMPTS[0], {"attn_transition": OTHER}, {"use_beam_search": True, "n": 2})
     again = _first_http(_completion(client, model_dir, *asks[0][:2]))
     assert between(again, _first_http(replies[0])) <= FLOOR_TIMES * floor
+
+
+# ----------------------------------------------------------------------------- the outside schedule
+def test_a_schedule_from_outside_the_package_runs_in_the_engine_and_the_server(llm, server, model_dir, floor,
+                                                                                outside):
+    """The schedule of :data:`OUTSIDE_SOURCE`, named by requests of the engine (a prompt in one
+    step, one in chunks of CHUNK) and of the server, equals the transformers path; the engine's and
+    the server's processes found it through its entry point (they imported it themselves)."""
+    import openai
+
+    spec = f"{OUTSIDE}:fraction=0.5,k=8"
+    assert not outside.exists()                             # nobody has imported it yet
+    engine_outputs = run(llm, [(PROMPTS[0], {"attn_transition": spec}, {}), (PROMPTS[2], {"attn_transition": spec}, {})])
+    client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
+    served = _first_http(_completion(client, model_dir, PROMPTS[1], {"attn_transition": spec}))
+    for prompt, got in ((PROMPTS[0], first(engine_outputs[0])), (PROMPTS[2], first(engine_outputs[1])),
+                        (PROMPTS[1], served)):
+        want, stock = hf_first(model_dir, prompt, spec), hf_first(model_dir, prompt, None)
+        print(f"{OUTSIDE} ({len(prompt)} tokens): vs transformers {gap(got, want):.2e}, effect {gap(got, stock):.2e}")
+        assert gap(got, want) <= FLOOR_TIMES * floor
+        assert gap(got, stock) > 100 * floor                # the edit really happened
+    importers = set(outside.read_text().split()) - {str(os.getpid())}
+    # The engine's core process, the API server and the server's engine core: each imported it.
+    assert len(importers) >= 3, importers
 
 
 # ----------------------------------------------------------------------------- without an engine

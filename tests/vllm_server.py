@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import IO, Iterator, NamedTuple
+from typing import IO, Iterator, NamedTuple, Optional
 
 __all__ = ["Server", "started", "wait_healthy"]
 
@@ -35,16 +35,18 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def started(model: str, additional_config: dict, max_model_len: int, name: str) -> Iterator[Server]:
+def started(model: str, additional_config: dict, max_model_len: int, name: str,
+            env: Optional[dict[str, str]] = None) -> Iterator[Server]:
     """The server of ``model`` (float32, eager) with ``additional_config``, started and not yet
     waited for (see :func:`wait_healthy`); its output goes to ``$TMPDIR/attn-transition-<name>-<port>.log``.
-    Terminated (killed after 60 s) when the block exits."""
+    ``env``: variables set for the server's processes on top of this one's. Terminated (killed after
+    60 s) when the block exits."""
     port = _free_port()
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", str(max_model_len),
                "--additional-config", json.dumps(additional_config)]
     log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"attn-transition-{name}-{port}.log", "w")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     try:
         yield Server(process, f"http://127.0.0.1:{port}", log)
     finally:
