@@ -205,3 +205,87 @@ def test_bench_plots_after_tune_say_test_split(tmp_path):
     paths = bench_report.write_plots(results, tmp_path)
     assert [p.name for p in paths] == ["heatmap.png", "accuracy_vs_length.png"]
     assert all(p.read_bytes()[:8] == PNG for p in paths)
+
+
+# --------------------------------------------------------------------------- no line hides under another
+
+def _data_lines(ax):
+    """The data line of every plotted series of ``ax`` (error-bar series included), by label."""
+    lines = {c.get_label(): c.lines[0] for c in ax.containers if getattr(c, "lines", None)}
+    lines.update({ln.get_label(): ln for ln in ax.get_lines() if not ln.get_label().startswith("_")})
+    return lines
+
+
+def _notes(ax) -> list[str]:
+    """The "lines coincide" notes of ``ax``: its texts and its legend's title."""
+    texts = [*ax.texts, *([ax.get_legend().get_title()] if ax.get_legend() else [])]
+    return [t.get_text().replace("\n", " ") for t in texts if t.get_text().startswith("lines coincide")]
+
+
+def test_bench_accuracy_vs_length_lines_are_distinct_and_coincidences_are_named():
+    import matplotlib.pyplot as plt
+
+    results = _bench_results()
+    stock = {r["item"]: r["correct"] for r in results["records"] if r["config"] == "stock"}
+    for r in results["records"]:                       # classic answers exactly as stock: the lines coincide
+        if r["config"] == "classic":
+            r["correct"] = stock[r["item"]]
+    fig = bench_report.accuracy_figure(plt, results)
+    assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9
+    for ax in fig.axes:
+        lines = _data_lines(ax)
+        assert list(lines) == results["summary"]["configs"]
+        assert len({ln.get_marker() for ln in lines.values()}) == 3
+        assert len({ln.get_linestyle() for ln in lines.values()}) == 3
+        xs = [tuple(ln.get_xdata()) for ln in lines.values()]
+        assert len(set(xs)) == 3                         # offset: no two series at the same x
+        np.testing.assert_array_equal(lines["stock"].get_ydata(), lines["classic"].get_ydata())
+        assert _notes(ax) == ["lines coincide: stock = classic"], ax.get_title()
+    plt.close(fig)
+
+
+def test_bench_accuracy_vs_length_has_no_note_where_lines_differ():
+    import matplotlib.pyplot as plt
+
+    results = _bench_results()
+    results["records"] = [r for r in results["records"] if r["config"] != "classic:alpha=1,beta=0.5"]
+    results["summary"]["configs"] = ["stock", "classic"]
+    for r in results["records"]:                       # classic always right, stock not
+        if r["config"] == "classic":
+            r["correct"] = True
+    assert not all(r["correct"] for r in results["records"] if r["config"] == "stock")
+    fig = bench_report.accuracy_figure(plt, results)
+    assert all(_notes(ax) == [] for ax in fig.axes)
+    plt.close(fig)
+
+
+def test_length_buckets_lines_are_distinct_and_coincidences_are_named(tmp_path):
+    import matplotlib.pyplot as plt
+
+    report = _report(tmp_path, n_docs=12, folds=2)
+    for b in report["length_buckets"]["buckets"]:      # one config: its mean is the oracle's
+        b["mean_over_configs"] = dict(b["oracle_best_of_n"])
+    ax = report_plots.figures(report)["length_buckets.png"].axes[0]
+    assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 9
+    lines = _data_lines(ax)
+    assert len(lines) == 4
+    assert len({ln.get_marker() for ln in lines.values()}) == 4
+    assert len({ln.get_linestyle() for ln in lines.values()}) == 4
+    assert len({tuple(ln.get_xdata()) for ln in lines.values()}) == 4
+    assert _notes(ax) == ["lines coincide: mean over configs = ORACLE best-of-N (upper bound)"]
+    plt.close("all")
+
+
+def test_stand_in_plots_say_so_in_the_title(tmp_path):
+    import matplotlib.pyplot as plt
+
+    report = _report(tmp_path, n_docs=6)
+    assert all("stand-in" not in f.axes[0].get_title() for f in report_plots.figures(report).values())
+    report["source"]["stand_in"] = True
+    report["judge_noise"] = {"position": {"residual_by_position": [1.0, -1.0]}}
+    figs = report_plots.figures(report)
+    assert sorted(figs) == ["length_buckets.png", "paired_differences.png", "position_bias.png"]
+    for name, fig in figs.items():
+        first = fig.axes[0].get_title().split("\n")[0]
+        assert first.endswith(": judge stand-in, not a judgement"), (name, first)
+    plt.close("all")

@@ -237,14 +237,24 @@ def heatmap_figure(plt: Any, results: Mapping[str, Any]) -> Any:
 
 
 def accuracy_figure(plt: Any, results: Mapping[str, Any]) -> Any:
-    """Accuracy vs prompt length per config with 95% Wilson intervals, one panel per task."""
+    """Accuracy vs prompt length per config with 95% Wilson intervals, one panel per task.
+
+    No config hides under another: each has its own marker and line style
+    (:func:`..plotting.series_style`) and a small x offset, and a panel where two configs have the
+    same accuracy at every length says so ("lines coincide: stock = classic")."""
+    import textwrap
+
     from attn_transition.evaluation.stats import wilson_interval
 
+    from ..plotting import LEGEND_FONT, NOTE_FONT, coincidence_note, coinciding, offsets, series_style
+
     items, records, configs, panels, depths, lengths = _used(results)
-    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.6 * len(panels), 3.6 + 0.25 * len(configs)),
+    fig, axes = plt.subplots(1, len(panels), squeeze=False, figsize=(3.8 * len(panels), 3.8 + 0.3 * len(configs)),
                              layout="constrained")
+    dodge = offsets(len(configs), 0.05)            # multiplicative: the x axis is logarithmic
     for c, task in enumerate(panels):
         ax = axes[0][c]
+        plotted: list[tuple[str, list[float]]] = []
         for k, config in enumerate(configs):
             acc, n = _grid(items, records, config, task, depths, lengths)
             right = (acc * n)
@@ -254,19 +264,25 @@ def accuracy_figure(plt: Any, results: Mapping[str, Any]) -> Any:
                 p = ok / tot if tot else float("nan")
                 w = wilson_interval(ok, tot) if tot else (float("nan"), float("nan"))
                 ys.append(p), lo.append(p - w[0]), hi.append(w[1] - p)
-            xs = [x * (1 + 0.02 * (k - (len(configs) - 1) / 2)) for x in lengths]   # dodge the error bars
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=config)
+            xs = [x * (1 + dodge[k]) for x in lengths]
+            ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, label=config, **series_style(k))
+            plotted.append((config, ys))
+        note = coincidence_note(coinciding(plotted))
+        if note:
+            ax.text(0.02, 0.02, textwrap.fill(note, 44, break_on_hyphens=False), transform=ax.transAxes,
+                    fontsize=NOTE_FONT, va="bottom", ha="left", color="dimgrey",
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
         ax.set_xscale("log", base=2)
         ax.set_xticks(lengths, [str(x) for x in lengths])
         ax.minorticks_off()
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("prompt tokens")
-        ax.set_title(task or "all tasks", fontsize=9)
+        ax.set_title(task or "all tasks", fontsize=10)
         if c == 0:
             ax.set_ylabel("accuracy (95% Wilson CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
-    fig.suptitle(f"{results['meta']['model']}: accuracy vs prompt length{_scope(results)}", fontsize=10)
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=LEGEND_FONT)
+    fig.suptitle(f"{results['meta']['model']}: accuracy vs prompt length{_scope(results)}", fontsize=11)
     return fig
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -75,8 +76,15 @@ def _subject(report: dict) -> str:
     return ", ".join(parts)
 
 
+STAND_IN_TITLE = "judge stand-in, not a judgement"
+
+
 def _title(ax: Any, what: str, report: dict) -> None:
+    """``what`` over the subject line; scores of the offline stand-in say so in the title's first
+    line (``"...: judge stand-in, not a judgement"``), not only in the subject."""
     subject = _subject(report)
+    if (report.get("source") or {}).get("stand_in"):
+        what = f"{what}: {STAND_IN_TITLE}"
     ax.set_title(what + (f"\n{subject}" if subject else ""), fontsize=TITLE_FONT)
 
 
@@ -111,7 +119,13 @@ _LENGTH_AXIS = {"selection_bucket": "selection bucket (generate --buckets)", "pr
 def length_buckets_figure(plt: Any, report: dict) -> Optional[Any]:
     """Mean score per length bucket: plain, mean over configs, best fixed and the oracle; a
     series with no value in any bucket (best fixed when every bucket is smaller than the
-    number of folds) is left out, legend included."""
+    number of folds) is left out, legend included.
+
+    No series hides under another: each has its own marker and line style and a small x offset
+    (:mod:`..plotting`), and series equal in every bucket are named in a note ("lines coincide:
+    mean over configs = ORACLE best-of-N (upper bound)") heading the legend."""
+    from ..plotting import LEGEND_FONT, NOTE_FONT, coincidence_note, coinciding, offsets, series_style
+
     lb = report.get("length_buckets")
     if not lb or not any(b["n"] for b in lb["buckets"]):
         return None
@@ -123,15 +137,20 @@ def length_buckets_figure(plt: Any, report: dict) -> Optional[Any]:
               ("best fixed config (cross-fitted)", [b["best_fixed_crossfit"]["mean"] if b["best_fixed_crossfit"]
                                                     else np.nan for b in buckets], "tab:green"),
               ("ORACLE best-of-N (upper bound)", [b["oracle_best_of_n"]["mean"] for b in buckets], "tab:red")]
-    for name, ys, colour in series:
-        if all(y is None or (isinstance(y, float) and math.isnan(y)) for y in ys):
-            continue
-        ax.plot(x, [np.nan if y is None else y for y in ys], marker="o", label=name, color=colour)
+    shown = [(name, ys, colour) for name, ys, colour in series
+             if not all(y is None or (isinstance(y, float) and math.isnan(y)) for y in ys)]
+    dodge = offsets(len(shown), 0.05)                                  # in buckets
+    for k, (name, ys, colour) in enumerate(shown):
+        ax.plot(x + dodge[k], [np.nan if y is None else y for y in ys], label=name, color=colour,
+                **series_style(k))
+    note = coincidence_note(coinciding([(name, ys) for name, ys, _ in shown]))
     ax.set_xticks(x, [f"{bucket_label(b, lb['variable'])}\n(n={b['n']})" for b in buckets], fontsize=TICK_FONT)
     ax.tick_params(axis="y", labelsize=TICK_FONT)
     ax.set_xlabel(_LENGTH_AXIS.get(lb["variable"], "document words"))
     ax.set_ylabel("mean judge score")
-    ax.legend(fontsize=8)
+    legend = ax.legend(fontsize=LEGEND_FONT, title=textwrap.fill(note, 48, break_on_hyphens=False) or None,
+                       title_fontsize=NOTE_FONT)
+    legend.get_title().set_color("dimgrey")             # the note heads the legend, so nothing covers it
     _title(ax, "Mean judge score by length", report)
     fig.tight_layout()
     return fig
