@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "classic_plan", "sra_plan", "plan_rows",
-    "apply_plan", "apply_edit_", "classic_block_", "redistribute_", "real_spans", "reweight",
+    "apply_plan", "apply_edit_", "classic_block_", "redistribute_", "token_spans", "real_spans", "reweight",
 ]
 
 
@@ -316,24 +316,30 @@ def apply_plan(rows: torch.Tensor, plan: Sequence[Edit]) -> torch.Tensor:
     return rows
 
 
+def token_spans(real: torch.Tensor) -> list[tuple[int, int, bool]]:
+    """For each batch row of a ``(batch, n)`` real-token mask (bool or 0/1), ``(first, count,
+    contiguous)``: the position of its first real token (0 for a row without one), how many real
+    tokens it has, and whether they are one run (packed or interleaved padding is not). One
+    device sync for the whole batch; the one padding-span computation of the core and the
+    transformers integration."""
+    real = real.to(torch.bool)                                                 # (batch, n)
+    n = real.shape[1]
+    count = real.sum(-1)                                                       # (batch,)
+    first = torch.where(count > 0, real.int().argmax(-1), 0)                   # (batch,)
+    last = n - 1 - real.flip(-1).int().argmax(-1)                              # (batch,)
+    contiguous = (count == 0) | (last - first + 1 == count)                    # (batch,)
+    rows = torch.stack([first, count, contiguous.long()]).tolist()            # (3, batch) -> lists
+    return [(f, c, bool(k)) for f, c, k in zip(*rows)]
+
+
 def real_spans(real: torch.Tensor) -> list[Optional[tuple[int, int]]]:
-    """For each batch row of a boolean ``(batch, n)`` real-token mask, ``(first, count)``.
+    """For each batch row of a boolean ``(batch, n)`` real-token mask, ``(first, count)``
+    (:func:`token_spans`; ``(0, 0)`` for a row without real tokens).
 
     ``None`` marks a row whose real tokens are not one contiguous run (packed or
     interleaved padding); such rows are left unedited.
     """
-    real = real.to(torch.bool)
-    counts = real.sum(-1).tolist()
-    firsts = torch.where(real.any(-1), real.int().argmax(-1), 0).tolist()
-    spans: list[Optional[tuple[int, int]]] = []
-    for b, (p, c) in enumerate(zip(firsts, counts)):
-        if c == 0:
-            spans.append((0, 0))
-        elif bool(real[b, p:p + c].all()):
-            spans.append((p, c))
-        else:
-            spans.append(None)
-    return spans
+    return [(first, count) if contiguous else None for first, count, contiguous in token_spans(real)]
 
 
 def _check_reweight(weights, layer_idx, num_layers, config, padding_mask, allowed) -> None:

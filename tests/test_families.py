@@ -21,7 +21,7 @@ import torch
 
 import attn_transition as at
 from attn_transition.patches import FAMILIES, STATE_ATTR
-from attn_transition.patches.transformers.calls import CallPlan, RowPrompt
+from attn_transition.patches.transformers.calls import CallGeometry, RowPrompt
 from attn_transition.families import REFUSED, family_for, num_decoder_layers, schedule_layout
 from tiny_models import N, VOCAB, all_family_configs, edit_configs, family_model, greedy, ids, left_padded, sharpen
 
@@ -380,12 +380,12 @@ def test_padded_row_equals_row_alone_per_layer(family, config):
             padded, _ = patched(module, q, k, v, mask64, **wide)                      # (2, N, heads, dv)
             alone_mask = mask64[1:, :, PAD:, PAD:]                                    # (1, heads or 1, n, n)
             state, n = at.get_state(model), N - PAD
-            state.begin_call(CallPlan(config, 1, n, 0, (RowPrompt(0, n, n),)))   # as the decoder plans it
+            state.begin_call(CallGeometry(config, 1, n, 0, (RowPrompt(0, n, n),)))   # as the decoder plans it
             try:
                 alone, _ = patched(module, q[1:, :, PAD:], k[1:, :, PAD:], v[1:, :, PAD:], alone_mask, **wide)
             finally:
                 state.end_call()
-            state.begin_call(CallPlan(None, 1, n, 0, ()))                            # a stock call: unedited
+            state.begin_call(CallGeometry(None, 1, n, 0, ()))                            # a stock call: unedited
             try:                                                                      # same inputs
                 stock, _ = patched(module, q[1:, :, PAD:], k[1:, :, PAD:], v[1:, :, PAD:], alone_mask, **wide)
             finally:

@@ -9,7 +9,7 @@ import attn_transition as at
 from attn_transition.patches.transformers import attention as A
 from attn_transition.patches.transformers import base_rows as B
 from attn_transition.kernel import Budget
-from attn_transition.patches.transformers.calls import CallPlan, RowPrompt
+from attn_transition.patches.transformers.calls import CallGeometry, RowPrompt
 from attn_transition.schedules import ClassicBlock
 from tiny_models import N, edit_configs, left_padded, tiny_model
 
@@ -141,13 +141,13 @@ def test_rows_all_edit_is_the_intersection_over_the_batch():
     plan = (ClassicBlock(10, 20, 0.1, 0.1, "adding"), ClassicBlock(20, 30, 0.1, 0.1, "adding"))
     short = (ClassicBlock(5, 12, 0.1, 0.1, "adding"),)
     rows = (RowPrompt(0, 40, 40), RowPrompt(4, 40, 36), RowPrompt(0, 40, 40))
-    call = CallPlan(CLASSIC, 3, 40, 0, rows)
+    call = CallGeometry(CLASSIC, 3, 40, 0, rows)
     # row 0: [10, 30); row 1 (first real token at 4): [14, 34); row 2: [5, 12)
     assert A.rows_all_edit(call, [plan, plan, plan]) == [(14, 20), (20, 24), (24, 30)]
     assert A.rows_all_edit(call, [plan, plan, short]) == []
     assert A.rows_all_edit(call, [plan, (), plan]) == []
     # A chunk of a prompt: rows before the chunk are not in it, local indices count from its start.
-    chunk = CallPlan(CLASSIC, 1, 15, 15, (RowPrompt(0, 30, 40),))
+    chunk = CallGeometry(CLASSIC, 1, 15, 15, (RowPrompt(0, 30, 40),))
     assert A.rows_all_edit(chunk, [plan]) == [(0, 5), (5, 15)]
 
 

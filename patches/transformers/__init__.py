@@ -7,7 +7,8 @@ nothing about the vLLM plugin or evaluation. One concern per module:
 
 - :mod:`.api`: ``enable`` / ``disable`` / ``enabled`` / ``is_enabled``, the decoder's hooks;
 - :mod:`.state`: the state on an enabled model (settings, schedule layout, per-thread calls);
-- :mod:`.calls`: what one forward call edits (the plan, read once per call);
+- :mod:`.calls`: what one forward call edits (its geometry, :class:`~.calls.CallGeometry`, read once
+  per call; each layer's edits are the core's ``layer_plan``);
 - :mod:`.generation`: the prompt's width inside ``generate``;
 - :mod:`.attention`: the registered attention function (stock rows, then the kernel) and its
   registration;
@@ -17,7 +18,9 @@ nothing about the vLLM plugin or evaluation. One concern per module:
 - :mod:`.families`: the transformers way out of a refused multimodal model;
 - :mod:`.compat`: version-dependent workarounds.
 
-From the core it uses :mod:`attn_transition.budget` (the ``max_chunk_mib`` setting),
+From the core it uses :mod:`attn_transition.protocol` (any registered schedule, through its base
+classes), :mod:`attn_transition.schedules` (``layer_plan``, the padding spans),
+:mod:`attn_transition.kernel` (the edited rows), :mod:`attn_transition.budget` (the ``max_chunk_mib`` setting),
 :mod:`attn_transition.families` (which layers the schedule counts) and
 :mod:`attn_transition.keywords` (the per-call keyword names).
 """

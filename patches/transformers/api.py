@@ -33,7 +33,7 @@ from attn_transition.families import schedule_layout
 from attn_transition.keywords import LENGTH_KWARG, SWITCH_KWARG
 
 from .attention import register
-from .calls import CallPlan, plan_call
+from .calls import CallGeometry, read_call
 from .compat import allow_continuous_batching, allow_generate_switch, refuse_continuous_batching
 from .families import family_for
 from .registration import BASE_IMPLEMENTATIONS
@@ -113,7 +113,7 @@ def _decoder(model: Any) -> torch.nn.Module:
                                 f"its decoder, so the schedule cannot address its layers")
 
 
-_STOCK_CALL = CallPlan(None, 0, 0, 0, ())
+_STOCK_CALL = CallGeometry(None, 0, 0, 0, ())
 
 
 @torch.compiler.disable
@@ -133,7 +133,7 @@ def _before_decoder(module: torch.nn.Module, args: tuple, kwargs: dict):
         kwargs.pop(LENGTH_KWARG, None)
         state.begin_call(_STOCK_CALL)
     else:
-        state.begin_call(plan_call(state, args, kwargs))
+        state.begin_call(read_call(state, args, kwargs))
     return args, kwargs
 
 
@@ -185,8 +185,9 @@ def enable(model: Any, config: Union[TransitionConfig, str, None] = None, *, ful
 
     Args:
         model: A loaded transformers causal LM of a supported family.
-        config: :class:`ClassicConfig` (default), :class:`SRAConfig`, or a config string
-            (``"classic:alpha=1"``, ``"sra"``).
+        config: :class:`ClassicConfig` (default), :class:`SRAConfig`, any schedule registered with
+            :func:`attn_transition.register_schedule`, or a config string (``"classic:alpha=1"``,
+            ``"sra"``, ``"<registered name>:field=value"``).
         full_matrix: Compute every row of every layer explicitly, as the reference did
             (slow; for comparison and debugging). By default only the rows a schedule
             edits are computed explicitly.

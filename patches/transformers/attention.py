@@ -19,16 +19,17 @@ dtype, as stock sdpa does; its explicit rows are float32 and its output is in th
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol, Sequence
 
 import torch
 
 from attn_transition.config import TransitionConfig
-from attn_transition.kernel import Budget, transition_rows
-from attn_transition.schedules import layer_plan
+from attn_transition.protocol import Edit
+from attn_transition.kernel import Budget, needs_grad, transition_rows
+from attn_transition.schedules import Plan, layer_plan
 
 from .base_rows import base_rows
-from .calls import CallPlan, plan_from_mask
+from .calls import CallGeometry, geometry_from_mask
 from .explicit import plain_attention, sinks_of
 from .registration import BASE_IMPLEMENTATIONS, STATE_ATTR, base_function, implementation_name, register_attention
 
@@ -53,16 +54,12 @@ class AttentionState(Protocol):
 
     def schedule_layer(self, layer_idx: int) -> int: ...
 
-    def current_call(self) -> Optional[CallPlan]: ...
+    def current_call(self) -> Optional[CallGeometry]: ...
 
     def budget(self, device: torch.device, heads: int, keys: int) -> Budget: ...
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def rows_all_edit(call: CallPlan, plans) -> list[tuple[int, int]]:
+def rows_all_edit(call: CallGeometry, plans: Sequence[Sequence[Edit]]) -> list[tuple[int, int]]:
     """The call's query rows (local indices) that every batch row recomputes, as sorted spans."""
     common: Optional[list[tuple[int, int]]] = None
     for row, plan in zip(call.rows, plans):
@@ -98,7 +95,7 @@ def autocast_inputs(query: torch.Tensor, key: torch.Tensor,
 
 
 def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attention_mask: Optional[torch.Tensor], call: CallPlan, state: AttentionState, *,
+                attention_mask: Optional[torch.Tensor], call: CallGeometry, state: AttentionState, *,
                 scaling: Optional[float], softcap: Optional[float], dropout: float, base: Optional[Callable],
                 want_weights: bool, **base_kwargs) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The base attention, then the edited rows of this call recomputed, edited and written back."""
@@ -106,13 +103,13 @@ def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
     k_len = key.shape[2]
     scaling = head_dim ** -0.5 if scaling is None else scaling
     sinks = sinks_of(module, base_kwargs)
-    grad = _needs_grad(query, key, value)
+    grad = needs_grad(query, key, value)
     every_row = base is None or want_weights
     # Absolute position of key index 0: caches that keep a window hold only the last keys.
     shift = call.offset + q - k_len if k_len <= call.offset + q else 0
     layer = state.schedule_layer(module.layer_idx)
     budget = state.budget(query.device, heads, k_len)
-    plans = [layer_plan(call.config, layer, state.num_layers, row.length) if row.length > 0 else ()
+    plans = [layer_plan(call.config, layer, state.num_layers, row.n) if row.n > 0 else Plan()
              for row in call.rows]
     if base is not None:
         skip = (() if every_row or grad or dropout > 0 or shift else rows_all_edit(call, plans))
@@ -134,12 +131,12 @@ def _transition(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                         scaling=scaling, softcap=softcap, sinks=sinks,
                         mask=None if attention_mask is None else attention_mask[mb],   # (heads or 1, q, k)
                         budget=budget, scratch=call.scratch, dropout=dropout, out=out[b],
-                        weights_out=None if weights_out is None else weights_out[b], prompt_length=row.length)
+                        weights_out=None if weights_out is None else weights_out[b], prompt_length=row.n)
     return out, weights_out
 
 
 def _current_call(state: AttentionState, query: torch.Tensor, key: torch.Tensor,
-                  attention_mask: Optional[torch.Tensor]) -> Optional[CallPlan]:
+                  attention_mask: Optional[torch.Tensor]) -> Optional[CallGeometry]:
     """The plan of the call this layer runs in, or None when it edits nothing."""
     call = state.current_call()
     batch, q = query.shape[0], query.shape[2]
@@ -148,7 +145,7 @@ def _current_call(state: AttentionState, query: torch.Tensor, key: torch.Tensor,
     # No plan from the decoder for this shape (a layer called on its own): a one-shot prefill is
     # read from its mask.
     if state.active and q == key.shape[2] and q > 1:
-        return plan_from_mask(state.config, attention_mask, batch, q)
+        return geometry_from_mask(state.config, attention_mask, batch, q)
     return None
 
 

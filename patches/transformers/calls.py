@@ -3,8 +3,8 @@
 A forward pre-hook on the model's decoder (the module that owns the layers) reads the
 call's inputs once: the per-call switch and prompt length, the 2D padding mask, how many
 tokens the cache already holds, and whether the call is made by this model's ``generate``
-(:mod:`.generation`). From them it builds a :class:`CallPlan` that every layer's attention
-function then uses; no layer has to rediscover the geometry from its 4D mask, and decoding
+(:mod:`.generation`). From them it builds a :class:`CallGeometry` that every layer's attention
+function then uses (each layer asks the schedule for its own edits, ``layer_plan``, from it); no layer has to rediscover the geometry from its 4D mask, and decoding
 steps (one new token) cost no tensor work and no device sync.
 
 Positions are absolute key positions of the sequence (cache included); a row's prompt
@@ -41,6 +41,11 @@ starts (cached keys beyond every row's window), a declared width is a ConfigErro
 
 Continuous batching (``generate_batch``) packs several requests into one row; an edited call
 refuses it (:data:`~.compat.CONTINUOUS_BATCHING_REFUSAL`).
+
+A schedule that is not ``continuous`` (:class:`~attn_transition.protocol.TransitionConfig`: its
+edits need all their rows at once) edits only a call that holds each row's whole prompt from
+position 0: a chunk of a prompt (``prefill_chunk_size``, chunks fed by hand with a declared
+width) is a ConfigError naming the schedule.
 """
 
 from __future__ import annotations
@@ -53,15 +58,16 @@ from typing import Any, Optional, Protocol, Union
 
 import torch
 
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
+from attn_transition.config import TransitionConfig, format_config, parse_config
 from attn_transition.errors import ConfigError, UsageError
 from attn_transition.kernel import Scratch, bool_mask
 from attn_transition.keywords import LENGTH_KWARG, SWITCH_KWARG
+from attn_transition.schedules import token_spans
 
 from .compat import CONTINUOUS_BATCHING_REFUSAL
 from .generation import GenerateCall, generate_call
 
-__all__ = ["RowPrompt", "CallPlan", "ChunkedPrefill", "plan_call", "plan_from_mask", "resolve_switch"]
+__all__ = ["RowPrompt", "CallGeometry", "ChunkedPrefill", "read_call", "geometry_from_mask", "resolve_switch"]
 
 
 @dataclass(frozen=True)
@@ -71,17 +77,19 @@ class RowPrompt:
     Attributes:
         first: Position of the row's first real token.
         real_end: End of the row's real tokens seen so far (this call included).
-        length: ``n`` of the schedule, counted from ``first``; 0 means "edit nothing".
+        n: The prompt width of the schedule (``layer_plan``'s ``n``), counted from ``first``;
+            0 means "edit nothing".
     """
 
     first: int
     real_end: int
-    length: int
+    n: int
 
 
 @dataclass(frozen=True)
-class CallPlan:
-    """The geometry of one forward call, shared by all its layers.
+class CallGeometry:
+    """The geometry of one forward call, shared by all its layers (each layer's edits are
+    ``layer_plan(config, layer, num_layers, row.n)`` per row).
 
     Attributes:
         config: The schedule this call applies, or None (nothing edited).
@@ -154,12 +162,13 @@ def resolve_switch(switch: Any, default: Optional[TransitionConfig], active: boo
         return None
     if switch is True:
         return default
-    if isinstance(switch, (ClassicConfig, SRAConfig)):
+    if isinstance(switch, TransitionConfig):
         return switch
     if isinstance(switch, str):
         return None if switch.strip().lower() in ("none", "off", "stock") else parse_config(switch)
-    raise ConfigError(f"{SWITCH_KWARG} must be True, False, None, a ClassicConfig/SRAConfig or a config "
-                      f"string like 'classic:alpha=1', got {switch!r} ({type(switch).__name__})")
+    raise ConfigError(f"{SWITCH_KWARG} must be True, False, None, a schedule config (ClassicConfig, SRAConfig or a "
+                      f"registered one) or a config string like 'classic:alpha=1', got {switch!r} "
+                      f"({type(switch).__name__})", field=SWITCH_KWARG)
 
 
 def _check_length(length: Any, batch: int) -> Union[None, int, tuple[int, ...]]:
@@ -187,18 +196,6 @@ def _check_length(length: Any, batch: int) -> Union[None, int, tuple[int, ...]]:
         raise ConfigError(f"{LENGTH_KWARG} must be an int >= 1 (the width of the whole prompt) or one int per "
                           f"batch row, got {length!r}", field=LENGTH_KWARG)
     return length
-
-
-def _spans(mask2d: torch.Tensor) -> list[tuple[int, int, bool]]:
-    """(first real position, real count, contiguous) per row of a (batch, width) 0/1 mask; one sync."""
-    real = mask2d.to(torch.bool)                                               # (batch, width)
-    width = real.shape[1]
-    count = real.sum(-1)                                                       # (batch,)
-    first = torch.where(count > 0, real.int().argmax(-1), 0)                   # (batch,)
-    last = width - 1 - real.flip(-1).int().argmax(-1)                          # (batch,)
-    contiguous = (count == 0) | (last - first + 1 == count)
-    rows = torch.stack([first, count, contiguous.long()]).tolist()            # (3, batch) -> lists
-    return [(f, c, bool(k)) for f, c, k in zip(*rows)]
 
 
 def _inputs(args: tuple, kwargs: dict, q: int) -> tuple[int, Any, Optional[torch.Tensor], Optional[torch.Tensor]]:
@@ -380,8 +377,20 @@ def _refuse_packed_batching(kwargs: dict) -> None:
         raise UsageError(CONTINUOUS_BATCHING_REFUSAL)
 
 
-def plan_call(state: CallState, args: tuple, kwargs: dict) -> CallPlan:
-    """Build the :class:`CallPlan` of one decoder call and pop the library's own kwargs."""
+def _refuse_chunks(config: TransitionConfig, offset: int, q: int, lengths: list[int]) -> None:
+    """A schedule that is not continuous edits only whole prompts: ConfigError for a call that holds
+    part of a row's prompt (it continues a cache, or the prompt goes on past this call)."""
+    if config.continuous:
+        return
+    if offset > 0 or any(n > q for n in lengths):
+        raise ConfigError(f"schedule {config.schedule!r} ({format_config(config)}) is not continuous (each edit needs "
+                          f"all its rows at once), and this call holds part of a prompt (cached {offset} + {q} new "
+                          f"tokens); give the prompt in one call (no prefill_chunk_size, no chunks by hand)",
+                          field=SWITCH_KWARG)
+
+
+def read_call(state: CallState, args: tuple, kwargs: dict) -> CallGeometry:
+    """Build the :class:`CallGeometry` of one decoder call and pop the library's own kwargs."""
     switch = kwargs.pop(SWITCH_KWARG, None)
     declared = kwargs.pop(LENGTH_KWARG, None)
     config = resolve_switch(switch, state.config, state.active)
@@ -389,7 +398,7 @@ def plan_call(state: CallState, args: tuple, kwargs: dict) -> CallPlan:
     if x is None:
         x = kwargs.get("inputs_embeds")
     if x is None:                                  # an input this hook does not know: nothing edited
-        return CallPlan(None, 0, 0, 0, ())
+        return CallGeometry(None, 0, 0, 0, ())
     batch, q = int(x.shape[0]), int(x.shape[1])
     if config is not None:
         _refuse_packed_batching(kwargs)
@@ -399,19 +408,20 @@ def plan_call(state: CallState, args: tuple, kwargs: dict) -> CallPlan:
     # chunks by generate (transformers 4.57's generate prefills the last prompt token alone), or
     # the first call of a generate that continues a cache it was given.
     if config is None or (q <= 1 and widths is None and state.chunked is None and state.in_generate):
-        return CallPlan(None, batch, q, 0, ())
+        return CallGeometry(None, batch, q, 0, ())
     inside = generate_call(state)
     state.generate_seen(None if inside is None else inside.marker)
     if inside is None and q <= 1 and widths is None:
-        return CallPlan(None, batch, q, 0, ())    # a decoding step fed by hand
+        return CallGeometry(None, batch, q, 0, ())    # a decoding step fed by hand
     offset, cache, mask2d, prepared = _inputs(args, kwargs, q)
     width = (_in_generate(state, inside, widths, offset, q, cache) if inside is not None
              else _by_hand(state, widths, offset, q))
     if width is None:
-        return CallPlan(None, batch, q, offset, ())
+        return CallGeometry(None, batch, q, offset, ())
     real = _real_mask(inside, mask2d, prepared, batch, offset, q)             # (batch, offset + q) or None
-    spans = _spans(real) if real is not None else [(0, offset + q, True)] * batch
+    spans = token_spans(real) if real is not None else [(0, offset + q, True)] * batch
     lengths = _row_lengths(width, spans, offset, q)
+    _refuse_chunks(config, offset, q, [first + n for (first, _, _), n in zip(spans, lengths) if n > 0])
     if inside is not None and isinstance(widths, tuple) and widths != tuple(lengths):
         b = next(i for i, (w, n) in enumerate(zip(widths, lengths)) if w != n)
         raise ConfigError(f"{LENGTH_KWARG}[{b}]={widths[b]} is not row {b}'s prompt in the input generate was given "
@@ -424,16 +434,16 @@ def plan_call(state: CallState, args: tuple, kwargs: dict) -> CallPlan:
                             "sequences?); that row is left unedited", stacklevel=_stacklevel())
             n = 0
         rows.append(RowPrompt(first, first + count, n))
-    return CallPlan(config, batch, q, offset, tuple(rows))
+    return CallGeometry(config, batch, q, offset, tuple(rows))
 
 
-def plan_from_mask(config: TransitionConfig, attention_mask: Optional[torch.Tensor], batch: int,
-                   n: int) -> CallPlan:
+def geometry_from_mask(config: TransitionConfig, attention_mask: Optional[torch.Tensor], batch: int,
+                       n: int) -> CallGeometry:
     """A one-shot prefill read from a layer's own 4D mask (for a layer called without its decoder)."""
     if attention_mask is None:
-        return CallPlan(config, batch, n, 0, (RowPrompt(0, n, n),) * batch)
+        return CallGeometry(config, batch, n, 0, (RowPrompt(0, n, n),) * batch)
     diag = bool_mask(attention_mask[:, 0]).diagonal(dim1=-2, dim2=-1).expand(batch, n)                 # (batch, n) real tokens
     rows = []
-    for first, count, contiguous in _spans(diag):
+    for first, count, contiguous in token_spans(diag):
         rows.append(RowPrompt(first, first + count, count if contiguous else 0))
-    return CallPlan(config, batch, n, 0, tuple(rows))
+    return CallGeometry(config, batch, n, 0, tuple(rows))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from attn_transition.kernel import attention_weights, weighted_values
+from attn_transition.kernel import attention_weights, needs_grad, weighted_values
 
 __all__ = ["plain_attention", "sinks_of"]
 
@@ -18,10 +18,6 @@ def sinks_of(module: torch.nn.Module, kwargs: dict) -> Optional[torch.Tensor]:
     (its eager function reads ``module.sinks``)."""
     sinks = kwargs.get("s_aux")
     return sinks if sinks is not None else getattr(module, "sinks", None)
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def plain_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -41,7 +37,7 @@ def plain_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         else:
             mask_rows = attention_mask[b if attention_mask.shape[0] > 1 else 0, 0, :, :k_len]   # (q, k)
         w, _ = attention_weights(query[b], key[b], 0, mask_rows, scaling, softcap, sinks=sinks,
-                                 inplace=not _needs_grad(query, key, value))
+                                 inplace=not needs_grad(query, key, value))
         if dropout > 0:
             w = torch.nn.functional.dropout(w, p=dropout, training=True)
         out[b] = weighted_values(w, value[b]).transpose(0, 1).to(out.dtype)   # (q, heads, dv)

@@ -37,12 +37,12 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, parse_config
+from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
 from attn_transition.errors import ConfigError
 from attn_transition.budget import DEFAULT_MAX_CHUNK_MIB, ChunkSetting, chunk_budget
 from attn_transition.kernel import Budget
 
-from .calls import CallPlan, ChunkedPrefill
+from .calls import CallGeometry, ChunkedPrefill
 from .registration import STATE_ATTR, implementation_name
 
 __all__ = ["STATE_ATTR", "Options", "Scope", "TransitionState"]
@@ -69,9 +69,10 @@ class Options:
         config = self.config
         if isinstance(config, str):
             object.__setattr__(self, "config", parse_config(config))
-        elif not isinstance(config, (ClassicConfig, SRAConfig)):
-            raise ConfigError(f"config must be a ClassicConfig, an SRAConfig or a config string like "
-                              f"'classic:alpha=1', got {type(config).__name__}", field="config")
+        elif not isinstance(config, TransitionConfig):
+            raise ConfigError(f"config must be a ClassicConfig, an SRAConfig or a config string like 'classic:alpha=1' "
+                              f"(or the config of a schedule registered with attn_transition.register_schedule), got "
+                              f"{type(config).__name__}", field="config")
         for name in ("active", "full_matrix"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"enable({name}=...) must be True or False, got {getattr(self, name)!r}",
@@ -122,7 +123,7 @@ class _PerThread(threading.local):
     generation config, :attr:`~.generation.GenerateCall.marker`)."""
 
     def __init__(self) -> None:
-        self.calls: list[CallPlan] = []
+        self.calls: list[CallGeometry] = []
         self.chunked: Optional[ChunkedPrefill] = None
         self.generate: Optional[weakref.ref] = None
 
@@ -248,10 +249,10 @@ class TransitionState:
         return chunk_budget(self.max_chunk_mib, device, heads, keys)
 
     # -- the call in progress, per thread ----------------------------------------------------
-    def begin_call(self, call: CallPlan) -> None:
+    def begin_call(self, call: CallGeometry) -> None:
         self._local.calls.append(call)
 
-    def current_call(self) -> Optional[CallPlan]:
+    def current_call(self) -> Optional[CallGeometry]:
         calls = self._local.calls
         return calls[-1] if calls else None
 
