@@ -5,7 +5,10 @@ tokens with SmolLM2's chat template, just over the classic schedule's ``min_leng
 400) and a request to summarize it. The model answers twice, greedily: once stock and
 once with ``attn_transition.enable(model, config)``; the answers are printed side by
 side with a line saying whether they differ. Before the timed answers one untimed short
-answer of each warms the model up, so the two times compare like with like. The inputs
+answer of each warms the model up, so neither time carries the process's one-off costs; each
+time is one greedy answer (prefill and up to ``--max-new-tokens`` new tokens), without the model
+load, and the output says so (:func:`timing_note`): one answer on a busy machine varies by more
+than the transition costs, which ``benchmarks/prefill.py`` measures. The inputs
 (config, prompt file, document id) are checked before the model is loaded. Takes well
 under a minute on a CPU.
 
@@ -30,8 +33,8 @@ from attn_transition.errors import UsageError, did_you_mean
 from .models import MODEL_FLAGS
 from .xsum import SAMPLE_PATH, generate_batch, load_documents, load_template, prompt_lengths
 
-__all__ = ["DemoResult", "DEFAULT_CONFIG", "answer_both", "warm_up", "side_by_side", "verdict", "add_arguments",
-           "run", "EPILOG"]
+__all__ = ["DemoResult", "DEFAULT_CONFIG", "answer_both", "warm_up", "side_by_side", "verdict", "timing_note",
+           "add_arguments", "run", "EPILOG"]
 
 DEFAULT_CONFIG = "classic:alpha=1,beta=0.5"
 
@@ -127,6 +130,24 @@ def verdict(result: DemoResult) -> str:
     return f"The answers differ (from character {first} on)."
 
 
+PERFORMANCE_DOC = "docs/performance.md"
+
+
+def timing_note(result: DemoResult, load_seconds: float, max_new_tokens: int) -> str:
+    """What the two times above the answers include, and what they are not: each is one greedy
+    ``generate`` call (the prompt's prefill and up to ``max_new_tokens`` new tokens; an answer
+    that ends early generates fewer) after the untimed warm-up of both, without the model load;
+    a single call on a shared CPU varies by more than the transition costs, which
+    :data:`PERFORMANCE_DOC` measures."""
+    return textwrap.fill(
+        f"(times: each is one greedy answer, the prefill of the {result.prompt_tokens}-token prompt plus up to "
+        f"{max_new_tokens} new tokens, after an untimed warm-up of both; the model load ({load_seconds:.1f} s) is "
+        f"not in them. With the transition the layers it edits compute their prompt's attention rows "
+        f"explicitly, a cost {PERFORMANCE_DOC} measures on an idle machine (prefill and per new token, "
+        f"interleaved with stock). One answer on a busy machine varies by more than that cost, so these two "
+        f"times do not measure it.)", 100)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .models import add_model_arguments
 
@@ -193,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     model, tokenizer = load_model(args.model, device=args.device, dtype=args.dtype,
                                   device_map=args.device_map, cache=args.cache_dir)
+    load_seconds = time.perf_counter() - t0
     prompt, special, where = _prompt(inputs, args.template, tokenizer)
     result = answer_both(model, tokenizer, prompt, config, add_special_tokens=special,
                          max_new_tokens=args.max_new_tokens)
@@ -202,8 +224,7 @@ def run(args: argparse.Namespace) -> int:
     print(side_by_side(result.plain, result.transition,
                        (f"without transition ({result.seconds_plain:.1f} s)",
                         f"with transition ({result.seconds_transition:.1f} s)"), width))
-    print("(each time is one greedy answer after an untimed warm-up of both; on a busy machine the times vary "
-          "by more than the transition costs)")
+    print(timing_note(result, load_seconds, args.max_new_tokens))
     print()
     print(verdict(result))
     print(f"total {time.perf_counter() - t0:.1f} s")

@@ -111,3 +111,14 @@ def test_the_default_setting_changes_smollm2s_answer_to_the_default_prompt(capsy
     assert "classic:alpha=1,beta=0.5" in out or "alpha=1.0, beta=0.5" in out
     assert "The answers differ" in out
     assert "untimed warm-up" in out
+
+
+def test_the_timing_note_says_what_the_two_times_include():
+    config = attn_transition.parse_config(demo.DEFAULT_CONFIG)
+    result = demo.DemoResult("prompt", 470, config, "a", "b", 11.6, 22.5)
+    note = " ".join(demo.timing_note(result, 3.2, 32).split())
+    assert "one greedy answer, the prefill of the 470-token prompt plus up to 32 new tokens" in note
+    assert "after an untimed warm-up of both" in note
+    assert "the model load (3.2 s) is not in them" in note
+    assert "compute their prompt's attention rows explicitly" in note and demo.PERFORMANCE_DOC in note
+    assert "do not measure it" in note
