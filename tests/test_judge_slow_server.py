@@ -3,7 +3,7 @@
 ``SlowServer`` is the package's stand-in server made slow: its first ``slow`` requests get no answer
 for ``slow_seconds`` (far past the client's timeout), and with ``hold`` each later one waits for
 company (another request in flight) up to ``hold`` seconds, as a batching server does, so that
-requests sent together are seen together. Like vLLM, llama.cpp, Ollama and ``transformers serve``,
+requests sent together are seen together. Like vLLM and ``transformers serve``,
 it stops working on a request once its client has closed the connection. It records how many of the
 judge's requests it holds at each arrival (a request ends when its answer is about to be written, or
 when its connection is seen closed), so the assertions are on counts and lines, never on durations;
@@ -264,3 +264,19 @@ def test_a_server_refusing_max_tokens_says_how_to_send_none(tmp_path, monkeypatc
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "'max_tokens'" in err and "--max-tokens none" in err, err
         assert main(argv + ["--max-tokens", "none"]) == 0
+
+
+# -- output paths are checked before any request ----------------------------------------------
+@pytest.mark.parametrize("flag, target", [("-o", "{tmp}/out.json/s.json"), ("-o", "/proc/nope/s.json"),
+                                          ("--cache", "{tmp}/out.json/c.jsonl"), ("--cache", "{tmp}")])
+def test_an_output_that_cannot_be_written_is_refused_before_any_request(tmp_path, monkeypatch, capsys, flag,
+                                                                         target):
+    out = write_outputs(tmp_path, n_docs=2)
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    with SlowServer() as server:
+        rc = main(["judge", str(out), "--base-url", server.base_url, "--judge-model", FAKE_MODEL, "--quiet",
+                   flag, target.format(tmp=tmp_path)])
+        assert server.n_requests == 0
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and f"{flag} " in err, err
+    assert not (tmp_path / "out.scores.json").exists() and not (tmp_path / "out.judge-cache.jsonl").exists()

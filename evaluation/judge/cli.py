@@ -13,15 +13,16 @@ from typing import Optional, Union
 from attn_transition.commands import register_command
 from attn_transition.errors import UsageError
 
+from ..runtime.files import check_outputs
 from ..runtime.requirements import require_judge_client
 from .client import DEFAULT_BASE_URL
 from .dry_run import dry_run
 from .options import DEFAULT_JUDGE_MODEL, JudgeOptions
 from .payload import (MAX_TOKENS_AUTO, PROTOCOLS, REPLY_TOKENS_BASE, REPLY_TOKENS_PER_CANDIDATE,
                       RESPONSE_FORMATS)
-from .plan import judge_file
+from .plan import default_cache_path, default_scores_path, judge_file
 
-__all__ = ["EPILOG", "add_arguments", "options_from_args", "run", "max_tokens_arg"]
+__all__ = ["EPILOG", "add_arguments", "options_from_args", "run", "max_tokens_arg", "check_output_flags"]
 
 EPILOG = """examples:
   attn-transition judge out.json --dry-run                       # one prompt + estimated tokens and cost
@@ -137,11 +138,20 @@ def _stand_in_run(args: argparse.Namespace) -> int:
         return run(args)
 
 
+def check_output_flags(args: argparse.Namespace) -> None:
+    """Before any request: the scores file and the answer cache a run writes (given or default)
+    can be written, else a one-line UsageError naming ``-o`` or ``--cache``."""
+    scores = args.output or str(default_scores_path(args.outputs))
+    cache = None if args.no_cache else (args.cache or str(default_cache_path(args.outputs)))
+    check_outputs(files={"-o": scores, "--cache": cache})
+
+
 def run(args: argparse.Namespace) -> int:
     if args.stand_in and not args.dry_run:
         return _stand_in_run(args)
     options = options_from_args(args)
-    if not args.dry_run:
+    if not args.dry_run:                      # a dry run writes nothing
+        check_output_flags(args)
         require_judge_client()
     if args.dry_run:
         dry_run(args.outputs, options, cache_path=args.cache, use_cache=not args.no_cache)

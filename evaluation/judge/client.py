@@ -8,14 +8,16 @@ with exponential backoff (deterministic jitter), honouring the server's ``retry-
 on stderr (:meth:`JudgeClient.say`: which document and candidate, what failed, which retry, how
 long the wait).
 
-A slow server: the client closes the connection of a request that ran past ``--timeout`` (the
-``openai`` client's ``httpx`` transport does, on the timeout), so a server that stops work on a
-request whose client has gone (vLLM, llama.cpp, Ollama, ``transformers serve``) frees it. After
-the first timeout the client sends one request at a time for the rest of the run (those already
-in flight finish first; :meth:`JudgeClient._gate`), so its retries never stack on a server that
-is already too slow; the second timeout says what to rerun with (a larger ``--timeout``,
-``--concurrency 1``). Errors that retrying cannot
-fix and that hit every request (unknown model, rejected key, an unsupported
+A slow server: the connection of a request that ran past ``--timeout`` is closed (the
+``openai`` client's HTTP transport closes it on the timeout), so a server that stops work on a
+request whose client has gone frees it (vLLM: ``with_cancellation`` on its chat route,
+``vllm/entrypoints/openai/chat_completion/api_router.py``; ``transformers serve``:
+``CancelOnDisconnect`` in ``transformers/cli/serving/utils.py``). After the first timeout the
+client sends one request at a time for the rest of the run (those already in flight finish
+first; :meth:`JudgeClient._gate`), so its retries never stack on a server that is already too
+slow; the second timeout says what to rerun with (a larger ``--timeout``, ``--concurrency 1``).
+
+Errors that retrying cannot fix and that hit every request (unknown model, rejected key, an unsupported
 ``response_format`` or other request setting) become a one-line
 :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's content
 (``context_length_exceeded``...) raises :class:`Rejected`, which the caller records as that
