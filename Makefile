@@ -58,7 +58,7 @@ $(FLOOR_VENV)/.installed-transformers-$(FLOOR_TRANSFORMERS): setup.cfg pyproject
 FLOOR_TESTS := tests/test_patch.py tests/test_schedule_conformance.py tests/test_config.py \
 	tests/test_versions.py tests/test_classic_mass.py tests/test_long_prompts.py tests/test_settings.py \
 	tests/test_stock_rows.py tests/test_calls.py tests/test_kernel.py tests/test_scopes.py tests/test_call_context.py \
-	tests/test_autocast.py
+	tests/test_autocast.py tests/test_custom_schedule.py
 # ATTN_TRANSITION_EXPECT_TRANSFORMERS makes tests/test_versions.py check the floor really is installed.
 FLOOR_RUN = ATTN_TRANSITION_EXPECT_TRANSFORMERS=$(FLOOR_TRANSFORMERS) $(FLOOR_PY) -m pytest -q -m "patch and not slow" $(FLOOR_TESTS)
 

@@ -10,6 +10,9 @@ the stock model:
 - ``full-matrix``  ``enable(model, ClassicConfig(), full_matrix=True)``: every layer's full
                    attention matrix materialised, as the reference implementation does
                    (slow; only when named in ``--variants``)
+- any other registered schedule by its name (``attn_transition.schedule_names()``: one an
+  installed package declares in the entry-point group ``attn_transition.schedules``), with its
+  default config unless ``--config`` gives one (only when named in ``--variants``)
 
 ``--config SPEC`` (repeatable, e.g. ``classic:min_length=0``) replaces the config of the
 variants of that schedule (``full-matrix`` uses the classic one); ``--max-chunk-mib N`` is
@@ -101,10 +104,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
-VARIANTS = ("stock", "classic", "sra", "full-matrix")
+VARIANTS = ("stock", "classic", "sra", "full-matrix")      # the built-in ones; variant_names() adds the rest
 DEFAULT_VARIANTS = "stock,classic,sra"
+
+
+def variant_names() -> list[str]:
+    """``stock``, every registered schedule's name (``classic`` and ``sra`` first), ``full-matrix``."""
+    import attn_transition as at
+
+    others = [name for name in at.schedule_names() if name not in VARIANTS]
+    return [*VARIANTS[:3], *others, VARIANTS[3]]
 DEFAULT_TOKENS = "2048,4096,8192,16384"
 DEFAULT_MODEL = "random:smollm2-135m"
 TIME_TARGET = 1.10
@@ -175,9 +186,10 @@ def decode_lengths(spec: str, lengths: list[int], everything: list[int]) -> list
 
 def parse_variants(text: str) -> list[str]:
     variants = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    names = variant_names()
+    unknown = [v for v in variants if v not in names]
     if unknown or not variants:
-        fail(f"unknown variant(s) {unknown or text!r}; choose from {', '.join(VARIANTS)}")
+        fail(f"unknown variant(s) {unknown or text!r}; choose from {', '.join(names)}")
     if "stock" not in variants:
         variants.insert(0, "stock")                       # every ratio needs it
     return list(dict.fromkeys(variants))
@@ -194,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "does not change the exit status")
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds per length (default 2)")
     parser.add_argument("--variants", default=DEFAULT_VARIANTS,
-                        help=f"comma list from {', '.join(VARIANTS)} (default {DEFAULT_VARIANTS})")
+                        help=f"comma list from {', '.join(VARIANTS)} or another registered schedule's name "
+                             f"(default {DEFAULT_VARIANTS})")
     parser.add_argument("--config", action="append", default=[], metavar="SPEC",
                         help="config of the variants of one schedule, e.g. classic:min_length=0 (repeatable)")
     parser.add_argument("--max-chunk-mib", default=None, metavar="N",
@@ -329,19 +342,23 @@ def model_shape(model) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- variants
 
-def variant_configs(specs: list[str]) -> dict[str, Any]:
-    """The transition config of every variant, after ``--config`` replacements."""
+def variant_configs(specs: list[str], variants: Sequence[str] = ()) -> dict[str, Any]:
+    """The transition config of every variant (``stock``: None; a schedule's name: its default
+    config; ``full-matrix``: classic's), after ``--config`` replacements. ``classic`` and ``sra``
+    are always there; another registered schedule where ``variants`` or ``specs`` name it."""
     import attn_transition as at
 
     by_schedule = {"classic": at.ClassicConfig(), "sra": at.SRAConfig()}
+    for name in variants:
+        if name not in ("stock", "full-matrix") and name not in by_schedule:
+            by_schedule[name] = at.schedule_class(name)()
     for spec in specs:
         try:
             config = at.parse_config(spec)
         except at.ConfigError as exc:
             fail(f"--config {spec!r}: {exc}")
         by_schedule[config.schedule] = config
-    return {"stock": None, "classic": by_schedule["classic"], "sra": by_schedule["sra"],
-            "full-matrix": by_schedule["classic"]}
+    return {"stock": None, **by_schedule, "full-matrix": by_schedule["classic"]}
 
 
 def parse_chunk_mib(text: str) -> Optional[float]:
@@ -681,7 +698,7 @@ def peak_rss_growth(run: Callable[[], None]) -> int:
 def memory_child(args: argparse.Namespace, lengths: list[int]) -> int:
     """Run one variant's prefill at each length in this fresh process; one JSON line each."""
     model = load_benchmark_model(args, args.positions)
-    configure = make_configure(model, variant_configs(args.config), args.enable_kwargs)
+    configure = make_configure(model, variant_configs(args.config, [args.memory_child]), args.enable_kwargs)
     configure(args.memory_child)
     vocab = model.config.vocab_size
     time_prefill(model, prompt_ids(vocab, WARMUP_TOKENS, args.seed, args.device))   # warm-up
@@ -925,7 +942,7 @@ def run_sweep(args: argparse.Namespace, lengths: list[int], optional: list[int])
         fail(f"--pad {args.pad} leaves nothing of the shortest prompt ({everything[0]} tokens); "
              f"give a --pad below every --tokens length")
     positions = positions_needed(everything, decoded, args.decode_rounds, args.decode_steps)
-    configs = variant_configs(args.config)
+    configs = variant_configs(args.config, variants)
 
     def log(text: str) -> None:
         print(text, flush=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterator, Optional, Sequence
 
 import attn_transition as at
-from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, format_config
+from attn_transition.config import SCHEDULES, ClassicConfig, TransitionConfig, format_config, schedule_class
 from attn_transition.errors import ConfigError, UsageError
 
 __all__ = ["MODEL_NAME", "parse_transition", "stray_config_items", "check_model_args", "ScoredRow",
@@ -29,10 +29,20 @@ __all__ = ["MODEL_NAME", "parse_transition", "stray_config_items", "check_model_
 
 MODEL_NAME = "attn-transition"
 
-# Fields of the configs: a model_arg with one of these names is a piece of a transition value
-# that lm_eval's comma splitting cut off.
-_CONFIG_FIELDS = frozenset(f.name for cls in (ClassicConfig, SRAConfig) for f in fields(cls))
 _STOCK = ("none", "off", "stock", "false")
+
+
+def _config_fields(transition: Any = None) -> frozenset[str]:
+    """The field names of every schedule registered now, and of the one ``transition`` names (a
+    config, or a spec whose schedule an installed package declares): a model_arg with one of these
+    names is a piece of a transition value that lm_eval's comma splitting cut off."""
+    classes = list(SCHEDULES.values())
+    if isinstance(transition, TransitionConfig):
+        classes.append(type(transition))
+    elif isinstance(transition, str) and transition.strip().lower() not in _STOCK:
+        with contextlib.suppress(ConfigError):          # a bad name is parse_transition's to report
+            classes.append(schedule_class(transition.partition(":")[0]))
+    return frozenset(f.name for cls in classes for f in fields(cls))
 
 
 def parse_transition(value: Any) -> Optional[TransitionConfig]:
@@ -41,7 +51,7 @@ def parse_transition(value: Any) -> Optional[TransitionConfig]:
     Accepts a config object, ``True`` (the default classic config), ``None`` / ``False`` /
     ``"none"`` (stock), or a config string whose items are separated by ``,`` or ``;``.
     """
-    if isinstance(value, (ClassicConfig, SRAConfig)):
+    if isinstance(value, TransitionConfig):
         return value
     if value is None or value is False:
         return None
@@ -49,7 +59,7 @@ def parse_transition(value: Any) -> Optional[TransitionConfig]:
         return ClassicConfig()
     if not isinstance(value, str):
         raise ConfigError(f"transition must be a config string like 'classic', 'sra', "
-                          f"'classic:alpha=1,beta=0.5' or 'none', got {value!r}")
+                          f"'classic:alpha=1,beta=0.5' or 'none' (or any registered schedule's spec), got {value!r}")
     text = value.strip()
     if text.lower() in _STOCK:
         return None
@@ -60,8 +70,10 @@ def parse_transition(value: Any) -> Optional[TransitionConfig]:
 
 
 def stray_config_items(kwargs: dict) -> list[str]:
-    """The model arguments in ``kwargs`` named like a config field (``beta``, ``threshold``...)."""
-    return sorted(k for k in kwargs if k in _CONFIG_FIELDS)
+    """The model arguments in ``kwargs`` named like a field (``beta``, ``threshold``...) of a registered
+    schedule or of the one ``kwargs["transition"]`` names."""
+    names = _config_fields(kwargs.get("transition"))
+    return sorted(k for k in kwargs if k in names)
 
 
 def check_model_args(kwargs: dict) -> None:

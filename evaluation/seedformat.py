@@ -11,10 +11,15 @@ dropped, so a value is read as ``d.ddd``: the scheme cannot express values >= 10
 suffix for each other field that is not its default (``_multi``, ``_min200``). SRA configs
 are named ``decode_sra`` plus the fields that differ from the defaults, with 'p' as the
 decimal point: ``decode_sra_beg_5_thr_50_eo_0p5``; booleans are flags (``noouter``,
-``dynamicthreshold``). :data:`KEY_NAMES` says how every field of every config class is
-written; a field it does not name fails at import (:func:`check_key_names`), and a config
-whose class has more fields than its table is refused, so no field is ever written wrongly
-or dropped.
+``dynamicthreshold``). :data:`KEY_NAMES` says how every field of the two built-in config
+classes is written; a field it does not name fails at import (:func:`check_key_names`), and a
+config whose class has more fields than its table is refused, so no field is ever written
+wrongly or dropped.
+
+The scheme is the seed's, and names the built-in schedules only: a config of any other
+registered schedule (``attn_transition.register_schedule``) has no output key and is a
+ConfigError naming its schedule (:func:`config_key`); its runs are labelled by its spec
+(``format_config``) everywhere else.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ import os
 import re
 from typing import Any, Iterable, Mapping, Optional
 
-from attn_transition.config import SCHEDULES, ClassicConfig, SRAConfig, TransitionConfig, format_config, parse_config
+from attn_transition.config import ClassicConfig, SRAConfig, TransitionConfig, format_config, parse_config
 from attn_transition.errors import ConfigError, UsageError
 
 from .runtime.files import read_json, write_json_atomic   # noqa: F401  (part of this module's API)
 
-__all__ = ["PLAIN_KEY", "REQUIRED_FIELDS", "KEY_NAMES", "FLAG", "config_key", "parse_config_key", "check_key_names",
+__all__ = ["PLAIN_KEY", "REQUIRED_FIELDS", "KEY_NAMES", "KEYED_SCHEDULES", "FLAG", "config_key", "parse_config_key",
+           "check_key_names",
            "candidate_keys", "read_records", "write_records", "validate_records", "read_json", "write_json_atomic"]
 
 REQUIRED_FIELDS = ("document", "summary", "id")
@@ -90,6 +96,8 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
 PLAIN_KEY = "decode_or"
 FLAG = "<flag>"   # a boolean field: written as its name without underscores (or no<name>) when not the default
 
+# The config classes the seed's scheme names (each needs a table below).
+KEYED_SCHEDULES: tuple[type, ...] = (ClassicConfig, SRAConfig)
 # How the key writes every field of each config class: an abbreviation followed by the value,
 # FLAG for a boolean, "" for a word field whose value is written alone (classic's strategy).
 # The first three classic names are the seed's own and always written, in this order.
@@ -135,10 +143,10 @@ def _names_problems(cls: type, names: Mapping[str, str]) -> list[str]:
 
 
 def check_key_names(tables: Optional[Mapping[type, Mapping[str, str]]] = None) -> None:
-    """TypeError unless every schedule's config class has a key table naming each of its fields
-    (run at import: a field added to a config without a key name stops the import)."""
+    """TypeError unless each of :data:`KEYED_SCHEDULES` has a key table naming each of its fields
+    (run at import: a field added to a built-in config without a key name stops the import)."""
     tables = KEY_NAMES if tables is None else tables
-    missing = [cls.__name__ for cls in SCHEDULES.values() if cls not in tables]
+    missing = [cls.__name__ for cls in KEYED_SCHEDULES if cls not in tables]
     if missing:
         raise TypeError(f"evaluation/seedformat.py: no output-key table for {', '.join(missing)}; add one to "
                         f"KEY_NAMES")
@@ -153,7 +161,8 @@ check_key_names()
 
 
 def _table(config: Any) -> tuple[type, dict[str, str]]:
-    """The config's base class and key table; TypeError for a subclass with fields the table lacks."""
+    """The config's base class and key table; TypeError for a subclass with fields the table lacks,
+    ConfigError for a schedule the scheme does not name."""
     if type(config) in KEY_NAMES:
         return type(config), KEY_NAMES[type(config)]
     for base, names in KEY_NAMES.items():
@@ -164,6 +173,11 @@ def _table(config: Any) -> tuple[type, dict[str, str]]:
                     raise TypeError(f"{type(config).__name__} cannot be named in the seed's output-key scheme: "
                                     f"{'; '.join(problems)} (KEY_NAMES in evaluation/seedformat.py)")
             return base, names
+    if isinstance(config, TransitionConfig):
+        raise ConfigError(f"schedule {config.schedule!r} ({type(config).__module__}.{type(config).__qualname__}) has "
+                          f"no output key in the seed's format, which names only "
+                          f"{' and '.join(repr(c.schedule) for c in KEYED_SCHEDULES)} configs; label its runs with "
+                          f"its spec {format_config(config)!r} instead", field="config")
     raise TypeError(f"not a transition config: {config!r}")
 
 
@@ -231,7 +245,8 @@ def config_key(config: TransitionConfig, *, strict: bool = False) -> str:
 
     Classic keys drop the decimal point, so not every value can be written: with ``strict``,
     a config whose key does not read back as itself raises ConfigError. A config whose class has
-    a field without a key name raises TypeError (never a key that drops or misnames the field)."""
+    a field without a key name raises TypeError (never a key that drops or misnames the field); a
+    config of a schedule other than classic and sra raises ConfigError naming it."""
     key = _encode(config)
     if strict:
         try:

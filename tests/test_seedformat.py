@@ -9,10 +9,11 @@ import dataclasses
 import pytest
 
 import attn_transition as at
-from attn_transition import config as config_module
-from attn_transition.config import SCHEDULES, format_config, seed_grid
+from attn_transition.config import format_config, seed_grid
 from attn_transition.evaluation import seedformat
-from attn_transition.evaluation.seedformat import KEY_NAMES, PLAIN_KEY, check_key_names, config_key, parse_config_key
+from attn_transition.evaluation.seedformat import (KEY_NAMES, KEYED_SCHEDULES, PLAIN_KEY, check_key_names, config_key,
+                                                   parse_config_key)
+from custom_schedule import ShiftConfig
 
 
 def _other(cls: type, field: dataclasses.Field, step: int = 1):
@@ -30,7 +31,7 @@ def _other(cls: type, field: dataclasses.Field, step: int = 1):
 
 
 def _every_field_changed_alone():
-    return [cls(**{f.name: _other(cls, f)}) for cls in SCHEDULES.values() for f in dataclasses.fields(cls)]
+    return [cls(**{f.name: _other(cls, f)}) for cls in KEYED_SCHEDULES for f in dataclasses.fields(cls)]
 
 
 @pytest.mark.parametrize("config", _every_field_changed_alone(), ids=format_config)
@@ -40,7 +41,7 @@ def test_every_field_alone_is_written_and_read_back(config):
     assert key != config_key(type(config)()), "the changed field is missing from the key"
 
 
-@pytest.mark.parametrize("cls", list(SCHEDULES.values()), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", KEYED_SCHEDULES, ids=lambda c: c.__name__)
 def test_all_fields_changed_at_once_read_back(cls):
     for step in (1, 2):
         config = cls(**{f.name: _other(cls, f, step) for f in dataclasses.fields(cls)})
@@ -48,7 +49,8 @@ def test_all_fields_changed_at_once_read_back(cls):
 
 
 def test_the_key_table_names_every_field_of_every_schedule():
-    assert set(KEY_NAMES) == set(SCHEDULES.values())
+    assert KEYED_SCHEDULES == (at.ClassicConfig, at.SRAConfig)
+    assert set(KEY_NAMES) == set(KEYED_SCHEDULES)
     for cls, names in KEY_NAMES.items():
         assert list(names) == [f.name for f in dataclasses.fields(cls)]
 
@@ -111,9 +113,8 @@ def test_a_config_with_a_field_the_table_lacks_is_refused_not_written(config):
 
 
 def test_the_import_check_stops_a_schedule_whose_table_misses_a_field(monkeypatch):
-    monkeypatch.setitem(config_module.SCHEDULES, "sra", WiderSRA)
-    with pytest.raises(TypeError, match=r"no output-key table for WiderSRA"):
-        check_key_names()
+    with pytest.raises(TypeError, match=r"no output-key table for SRAConfig"):
+        check_key_names({at.ClassicConfig: KEY_NAMES[at.ClassicConfig]})
     wider = {**KEY_NAMES, WiderSRA: KEY_NAMES[at.SRAConfig]}
     with pytest.raises(TypeError, match=r"WiderSRA is wrong: field 'new_factor' has no abbreviation"):
         check_key_names(wider)
@@ -134,3 +135,14 @@ def test_the_import_check_stops_a_schedule_whose_table_misses_a_field(monkeypatc
 def test_the_import_check_refuses_a_wrong_table(change, fragment):
     with pytest.raises(TypeError, match=fragment):
         check_key_names({**KEY_NAMES, at.SRAConfig: {**KEY_NAMES[at.SRAConfig], **change}})
+
+
+def test_a_schedule_the_scheme_does_not_name_is_refused_naming_it():
+    # A registered schedule is a config everywhere, but the seed's scheme has no words for it.
+    config = ShiftConfig(fraction=0.5)
+    with pytest.raises(at.ConfigError, match=r"schedule 'shift' \(custom_schedule.ShiftConfig\) has no output key "
+                                             r"in the seed's format, which names only 'classic' and 'sra' configs; "
+                                             r"label its runs with its spec 'shift:fraction=0.5' instead"):
+        config_key(config)
+    with pytest.raises(TypeError, match="not a transition config"):
+        config_key("classic")
