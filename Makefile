@@ -1,11 +1,13 @@
 # One-command set-up and runs. Each target creates the virtual environment it needs.
-#   make bench   set up, then run the main job (long-context benchmark, SmolLM2, CPU, < 10 min)
+#   make bench   set up, then run the main job: the default `attn-transition bench` (long-context benchmark,
+#                SmolLM2, 27 items, CPU; 3.5-9 min on 2 CPU cores, plus the set-up on a first run)
 #   make test    set up, then check the import contracts (lint-imports) and run every test (fast suite,
 #                the floor suite, then the real-model tests)
 #   make test-vllm   only the vLLM plugin's tests (marker `vllm`), in their own environment (.venv-vllm)
 #   make test-floor  only the floor suite: the patch tests (marker `patch`) in a second, small
 #                    environment (.venv-floor) with the lowest supported transformers
-#   make demo    set up, then one long prompt answered with and without the transition
+#   make demo    set up, then one long prompt answered with and without the transition (each answer timed
+#                after a warm-up, without the model load; not a measurement of the cost: docs/performance.md)
 #   make prefill    set up, then the prefill/decode sweep (SmolLM2-135M shape, 2k..16k tokens, CPU, ~45 min)
 #   make gpu-check  set up, then benchmarks/gpu_check.sh on a CUDA machine (GPU_CHECK_OUT=folder;
 #                   GPU_CHECK_TINY=1 runs its CPU tiny mode)
