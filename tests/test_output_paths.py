@@ -53,13 +53,20 @@ def _fail(*args, **kwargs):
 
 @pytest.fixture
 def no_loading(monkeypatch):
-    """Every way a command starts loading a model fails the test."""
+    """Every way a command starts loading a model fails the test. The modules that bind a loader
+    at import (``from .models import resolve_model``) are imported first, so they keep the real
+    one after the test; the loaders under them (transformers' ``from_pretrained``) fail too."""
+    import transformers
+
+    import attn_transition.evaluation.harness as harness          # imports harness_model where lm_eval is
     import attn_transition.evaluation.models as models
+    import attn_transition.models as core_models
 
-    for name in ("load_model", "resolve_model", "convert"):
-        monkeypatch.setattr(models, name, _fail)
-    import attn_transition.evaluation.harness as harness
-
+    for module in (models, core_models):
+        for name in ("load_model", "resolve_model", "convert"):
+            monkeypatch.setattr(module, name, _fail)
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", _fail)
     monkeypatch.setattr(harness, "resolve_embedded_args", _fail)
     try:
         import lm_eval.__main__
