@@ -164,3 +164,54 @@ def test_retry_after_headers_and_backoff():
 def test_request_spec_candidate():
     assert RequestSpec(0, 0, ("a",)).candidate == "a"
     assert RequestSpec(0, 0, ("a", "b")).candidate is None
+
+
+def test_the_default_reply_limit_is_sized_from_the_schema_and_none_sends_none():
+    from attn_transition.evaluation.judge.payload import reply_token_limit
+
+    records = make_records(1)
+    for protocol, n in (("joint", len(KEYS)), ("single", 1)):
+        opts = JudgeOptions(judge_model="m", protocol=protocol)
+        assert opts.max_tokens == "auto"
+        for spec in plan_requests(records, opts):
+            payload, labels = payload_for(spec, records[0], opts, load_prompts())
+            assert len(labels) == n and payload["max_tokens"] == reply_token_limit(n) == 50 + 100 * n
+    spec = plan_requests(records, JudgeOptions(judge_model="m"))[0]
+    assert "max_tokens" not in payload_for(spec, records[0], JudgeOptions(judge_model="m", max_tokens=None),
+                                           load_prompts())[0]
+    assert payload_for(spec, records[0], JudgeOptions(judge_model="m", max_tokens=7), load_prompts())[0][
+        "max_tokens"] == 7
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 2.5, "none", "lots"])
+def test_a_bad_reply_limit_is_refused_naming_the_field(bad):
+    with pytest.raises(UsageError, match="max_tokens must be 'auto', None") as info:
+        JudgeOptions(judge_model="m", max_tokens=bad)
+    assert info.value.field == "max_tokens"
+
+
+def test_max_tokens_flag_reads_auto_none_or_a_count(capsys):
+    import argparse
+
+    from attn_transition.cli import main
+    from attn_transition.evaluation.judge.cli import max_tokens_arg
+
+    assert (max_tokens_arg("auto"), max_tokens_arg("None"), max_tokens_arg("48")) == ("auto", None, 48)
+    for bad in ("0", "-1", "4.5", "many"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            max_tokens_arg(bad)
+    assert main(["judge", "x.json", "--max-tokens", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-tokens" in err and "auto, none or an integer >= 1" in err
+
+
+def test_request_names_say_document_candidate_repeat_and_reask():
+    from attn_transition.evaluation.judge.plan import request_name
+
+    records = make_records(2)
+    joint = JudgeOptions(judge_model="m", repeats=2)
+    spec = plan_requests(records, joint)[3]
+    assert request_name(spec, records[1], joint) == "document 'doc1' (4 candidates, repeat 2 of 2)"
+    single = JudgeOptions(judge_model="m", protocol="single", reask=2)
+    spec = plan_requests(records, single)[1]
+    assert request_name(spec, records[0], single, attempt=1) == f"document 'doc0' ({spec.keys[0]}, re-ask 1 of 2)"

@@ -17,8 +17,8 @@ client sends one request at a time for the rest of the run (those already in fli
 first; :meth:`JudgeClient._gate`), so its retries never stack on a server that is already too
 slow; the second timeout says what to rerun with (a larger ``--timeout``, ``--concurrency 1``).
 
-Errors that retrying cannot fix and that hit every request (unknown model, rejected key, an unsupported
-``response_format`` or other request setting) become a one-line
+Errors that retrying cannot fix and that hit every request (unknown model, rejected key, an
+unsupported ``response_format`` or other request setting) become a one-line
 :class:`~attn_transition.errors.UsageError` at once; a 400 about one request's content
 (``context_length_exceeded``...) raises :class:`Rejected`, which the caller records as that
 request's failure. Anything else the client raises (an unreadable answer...) is a one-line
@@ -297,8 +297,11 @@ class JudgeClient:
         return self.cache_path_hint if os.path.exists(self.cache_path_hint) else ""
 
     def _saved(self, rerun: bool = False) -> str:
+        """The end of an error line: where the answers so far are, when there are any."""
         kept = self.kept_in()
-        return f"; answers so far are kept in {kept}" + (", rerun to continue" if rerun else "") if kept else ""
+        if not kept:
+            return ""
+        return f"; answers so far are kept in {kept}" + (", rerun to continue" if rerun else "")
 
     def _unexpected(self, exc: Exception) -> UsageError:
         """Anything the client raised that is not an HTTP status, timeout or connection error."""
