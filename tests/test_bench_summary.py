@@ -76,3 +76,19 @@ def test_terminal_summary_and_summary_md_spell_out_each_config(capsys, model_dir
         md_line = next(l for l in md.splitlines() if l.startswith(f"  - `{label}`: "))
         for field in _every_field(spec):
             assert field in line and field in md_line, (label, field)
+
+
+def test_ruler_results_store_and_show_every_field_of_each_config(tmp_path):
+    from test_ruler import _synthetic
+
+    from attn_transition.evaluation.bench import ruler, ruler_report
+
+    settings = ruler.RulerSettings(tasks=("niah_single_1", "cwe"), lengths=(1024, 2048), per_cell=8,
+                                   configs=("classic",), n_boot=200)
+    meta = {"model": "fake", "chat": True, "lm_eval": "x", "versions": {"lm_eval": "x"}, "seconds_this_run": 1.0}
+    res = ruler_report.build_results(_synthetic(), ["classic"], settings.as_dict(), meta)
+    assert res["meta"]["configs"] == {"classic": config_dict(at.parse_config("classic"))}
+    md = ruler_report.markdown(res)
+    md_line = next(l for l in md.splitlines() if l.startswith("  - `classic`: "))
+    for field in _every_field("classic"):
+        assert field in md_line, field

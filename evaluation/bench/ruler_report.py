@@ -24,7 +24,7 @@ from attn_transition.evaluation.stats import mcnemar_exact, mean_ci, win_tie_los
 from ..runtime.files import write_json_atomic, write_text_atomic
 from . import analysis
 from .analysis import STOCK
-from .report import _CMP_HEAD, _comparison_rows, _pivot, _table
+from .report import _CMP_HEAD, _comparison_rows, _pivot, _table, config_values
 
 __all__ = ["RESULTS_FORMAT", "PLOT", "pair", "score_table", "comparison_rows", "summarise", "build_results",
            "markdown", "write_plot", "write_outputs"]
@@ -121,15 +121,21 @@ def summarise(records: Sequence[Mapping[str, Any]], configs: Sequence[str], *, n
 
 def build_results(records: Sequence[Mapping[str, Any]], configs: Sequence[str], settings: Mapping[str, Any],
                   meta: Mapping[str, Any], skipped: Sequence[str] = ()) -> dict[str, Any]:
-    """The ``results.json`` dict: ``meta`` (with the settings, skipped cells and timings), every
-    record, and :func:`summarise`'s tables."""
+    """The ``results.json`` dict: ``meta`` (with the settings, every field of each config by its
+    label, skipped cells and timings), every record, and :func:`summarise`'s tables.
+
+    ``configs`` are labels, each a config's canonical spec (:func:`attn_transition.format_config`),
+    so each is parsed back to its fields."""
+    from attn_transition.config import config_dict, parse_config
+
     seconds: dict[str, float] = {}
     for r in records:
         seconds[r["config"]] = seconds.get(r["config"], 0.0) + float(r.get("seconds", 0.0))
     summary = summarise(records, [STOCK, *configs], n_boot=settings["n_boot"], seed=settings["seed"])
     return {
         "format": RESULTS_FORMAT,
-        "meta": {**meta, "settings": dict(settings), "skipped": list(skipped), "complete": not skipped,
+        "meta": {"configs": {label: config_dict(parse_config(label)) for label in configs}, **meta,
+                 "settings": dict(settings), "skipped": list(skipped), "complete": not skipped,
                  "seconds_per_config": {k: round(v, 2) for k, v in seconds.items()}},
         "records": list(records),
         "summary": summary,
@@ -152,6 +158,10 @@ def markdown(results: Mapping[str, Any]) -> str:
              f"- time: {meta['seconds_this_run']:.0f} s this run; answering, per config: "
              + ", ".join(f"{k} {v:.0f} s" for k, v in meta["seconds_per_config"].items()),
              "- versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if k != "platform")]
+    values = config_values(results)
+    if values:
+        lines += ["- configs (every field; stock = the model without the transition):",
+                  *(f"  - `{label}`: {text}" for label, text in values.items())]
     for line in meta.get("skipped", []):
         lines.append(f"- {line}")
     if summary["unpaired"]:
@@ -187,6 +197,8 @@ def write_plot(results: Mapping[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ..plotting import LEGEND_FONT, offsets, series_style
+
     summary = results["summary"]
     configs = summary["configs"]
     rows = summary["score_by_task_length"]
@@ -204,10 +216,10 @@ def write_plot(results: Mapping[str, Any], path: Path) -> Path:
             pts = sorted((r["length"], r) for r in rows if r["task"] == task and r["config"] == config and r["n"])
             if not pts:
                 continue
-            shift = 1 + 0.025 * (k - (len(configs) - 1) / 2)             # configs side by side at a length
+            shift = 1 + offsets(len(configs), 0.04)[k]                      # configs side by side at a length
             ys = [r["score"] for _, r in pts]
             err = [[y - r["ci_low"] for y, (_, r) in zip(ys, pts)], [r["ci_high"] - y for y, (_, r) in zip(ys, pts)]]
-            ax.errorbar([x * shift for x, _ in pts], ys, yerr=err, marker="o", capsize=3, label=config)
+            ax.errorbar([x * shift for x, _ in pts], ys, yerr=err, capsize=3, label=config, **series_style(k))
         if lengths:
             ax.set_xscale("log", base=2)
             ax.set_xlim(min(lengths) / 1.25, max(lengths) * 1.25)
@@ -219,7 +231,7 @@ def write_plot(results: Mapping[str, Any], path: Path) -> Path:
         row[0].set_ylabel("score (95% bootstrap CI)")
     handles, labels = axes[0][0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=7)
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize=LEGEND_FONT)
     fig.suptitle(f"{results['meta']['model']}: RULER through lm-evaluation-harness", fontsize=9)
     fig.savefig(path, dpi=110)
     plt.close(fig)
