@@ -179,8 +179,9 @@ def _judge_one(spec: RequestSpec, record: dict, options: JudgeOptions, prompts: 
             if options.response_format != "none" and not _is_json(comp.content):
                 client.say_once("not-json", f"judge: a reply is not JSON although --response-format "
                                             f"{options.response_format} asked for JSON: the server seems to ignore "
-                                            f"response_format (transformers serve does); such replies are re-asked "
-                                            f"and recorded as failures (see --reask)")
+                                            f"response_format (transformers serve does: pass --response-format none "
+                                            f"there); such replies are re-asked and recorded as failures (see "
+                                            f"--reask)")
             error = reply_problem(exc, comp.finish_reason)
             result.failures.append({"repeat": spec.repeat, "candidate": spec.candidate, "attempt": attempt,
                                     "error": error, "raw": comp.content, "finish_reason": comp.finish_reason,
