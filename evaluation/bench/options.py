@@ -18,7 +18,7 @@ from .tasks import DEFAULT_TASKS, TASKS
 __all__ = ["EPILOG", "add_arguments", "ints", "depths", "slug"]
 
 EPILOG = """examples:
-  attn-transition bench                                  # SmolLM2, stock vs classic vs sra, < 10 min on 2 CPU cores
+  attn-transition bench                                  # SmolLM2, stock vs classic vs sra, 27 items, 3.5-9 min on 2 CPU cores
   attn-transition bench --model gemma3-270m              # the base model (plain prompts, no chat template)
   attn-transition bench --config classic:alpha=1,beta=0.5 --config sra --lengths 1024,4096 --per-cell 4
   attn-transition bench --tune                           # pick a config on a dev split, report it on the test split
