@@ -56,6 +56,21 @@ def test_the_spec_reads_and_writes_the_outside_schedule():
 
 
 @patch
+def test_a_text_field_is_written_only_where_the_spec_reads_it_back():
+    @at.register_schedule(replace=True)
+    @dataclass(frozen=True)
+    class Tagged(ShiftConfig):
+        tag: str = "plain"
+        schedule: ClassVar[str] = "tagged"
+
+    assert at.parse_config("tagged:tag=bold,rows=3") == Tagged(tag="bold", rows=3)
+    assert at.parse_config(at.format_config(Tagged(tag="bold"))) == Tagged(tag="bold")
+    for tag in ("a,b", "k=v", "x:y", " pad", ""):
+        with pytest.raises(at.ConfigError, match=r"Tagged.tag=.* cannot be written in a spec"):
+            at.format_config(Tagged(tag=tag))
+
+
+@patch
 def test_a_taken_name_is_refused_naming_both_classes_unless_replace():
     @dataclass(frozen=True)
     class Impostor(at.TransitionConfig):
