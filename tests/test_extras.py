@@ -450,3 +450,29 @@ def test_lm_eval_without_accelerate_names_accelerate(tmp_path):
     assert helped["code"] == 0 and want in helped["out"] and "once lm_eval is installed" not in helped["out"]
     assert ran["code"] == 2 and len(ran["err"].strip().splitlines()) == 1 and want in ran["err"], ran
     assert not (tmp_path / "cache").exists()
+
+
+def _package_data_globs() -> list[str]:
+    """setup.cfg's [options.package_data], as globs relative to the checkout (via package_dir)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    dirs = dict(line.split("=") for line in cfg["options"]["package_dir"].strip().splitlines())
+    dirs = {k.strip(): v.strip() for k, v in dirs.items()}
+    out = []
+    for package, patterns in cfg["options.package_data"].items():
+        root = next(p for p in sorted(dirs, key=len, reverse=True) if package == p or package.startswith(p + "."))
+        folder = Path(dirs[root], *package[len(root):].strip(".").split(".")) if package != root else Path(dirs[root])
+        out += [str(folder / p.strip()) for p in patterns.split(",") if p.strip()]
+    return out
+
+
+def test_every_data_file_of_the_packages_is_package_data():
+    """With include_package_data off, a data file is in the wheel only if a package_data glob names
+    it: every non-Python file under the package folders must match one."""
+    globs = _package_data_globs()
+    assert "evaluation/data/*.jsonl" in globs and "evaluation/bench/tasks/*.json" in globs, globs
+    data = sorted(str(p.relative_to(ROOT)) for folder in ("attn_transition", "patches", "evaluation")
+                  for p in (ROOT / folder).rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
+    assert "evaluation/data/xsum_sample.jsonl" in data
+    assert [f for f in data if not any(Path(f).match(g) for g in globs)] == []
