@@ -22,7 +22,7 @@ __all__ = ["EXTRAS", "MissingExtraError", "install_hint", "extra_of", "missing_m
 
 # extra -> the import names of its packages (setup.cfg's extras_require; tests/test_extras.py checks both agree)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "models": ("gguf",),
+    "models": ("gguf", "accelerate"),
     "eval": ("datasets", "openai", "evaluate", "rouge_score", "matplotlib", "accelerate", "gguf"),
     "contrast": ("peft", "accelerate", "gguf"),
     "lm-eval": ("lm_eval", "matplotlib", "gguf"),

@@ -398,16 +398,15 @@ def test_lm_eval_alone_runs_ruler(tiny_cache, tmp_path):
     assert list((tmp_path / "ruler").glob("*.png")), sorted(p.name for p in (tmp_path / "ruler").iterdir())
 
 
-# convert: the tokenizer is read from the GGUF file; loading the model from it (a minute of
-# dequantising) is where the run stops, exit code 99.
+# convert: the tokenizer, the config and the model's skeleton come from the GGUF file; its
+# weights (a minute of dequantising, transformers' quantizers/quantizer_gguf.py,
+# GgufHfQuantizer.get_state_dict) are where the run stops, exit code 99.
 _STOP_AT_GGUF_WEIGHTS = """
-import transformers
-_load = transformers.AutoModelForCausalLM.from_pretrained
+from transformers.quantizers import quantizer_gguf
+assert hasattr(quantizer_gguf.GgufHfQuantizer, "get_state_dict"), "transformers' GGUF loader moved"
 def _stop(*args, **kwargs):
-    if "gguf_file" in kwargs:
-        raise SystemExit(99)
-    return _load(*args, **kwargs)
-transformers.AutoModelForCausalLM.from_pretrained = _stop
+    raise SystemExit(99)
+quantizer_gguf.GgufHfQuantizer.get_state_dict = _stop
 """
 
 

@@ -16,14 +16,15 @@ __all__ = ["require_embedded", "require_finetuning", "require_plots", "require_j
 
 
 def require_embedded(models: Iterable[Optional[str]], cache: Optional[str | Path] = None) -> None:
-    """gguf (the ``models`` extra) when one of ``models`` is an embedded model not converted yet
-    into the cache (converting reads its GGUF file)."""
+    """gguf and accelerate (the ``models`` extra) when one of ``models`` is an embedded model not
+    converted yet into the cache (converting reads its GGUF file, which transformers refuses to
+    load without accelerate)."""
     from ..models import EMBEDDED, cache_dir
 
     todo = [m for m in dict.fromkeys(models) if m in EMBEDDED and not (cache_dir(cache) / m / "config.json").exists()]
     if todo:
         require(f"the embedded model {', '.join(todo)}, converted once into {cache_dir(cache)},", "gguf",
-                extra="models")
+                "accelerate", extra="models")
 
 
 def require_finetuning(purpose: str) -> None:
