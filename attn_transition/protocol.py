@@ -130,7 +130,7 @@ def _check_class(cls: Any) -> str:
     if not isinstance(name, str) or not name.isidentifier() or name != name.lower() or name in RESERVED_NAMES:
         raise ConfigError(f"register_schedule: {where}.schedule must be a lower-case identifier other than "
                           f"{sorted(RESERVED_NAMES)}, got {name!r}", field="schedule")
-    if not isinstance(cls.__dict__.get("continuous", cls.continuous), bool):
+    if not isinstance(cls.continuous, bool):
         raise ConfigError(f"register_schedule: {where}.continuous must be True or False", field="continuous")
     for f in fields(cls):
         if not f.init or f.default is dataclasses.MISSING or type(f.default) not in SPEC_TYPES:
