@@ -4,9 +4,8 @@ Runs in the vLLM environment (``make setup-vllm``). One engine (``LLM``, a tiny 
 engine default is a continuous config, prompts in chunks of 512, prefix caching on) and one
 ``vllm serve`` (the same model, ``additional_config={"attn_transition": "none"}``: only requests
 that ask are edited) serve the whole module; the server starts first and comes up while the
-engine's tests run. Both run with a schedule written outside the package on their path
-(:data:`OUTSIDE_SOURCE`, declared by an entry point), which their processes load when a request
-names it. Comparisons with the transformers path are made against the floor of the same
+engine's tests run. Both run with tests/custom_schedule.py's schedules on their path, declared
+by an entry point (:data:`OUTSIDE_SOURCE`), which their processes load when a request names one. Comparisons with the transformers path are made against the floor of the same
 comparison without the edit, as in ``tests/test_vllm.py`` (whose CONTINUOUS config is used here: no
 threshold can be moved by rounding, so the two paths may differ only by the two engines' rounding).
 """
@@ -115,75 +114,44 @@ def between(a: dict[int, float], b: dict[int, float]) -> float:
 
 
 # ----------------------------------------------------------------------------- a schedule from outside the package
-OUTSIDE = "first_column_vllm"                    # its name; spec "first_column_vllm:fraction=0.5,k=8"
+# tests/custom_schedule.py's schedules (``shift``; ``wholeshift``, the same edit declared not
+# continuous), installed as a distribution that declares them in the entry-point group
+# ``attn_transition.schedules`` through a module that records each process importing it.
 OUTSIDE_MODULE = "outside_schedule_vllm"
-OUTSIDE_SOURCE = '''"""A schedule written outside attn_transition, installed as a distribution that declares it in
-the entry-point group attn_transition.schedules. Each process that imports it says so in
-imported-by.txt beside it (its pid)."""
+OUTSIDE_SPEC = "shift:fraction=0.5,rows=1000"   # rows [max(n - 1000, 4), n): across the chunks of 512
+OUTSIDE_WHOLE = "wholeshift:fraction=0.5,rows=1000"
+OUTSIDE_SOURCE = '''"""tests/custom_schedule.py's schedules, as an installed package declares them; each process that
+imports this module says so in imported-by.txt beside it (its pid)."""
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-
-import attn_transition as at
-from attn_transition.errors import ConfigError
 
 with open(Path(__file__).with_name("imported-by.txt"), "a") as record:
     record.write(f"{os.getpid()}\\n")
 
-
-@dataclass(frozen=True)
-class ToFirstColumn(at.Edit):
-    """Moves ``fraction`` of each row's weights on columns ``[1, k)`` onto column 0 (rows >= k see them)."""
-
-    start: int
-    end: int
-    fraction: float
-    k: int
-
-    def apply_(self, rows, *, first_row, total=None):
-        moved = rows[..., 1:self.k] * self.fraction          # (..., r, k - 1)
-        rows[..., 1:self.k] -= moved
-        rows[..., 0] += moved.sum(-1)
-        return rows
-
-
-@at.register_schedule
-@dataclass(frozen=True)
-class FirstColumnConfig(at.TransitionConfig):
-    """Every prompt row from k on, in every layer but the first: ToFirstColumn."""
-
-    schedule = "first_column_vllm"
-    fraction: float = 0.5
-    k: int = 8
-
-    def __post_init__(self):
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"FirstColumnConfig.fraction must be in (0, 1], got {self.fraction!r}", field="fraction")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
-            raise ConfigError(f"FirstColumnConfig.k must be an int >= 2, got {self.k!r}", field="k")
-
-    def plan(self, layer, num_layers, n):
-        return (ToFirstColumn(self.k, n, self.fraction, self.k),) if layer >= 1 and n > self.k else ()
+from custom_schedule import ShiftConfig, WholeShiftConfig  # noqa: E402
 '''
 
 
 @pytest.fixture(scope="module")
 def outside(tmp_path_factory):
-    """A folder holding :data:`OUTSIDE_SOURCE` as a module and a ``.dist-info`` that declares it in
-    ``attn_transition.schedules``, first on this process's path and on ``PYTHONPATH`` of every
-    process started while the module runs (the engine's, the server's); nothing here imports it.
-    Yields the record of the processes that imported it."""
+    """A folder holding :data:`OUTSIDE_SOURCE` and a copy of tests/custom_schedule.py as modules, and a
+    ``.dist-info`` that declares ``shift`` and ``wholeshift`` in ``attn_transition.schedules``; first on
+    this process's path and on ``PYTHONPATH`` of every process started while the module runs (the
+    engine's, the server's). Nothing here imports them. Yields the record of the processes that did."""
     import importlib
+    import shutil
     import sys
+    from pathlib import Path
 
     folder = tmp_path_factory.mktemp("outside-schedule")
+    shutil.copy(Path(__file__).with_name("custom_schedule.py"), folder / "custom_schedule.py")
     (folder / f"{OUTSIDE_MODULE}.py").write_text(OUTSIDE_SOURCE)
     info = folder / f"{OUTSIDE_MODULE}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {OUTSIDE_MODULE.replace('_', '-')}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[attn_transition.schedules]\n"
-                                           f"{OUTSIDE} = {OUTSIDE_MODULE}:FirstColumnConfig\n")
+    (info / "entry_points.txt").write_text(f"[attn_transition.schedules]\nshift = {OUTSIDE_MODULE}:ShiftConfig\n"
+                                           f"wholeshift = {OUTSIDE_MODULE}:WholeShiftConfig\n")
     before = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), before]))
     sys.path.insert(0, str(folder))
@@ -403,25 +371,33 @@ def test_server_per_request_configs(server, model_dir, floor):
 # ----------------------------------------------------------------------------- the outside schedule
 def test_a_schedule_from_outside_the_package_runs_in_the_engine_and_the_server(llm, server, model_dir, floor,
                                                                                 outside):
-    """The schedule of :data:`OUTSIDE_SOURCE`, named by requests of the engine (a prompt in one
-    step, one in chunks of CHUNK) and of the server, equals the transformers path; the engine's and
-    the server's processes found it through its entry point (they imported it themselves)."""
+    """tests/custom_schedule.py's ``shift``, named by requests of the engine (a prompt in one step,
+    one in chunks of CHUNK) and of the server, equals the transformers path; the engine's and the
+    server's processes found it through its entry point (they imported it themselves). Its
+    ``wholeshift`` (not continuous) is refused before the engine, whose prompts arrive in chunks."""
     import openai
 
-    spec = f"{OUTSIDE}:fraction=0.5,k=8"
     assert not outside.exists()                             # nobody has imported it yet
-    engine_outputs = run(llm, [(PROMPTS[0], {"attn_transition": spec}, {}), (PROMPTS[2], {"attn_transition": spec}, {})])
+    engine_outputs = run(llm, [(PROMPTS[0], {"attn_transition": OUTSIDE_SPEC}, {}),
+                               (PROMPTS[2], {"attn_transition": OUTSIDE_SPEC}, {})])
     client = openai.OpenAI(base_url=server + "/v1", api_key="unused")
-    served = _first_http(_completion(client, model_dir, PROMPTS[1], {"attn_transition": spec}))
+    served = _first_http(_completion(client, model_dir, PROMPTS[1], {"attn_transition": OUTSIDE_SPEC}))
     for prompt, got in ((PROMPTS[0], first(engine_outputs[0])), (PROMPTS[2], first(engine_outputs[1])),
                         (PROMPTS[1], served)):
-        want, stock = hf_first(model_dir, prompt, spec), hf_first(model_dir, prompt, None)
-        print(f"{OUTSIDE} ({len(prompt)} tokens): vs transformers {gap(got, want):.2e}, effect {gap(got, stock):.2e}")
+        want, stock = hf_first(model_dir, prompt, OUTSIDE_SPEC), hf_first(model_dir, prompt, None)
+        print(f"{OUTSIDE_SPEC} ({len(prompt)} tokens): vs transformers {gap(got, want):.2e}, "
+              f"effect {gap(got, stock):.2e}")
         assert gap(got, want) <= FLOOR_TIMES * floor
         assert gap(got, stock) > 100 * floor                # the edit really happened
     importers = set(outside.read_text().split()) - {str(os.getpid())}
     # The engine's core process, the API server and the server's engine core: each imported it.
     assert len(importers) >= 3, importers
+    with pytest.raises(ConfigError, match="is not continuous.*enable_chunked_prefill=False") as err:
+        ask(llm, PROMPTS[0], {"attn_transition": OUTSIDE_WHOLE})
+    assert err.value.field == "attn_transition"
+    with pytest.raises(openai.BadRequestError, match="is not continuous") as bad:
+        _completion(client, model_dir, PROMPTS[0], {"attn_transition": OUTSIDE_WHOLE})
+    assert bad.value.status_code == 400
 
 
 # ----------------------------------------------------------------------------- without an engine
