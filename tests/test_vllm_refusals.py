@@ -33,7 +33,9 @@ pytestmark = pytest.mark.vllm
 @dataclass(frozen=True)
 class WholeBlocks(TransitionConfig):
     """A schedule whose rows cannot be edited in chunks (``continuous`` False); its edit is the
-    classic block's, which is all these tests need of it."""
+    classic block's, which is all these tests need of it. Not tests/custom_schedule.py's
+    ``wholeshift``: importing that module here would register its schedules in this process before
+    tests/test_vllm_requests.py's engines start, which must find them through their entry point."""
 
     schedule = "whole_blocks_vllm_test"
     continuous = False
