@@ -40,7 +40,7 @@ class AttnTransitionLM(HFLM):
 
     def __init__(self, pretrained: Any = "smollm2-135m", transition: Any = "classic",
                  max_chunk_mib: Any = None, **kwargs: Any) -> None:
-        check_model_args(kwargs)
+        check_model_args({**kwargs, "transition": transition})
         config = parse_transition(transition)       # before loading anything: a typo fails fast
         if isinstance(pretrained, str):        # embedded names, folders without config.json, offline hub ids
             pretrained = resolve_model(pretrained)

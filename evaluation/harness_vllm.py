@@ -96,7 +96,7 @@ class AttnTransitionVLLM(VLLM):
     """
 
     def __init__(self, pretrained: str = "smollm2-135m", transition: Any = "classic", **kwargs: Any) -> None:
-        check_model_args(kwargs)                        # before starting the engine: a typo fails fast
+        check_model_args({**kwargs, "transition": transition})   # before starting the engine: a typo fails fast
         config = parse_transition(transition)
         if isinstance(pretrained, str) and pretrained in EMBEDDED:
             pretrained = resolve_model(pretrained)

@@ -442,6 +442,38 @@ def test_an_entry_point_names_a_schedule_for_another_process(tmp_path):
     assert "unknown schedule 'halvetial'" in lines["error"] and "did you mean 'halvetail'" in lines["error"]
 
 
+_HARNESS_CHECK = '''
+import sys
+import attn_transition as at
+from attn_transition.evaluation.harness_model import AttnTransitionLM
+assert "halvetail_pkg" not in sys.modules
+try:   # lm_eval cut "transition=halvetail:last=3,..." at a comma? here a stray "last" of a schedule no import named
+    AttnTransitionLM(pretrained="/nonexistent-model-folder", transition="halvetail", last="3")
+except at.ConfigError as err:
+    print("error", err.field, err)
+'''
+
+
+def _entry_point_package(tmp_path) -> dict:
+    """A tmp folder holding the halvetail package and its entry point; the environment that finds it."""
+    (tmp_path / "halvetail_pkg.py").write_text(textwrap.dedent(_PACKAGE))
+    info = tmp_path / "halvetail_pkg-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: halvetail-pkg\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[attn_transition.schedules]\nhalvetail = halvetail_pkg:HalveConfig\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_the_lm_eval_model_refuses_a_stray_field_of_an_entry_point_schedule_before_loading(tmp_path):
+    pytest.importorskip("lm_eval")
+    env = _entry_point_package(tmp_path)
+    done = subprocess.run([sys.executable, "-c", _HARNESS_CHECK], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("error transition "), done.stdout
+    assert "model_args last look like items of transition cut off at a comma" in done.stdout
+
+
 # ----------------------------------------------------------------------------- evaluation and the sweep
 
 def test_the_harness_arguments_know_the_outside_schedule():
