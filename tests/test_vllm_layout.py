@@ -7,6 +7,9 @@ import subprocess
 import sys
 
 import pytest
+from skips import need
+
+need("vllm", "the vLLM environment (make setup-vllm) runs these tests", provided_by=("setup-vllm",))
 
 pytestmark = pytest.mark.vllm
 
