@@ -11,9 +11,12 @@ load it on first use. One concern per module:
 
 - :mod:`.protocol`: what a schedule implements (``TransitionConfig``, ``Edit``), the registry of
   schedule names (``register_schedule``, entry points ``attn_transition.schedules``) and the spec codec;
-- :mod:`.config`: the built-in validated configs (``ClassicConfig``, ``SRAConfig``), ``parse_config``;
-- :mod:`.schedules`: which rows of which layer a config edits (``layer_plan``, checked), and the
-  built-in edits on a block of rows;
+- :mod:`.classic`, :mod:`.sra`: one built-in schedule each, whole (its validated config, its plan,
+  its edit and the edit's in-place math); :mod:`.rowops`: the in-place row operations they share;
+- :mod:`.config`: the built-in configs gathered (``ClassicConfig``, ``SRAConfig``), ``parse_config``,
+  the grid form;
+- :mod:`.schedules`: which rows of which layer a config edits (``layer_plan``: the config's plan,
+  checked), applying a plan, ``reweight``;
 - :mod:`.kernel`: the edited rows of post-softmax attention, in bounded memory;
 - :mod:`.budget`: the ``max_chunk_mib`` setting as a memory budget per layer call;
 - :mod:`.families`: the model-layout facts both engines need (supported ``model_type`` values,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
+import math
 from dataclasses import fields
 from importlib import metadata
 from types import MappingProxyType
@@ -30,7 +31,7 @@ from .errors import ConfigError, did_you_mean
 
 __all__ = ["Edit", "TransitionConfig", "ENTRY_POINT_GROUP", "SPEC_TYPES", "RESERVED_NAMES", "SCHEDULES",
            "register_schedule", "schedule_class", "schedule_names", "parse_config", "format_config",
-           "parse_configs", "config_dict", "build_config", "config_field"]
+           "parse_configs", "config_dict", "build_config", "config_field", "check_number", "check_bool"]
 
 ENTRY_POINT_GROUP = "attn_transition.schedules"
 # The field types a spec can write and read back (a field's default says which it is).
@@ -38,6 +39,29 @@ SPEC_TYPES: tuple[type, ...] = (bool, int, float, str)
 # Words a spec or a switch already means something else by (``attn_transition="none"`` is the
 # stock model; ``seed`` is the seed's grid).
 RESERVED_NAMES = frozenset({"none", "off", "stock", "seed"})
+
+
+# Field checks a schedule's ``__post_init__`` can use: a ConfigError naming the class, the field,
+# the value and what is allowed.
+
+def check_number(owner: str, name: str, value: Any, *, low: float, high: float = math.inf,
+                  low_open: bool = False, integer: bool = False) -> None:
+    """Raise ConfigError unless ``value`` is a real number (an int if ``integer``) inside the range."""
+    kind = "an int" if integer else "a number"
+    lo_br = "(" if low_open else "["
+    hi = "inf" if high == math.inf else f"{high:g}"
+    allowed = f"{kind} in {lo_br}{low:g}, {hi}{')' if high == math.inf else ']'}"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        raise ConfigError(f"{owner}.{name} must be {allowed}, got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        raise ConfigError(f"{owner}.{name} must be {allowed}, got {value!r}")
+
+
+def check_bool(owner: str, name: str, value: Any) -> None:
+    """Raise ConfigError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{owner}.{name} must be True or False, got {value!r} ({type(value).__name__})")
 
 
 class Edit(abc.ABC):

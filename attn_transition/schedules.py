@@ -6,62 +6,31 @@ on one sequence of ``n`` real tokens (:func:`layer_plan`, from any registered sc
 spans of one plan never overlap, and rows outside them are never touched. Positions
 are counted from the sequence's first real token.
 
-The two built-in schedules' edits (:class:`ClassicBlock`, :class:`SpanRedistribution`) and plans
-(:func:`classic_plan`, :func:`sra_plan`) follow the project's specification of the two reference
-schedules (``classic``, 2023; ``sra``, 2025); the README lists where we deliberately differ. Every
-consumer goes through the protocol (:class:`~attn_transition.protocol.Edit`'s ``apply_``), never
-through these types.
+Each schedule is one module: :mod:`.classic` (2023) and :mod:`.sra` (2025) hold their config, their
+plan, their edit and its math (the README lists where we deliberately differ from the reference);
+a schedule of one's own is one module too (docs/design.md, "Writing a schedule"). Every consumer
+goes through the protocol (:class:`~attn_transition.protocol.Edit`'s ``apply_``, the config's
+``plan``), never through these types; :class:`ClassicBlock`, :class:`SpanRedistribution` and their
+in-place functions are re-exported here for the tests that check them against the specification.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
+from .classic import ClassicBlock, classic_block_
 from .errors import ConfigError, InputError
 from .protocol import Edit, TransitionConfig
-
-if TYPE_CHECKING:
-    from .config import ClassicConfig, SRAConfig
+from .sra import SpanRedistribution, redistribute_
 
 __all__ = [
-    "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "classic_plan", "sra_plan", "plan_rows",
+    "ClassicBlock", "SpanRedistribution", "Edit", "Plan", "layer_plan", "plan_rows",
     "apply_plan", "apply_edit_", "classic_block_", "redistribute_", "token_spans", "real_spans", "reweight",
 ]
-
-
-@dataclass(frozen=True)
-class ClassicBlock(Edit):
-    """Classic edit of query rows ``[start, end)`` over columns ``[0, end)`` (:func:`classic_block_`)."""
-
-    start: int
-    end: int
-    threshold: float  # alpha / end
-    beta: float
-    strategy: str
-
-    def apply_(self, rows: torch.Tensor, *, first_row: int, total: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return classic_block_(rows, self.start, self.end, self.threshold, self.beta, self.strategy,
-                              first_row=first_row, total=total)
-
-
-@dataclass(frozen=True)
-class SpanRedistribution(Edit):
-    """SRA edit: rows ``[start, end)`` move removed mass onto columns ``[target_start, target_end)``
-    (:func:`redistribute_`)."""
-
-    start: int
-    end: int
-    target_start: int
-    target_end: int
-    threshold: float
-    strength: float
-
-    def apply_(self, rows: torch.Tensor, *, first_row: int, total: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return redistribute_(rows, self.target_start, self.target_end, self.threshold, self.strength, total=total)
 
 
 class Plan(tuple):
@@ -83,54 +52,6 @@ class Plan(tuple):
 
     def __reduce__(self):
         return (Plan, (tuple(self), self.n, self.continuous))
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def classic_plan(cfg: "ClassicConfig", layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
-    """``ClassicConfig.plan``: ``intervals_per_layer`` consecutive blocks of query rows on layers
-    ``1 .. L-3``, none on prompts shorter than ``min_length`` or where the block rounds to 0."""
-    if n < cfg.min_length or not 1 <= layer <= num_layers - 3:
-        return ()
-    k = cfg.intervals_per_layer
-    interval = n // (num_layers - 1 + k)
-    interval -= interval % 5
-    if interval == 0:
-        return ()
-    blocks = []
-    for j in range(k):
-        s = (layer + 1 + j) * interval
-        e = s + interval
-        blocks.append(ClassicBlock(s, e, cfg.alpha / e, cfg.beta, cfg.strategy))
-    return tuple(blocks)
-
-
-def sra_plan(cfg: "SRAConfig", layer: int, num_layers: int, n: int) -> tuple[Edit, ...]:
-    """``SRAConfig.plan``: the inter span (layers ``0 .. L-2``) and the outer span on the last
-    ``threshold_for(n)`` rows (layers ``1 .. L-2``)."""
-    if not 0 <= layer <= num_layers - 2:
-        return ()
-    thr = cfg.threshold_for(n)
-    begin = cfg.begin_length
-    edits: list[Edit] = []
-    if cfg.inter and n > begin + thr + 3:
-        c = _ceil_div(n - begin - thr - 3, num_layers + 3)
-        s = (layer + 3) * c + begin + 3
-        e = min(s + c, n - thr)
-        width = e - s
-        if width > 0:
-            edits.append(SpanRedistribution(s, e, s - 3 * width, s - 2 * width,
-                                            cfg.elimi_factor_inter / (s - begin), cfg.strengthen_factor_inter))
-    if cfg.outer and layer >= 1 and n > thr + 3:
-        cur = n - thr
-        c = _ceil_div(n - thr - 3, num_layers + 3)
-        s = (layer + 2) * c + 3
-        e = min(s + c, n - thr)
-        if e > s and cur < n:
-            edits.append(SpanRedistribution(cur, n, s, e, cfg.elimi_factor_outer / cur, cfg.strengthen_factor_outer))
-    return tuple(edits)
 
 
 def _is_int(x: object) -> bool:
@@ -193,96 +114,6 @@ def plan_rows(plan: Sequence[Edit]) -> list[int]:
     rows: list[int] = []
     for edit in plan:
         rows.extend(range(edit.start, edit.end))
-    return rows
-
-
-@functools.lru_cache(maxsize=256)
-def _below(threshold: float, dtype: torch.dtype) -> float:
-    """The largest ``dtype`` value under ``threshold`` as ``dtype`` rounds it: ``x > _below(t)``
-    holds exactly when ``x < t`` does not, as torch compares a ``dtype`` tensor with ``t``."""
-    t = torch.tensor(threshold, dtype=dtype)
-    return torch.nextafter(t, torch.tensor(float("-inf"), dtype=dtype)).item()
-
-
-def _eliminate_(rows: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Zero, in place, the entries below ``threshold`` (``masked_fill_(rows < threshold, 0)``
-    in one pass over memory instead of two)."""
-    return torch.nn.functional.threshold_(rows, _below(threshold, rows.dtype), 0.0)
-
-
-def _weights(like: torch.Tensor, strong: float, weak: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two region weights as 0-d tensors of ``like``'s dtype (python scalars would make
-    ``torch.where`` compute in the default float32 even on float64 rows)."""
-    return like.new_tensor(strong), like.new_tensor(weak)
-
-
-def classic_block_(rows: torch.Tensor, start: int, end: int, threshold: float, beta: float,
-                   strategy: str = "adding", *, first_row: Optional[int] = None,
-                   total: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Edit, in place, rows of one classic block ``[start, end)``.
-
-    ``rows`` holds the contiguous query rows ``[first_row, first_row + r)`` of the block
-    (all of them by default: ``first_row = start``), shape ``(..., r, C)`` float32, with at
-    least ``first_row + r`` columns: a causal row sees no further, and columns it cannot
-    see may be omitted. Every step is row-wise, so editing the rows in chunks gives the
-    same result as editing them at once. ``total`` (``(..., r, 1)``, default 1) is each
-    row's mass before the edit (less than 1 when a model's attention sink takes a share).
-    """
-    width = end - start
-    first_row = start if first_row is None else first_row
-    r = rows.shape[-2]
-    assert start <= first_row and first_row + r <= end, \
-        f"rows [{first_row}, {first_row + r}) are not inside the block [{start}, {end})"
-    assert rows.shape[-1] >= first_row + r, f"rows {tuple(rows.shape)} need >= {first_row + r} columns"
-    assert start == width or start >= 2 * width, f"classic block [{start}, {end}) needs start == I or start >= 2I"
-    block = rows[..., :end]                                   # (..., r, <= e) view
-    _eliminate_(block, threshold)                             # 1. elimination
-    block[..., 0].mul_(0.5)                                   # 2. halve attention to the first token
-    removed = (1.0 if total is None else total) - block.sum(-1, keepdim=True)   # 3. (..., r, 1)
-    if strategy == "adding":
-        if start != width:
-            region = block[..., start - 2 * width:end - width]                     # (..., r, 2I)
-            m = torch.where(region >= threshold, *_weights(region, 1.0, 0.01))
-            a = beta * removed / m.sum(-1, keepdim=True)
-            block[..., start - width:end - width] += 7 * a * m[..., width:]        # previous block: 7 shares
-            block[..., start - 2 * width:end - 2 * width] += 3 * a * m[..., :width]  # the one before: 3 shares
-        else:
-            region = block[..., 0:end - width]                                     # (..., r, I)
-            m = torch.where(region >= threshold, *_weights(region, 1.0, 0.001))
-            a = beta * removed / m.sum(-1, keepdim=True)
-            block[..., start - width:end - width] += 10 * a * m[..., -width:]
-    else:
-        assert strategy == "multi", f"strategy {strategy!r} (ClassicConfig validates it)"
-        kept = block.sum(-1, keepdim=True)
-        # A row whose every weight was eliminated stays zero instead of becoming NaN.
-        block.mul_(torch.where(kept > 0, removed / kept.clamp_min(1e-30), 0.0))
-    return rows
-
-
-def redistribute_(rows: torch.Tensor, target_start: int, target_end: int, threshold: float,
-                  strength: float, *, total: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """SRA's ``redistribute``, in place, on rows of shape ``(..., r, C)`` (float32).
-
-    Only (head, row) pairs with some weight in the target strictly above ``threshold``
-    are edited: entries below the threshold are zeroed and the removed mass, times
-    ``strength``, is added onto the target with weight 100 on strong entries and 5 on
-    the others. Rows that are not selected come back bitwise unchanged. Row-wise, so
-    any subset of rows can be edited on its own. ``total`` as in :func:`classic_block_`.
-    """
-    target = slice(target_start, target_end)
-    # The target's weights before the edit, dense (the strided slice is read twice below). The
-    # elimination leaves every weight >= threshold as it is, so "strong after" = "strong before".
-    region = rows[..., target].contiguous()                            # (..., r, T)
-    selected = (region > threshold).any(-1, keepdim=True)              # (..., r, 1)
-    m = torch.where(region >= threshold, *_weights(rows, 100.0, 5.0))  # (..., r, T)
-    # Eliminate below the threshold in selected rows; unselected rows are put back as they were
-    # (a one-pass scalar threshold and a copy of the few unselected rows beat a per-row mask).
-    unselected = (~selected[..., 0]).nonzero(as_tuple=True)            # indices of (..., r)
-    kept = rows[unselected]                                            # (m, C) copy
-    _eliminate_(rows, threshold)
-    rows[unselected] = kept
-    removed = (1.0 if total is None else total) - rows.sum(-1, keepdim=True)   # (..., r, 1)
-    rows[..., target] += torch.where(selected, strength * removed / m.sum(-1, keepdim=True) * m, 0.0)
     return rows
 
 
