@@ -475,3 +475,18 @@ def test_every_data_file_of_the_packages_is_package_data():
                   if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
     assert "evaluation/data/xsum_sample.jsonl" in data
     assert [f for f in data if not any(Path(f).match(g) for g in globs)] == []
+
+
+def test_convert_without_accelerate_is_one_line_before_converting(tmp_path):
+    """``convert`` checks what converting reads (gguf, accelerate) before it starts: one line naming
+    the missing package, exit 2, nothing written (it ended in transformers' ValueError before)."""
+    cache = tmp_path / "cache"
+    code = ("import sys; sys.modules['accelerate'] = None; from attn_transition.cli import main; "
+            f"sys.exit(main(['convert', 'smollm2-135m', '--cache-dir', {str(cache)!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "accelerate" in lines[0] and "attn-transition[models]" in lines[0], lines
+    assert "Traceback" not in done.stderr
+    assert not cache.exists() or not any(cache.iterdir())
