@@ -409,3 +409,18 @@ def test_cli_ruler_on_smollm2_resumes_without_recomputing(tmp_path, capsys, monk
     assert json.loads((out / "results.json").read_text())["records"] == recs
     print(f"SmolLM2 niah_single_1 at 1024 tokens, s/document: stock {seconds}, "
           f"classic {[r['seconds'] for r in recs[2:]]}")
+
+
+def test_the_terminal_summary_names_every_field_of_each_config(tmp_path, capsys):
+    """The RULER summary printed at the end starts with the legend of what each label ran."""
+    from attn_transition.evaluation.bench import ruler_cli
+
+    settings = ruler.RulerSettings(tasks=("niah_single_1", "cwe"), lengths=(1024, 2048), per_cell=8,
+                                   configs=("classic",), n_boot=200)
+    meta = {"model": "fake", "chat": True, "lm_eval": "x", "versions": {"lm_eval": "x"}, "seconds_this_run": 1.0}
+    res = ruler_report.build_results(_synthetic(), ["classic"], settings.as_dict(), meta, [])
+    ruler_cli._print_summary(res, tmp_path)
+    out = capsys.readouterr().out
+    legend, _, scores = out.partition("RULER score (%), per task and length:")
+    assert "classic schedule: alpha=0.5, beta=0.1, intervals_per_layer=2, strategy=adding, min_length=400" in legend
+    assert "niah_single_1 1024" in scores

@@ -163,11 +163,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_summary(results: dict[str, Any], out: Path) -> None:
+    from .report import config_lines
     from .ruler_report import PLOT
 
     s = results["summary"]
     scores = {(r["task"], r["length"], r["config"]): r for r in s["score_by_task_length"]}
     cmp = {(r["task"], r["length"], r["treatment"]): r for r in s["comparison_by_task_length"]}
+    legend = config_lines(results)                       # what each label below ran, every field
+    if legend:
+        print("\n".join(legend))
     print("RULER score (%), per task and length:")
     for task, length in dict.fromkeys((r["task"], r["length"]) for r in s["score_by_task_length"]):
         stock = scores[(task, length, STOCK)]
