@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from attn_transition.commands import register_command
-from attn_transition.config import ClassicConfig, TransitionConfig, parse_config
+from attn_transition.config import TransitionConfig, format_config, parse_config
 from attn_transition.errors import UsageError, did_you_mean
 
 from .models import MODEL_FLAGS
@@ -58,6 +58,8 @@ class DemoResult:
     transition: str
     seconds_plain: float
     seconds_transition: float
+    edits: bool = True          # whether ``config`` edits any row of this prompt on this model
+
 
     @property
     def differ(self) -> bool:
@@ -65,7 +67,9 @@ class DemoResult:
 
     @property
     def below_min_length(self) -> bool:
-        return isinstance(self.config, ClassicConfig) and self.prompt_tokens < self.config.min_length
+        """Nothing is edited because the prompt is shorter than the config's ``min_length`` (a
+        field of the classic schedule, and of any schedule that declares one)."""
+        return not self.edits and self.prompt_tokens < getattr(self.config, "min_length", -1)
 
 
 def warm_up(model: Any, tokenizer: Any, prompt: str, config: TransitionConfig, *, add_special_tokens: bool) -> None:
@@ -99,7 +103,18 @@ def answer_both(model: Any, tokenizer: Any, prompt: str, config: TransitionConfi
     with at.enabled(model, config):
         edited = generate_batch(model, tokenizer, [prompt], max_new_tokens=max_new_tokens,
                                 add_special_tokens=add_special_tokens)[0]
-    return DemoResult(prompt, n, config, plain, edited, middle - started, time.perf_counter() - middle)
+    return DemoResult(prompt, n, config, plain, edited, middle - started, time.perf_counter() - middle,
+                      edits=edits_anything(model, config, n))
+
+
+def edits_anything(model: Any, config: TransitionConfig, n: int) -> bool:
+    """Whether ``config`` edits any layer of ``model`` on an ``n``-token prompt (its plan, which
+    every schedule has: the verdict then says why the two answers cannot differ)."""
+    from attn_transition.families import schedule_layout
+    from attn_transition.schedules import layer_plan
+
+    num_layers, _ = schedule_layout(model.config)
+    return any(layer_plan(config, layer, num_layers, n) for layer in range(num_layers))
 
 
 def side_by_side(left: str, right: str, titles: tuple[str, str], width: int) -> str:
@@ -121,7 +136,10 @@ def verdict(result: DemoResult) -> str:
     if result.below_min_length:
         return (f"The prompt has {result.prompt_tokens} tokens, fewer than min_length="
                 f"{result.config.min_length}: the transition edits nothing and the answers are identical. "
-                f"Use a longer prompt or --config classic:min_length=<smaller>.")
+                f"Use a longer prompt or --config {result.config.schedule}:min_length=<smaller>.")
+    if not result.edits:
+        return (f"{format_config(result.config)} edits no row of this {result.prompt_tokens}-token prompt on this "
+                f"model (its plan is empty), so the answers are identical. Use a longer prompt or another config.")
     if not result.differ:
         return ("The answers are identical: this setting did not change the greedy answer for this prompt. "
                 f"Try a stronger one (--config {DEFAULT_CONFIG}), or let attn-transition bench --tune choose one.")

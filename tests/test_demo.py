@@ -91,6 +91,7 @@ def test_both_answers_are_timed_after_an_untimed_warm_up(monkeypatch):
     monkeypatch.setattr(demo, "prompt_lengths", lambda tokenizer, prompts, special: [500])
     monkeypatch.setattr(attn_transition, "enabled", rec.enabled_ctx, raising=False)
     monkeypatch.setattr(attn_transition, "is_enabled", lambda model: False, raising=False)
+    monkeypatch.setattr(demo, "edits_anything", lambda model, config, n: True)   # the stand-in model has no config
     config = attn_transition.parse_config(demo.DEFAULT_CONFIG)
 
     result = demo.answer_both(object(), object(), "prompt", config, add_special_tokens=True, max_new_tokens=32)

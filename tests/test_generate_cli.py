@@ -540,3 +540,9 @@ def test_demo_answers_with_and_without(tiny_dir, capsys):
     long_short = demo.answer_both(model, tokenizer, "a b c", ClassicConfig(), add_special_tokens=True,
                                   max_new_tokens=2)
     assert long_short.below_min_length and "fewer than min_length=400" in demo.verdict(long_short)
+    assert not long_short.edits
+    # Another schedule with nothing to edit on this prompt: SRA's spans need more rows than "a b c" has.
+    empty = demo.answer_both(model, tokenizer, "a b c", SRAConfig(), add_special_tokens=True, max_new_tokens=2)
+    assert not empty.edits and not empty.below_min_length
+    assert "edits no row of this" in demo.verdict(empty) and "sra" in demo.verdict(empty)
+    assert result.edits and "edits no row" not in demo.verdict(result)
