@@ -65,8 +65,12 @@ def test_python_m_testing_has_a_help_and_serves_until_ctrl_c(tmp_path, monkeypat
                             timeout=120)
     text = " ".join(helped.stdout.split())
     assert helped.returncode == 0 and "--port PORT" in text and "NOT a judge" in text
+    # Ctrl-C as a terminal sends it: SIGINT at its default disposition in the child (a test run started in
+    # the background by a shell without job control inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt).
     proc = subprocess.Popen([sys.executable, "-m", module, "--port", "0", "--model", "local-judge"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()
         assert "stand-in judge" in first, proc.stderr.read() if proc.poll() is not None else first
