@@ -16,5 +16,7 @@ modules (setup.cfg's import contracts). Each command module registers itself
 - :mod:`.models`: the commands' model options, greedy batch generation and ``attn-transition
   convert`` (the loader itself is :mod:`attn_transition.models`);
 - :mod:`.runtime`: files, logs, processes and versions every command shares;
-- :mod:`.seedformat`, :mod:`.stats`: shared by judge and report.
+- :mod:`.seedformat`, :mod:`.stats`: shared by judge and report;
+- :mod:`.plotting`: the series styles every plot shares (markers, line styles, offsets, the note
+  where lines coincide).
 """
