@@ -101,17 +101,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(command.run(args) or 0)
     except AttnTransitionError as exc:
-        print(f"{prog}: error: {command.word(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_unprefixed(command.word(exc), prog)}", file=sys.stderr)
         return 2
     except ImportError as exc:            # a package of an extra the command did not check for first
         message = missing_extra_message(exc)
         if message is None:
             raise
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {_unprefixed(message, prog)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _unprefixed(message: str, prog: str) -> str:
+    """``message`` without a leading ``prog`` that the line's own ``prog: error:`` already says (a
+    missing extra is worded "attn-transition judge needs openai ..." for every caller)."""
+    return message[len(prog) + 1:] if message.startswith(prog + " ") else message
 
 
 if __name__ == "__main__":  # pragma: no cover
