@@ -137,7 +137,7 @@ def _judge_lines(err: str) -> list[str]:
 
 
 def _slow_run(tmp_path, capsys, *, docs: int, slow: int, concurrency: int, hold: float = 0.0,
-              timeout: float = 0.3):
+              timeout: float = 1.5):
     out = write_outputs(tmp_path, n_docs=docs)
     sleep = SleepRecorder()
     with SlowServer(slow=slow, hold=hold) as server:
@@ -154,15 +154,15 @@ def test_each_retry_line_is_said_once_naming_its_document_the_attempt_and_the_wa
     named = sorted(line.split(":")[1].strip() for line in retries)
     assert named == ["document 'doc0' (4 candidates)", "document 'doc1' (4 candidates)"], retries
     for line in retries:                    # the attempt (k of N) and the wait, as recorded
-        assert "no answer within 0.3 s (--timeout); retry 1 of 3 in " in line
+        assert "no answer within 1.5 s (--timeout); retry 1 of 3 in " in line
         assert line.endswith(" s") and line.rsplit(" in ", 1)[1] in [f"{w:.1f} s" for w in sleep.waits]
     assert len(sleep.waits) == 2 and doc["summary"]["complete_documents"] == 3
 
 
 def test_after_a_timeout_the_server_holds_one_request_at_a_time_never_more_than_the_concurrency(tmp_path, capsys):
-    # answers after the slow ones wait up to 0.3 s for a second request, well inside the 1 s timeout
+    # answers after the slow ones wait up to 0.3 s for a second request, well inside the 2 s timeout
     server, doc, _, cancelled, lines = _slow_run(tmp_path, capsys, docs=6, slow=3, concurrency=3, hold=0.3,
-                                                 timeout=1.0)
+                                                 timeout=2.0)
     assert cancelled == 3                   # each timed-out request's connection was closed: the server let it go
     assert len(server.in_flight) >= 3 + 3 + 3                 # 3 timed out, their 3 retries, 3 more documents
     assert max(server.in_flight[:3]) <= 3
@@ -174,7 +174,7 @@ def test_after_a_timeout_the_server_holds_one_request_at_a_time_never_more_than_
 def test_repeated_timeouts_say_once_what_to_rerun_with(tmp_path, capsys):
     *_, lines = _slow_run(tmp_path, capsys, docs=4, slow=3, concurrency=3)
     advice = [line for line in lines if "timeouts repeat" in line]
-    assert advice == ["judge: timeouts repeat (--timeout 0.3 s): this server needs longer per request; stop "
+    assert advice == ["judge: timeouts repeat (--timeout 1.5 s): this server needs longer per request; stop "
                       "(Ctrl-C keeps every answer received) and rerun with --timeout 120 --concurrency 1"], lines
 
 
@@ -188,7 +188,7 @@ def test_the_final_line_names_the_cache_only_when_it_exists(tmp_path, monkeypatc
     out = write_outputs(tmp_path, n_docs=2)
     cache = tmp_path / "out.judge-cache.jsonl"
     monkeypatch.setenv("OPENAI_API_KEY", "test")
-    argv = ["judge", str(out), "--judge-model", FAKE_MODEL, "--timeout", "0.3", "--max-retries", "0",
+    argv = ["judge", str(out), "--judge-model", FAKE_MODEL, "--timeout", "1.5", "--max-retries", "0",
             "--concurrency", "1", "--quiet"]
     with SlowServer(slow=1) as server:                  # the first request never answers in time
         assert main(argv + ["--base-url", server.base_url]) == 2
@@ -200,7 +200,7 @@ def test_the_final_line_names_the_cache_only_when_it_exists(tmp_path, monkeypatc
 def test_a_later_failure_names_the_cache_that_holds_the_answers_so_far(tmp_path):
     out = write_outputs(tmp_path, n_docs=2)
     with SlowServer() as server:
-        opts = _opts(server, concurrency=1, timeout=0.3, max_retries=0)
+        opts = _opts(server, concurrency=1, timeout=1.5, max_retries=0)
         judge_file(out, opts, api_key="test", progress=False, use_cache=True)      # doc0 and doc1 answered
         write_outputs(tmp_path, n_docs=3)                                          # a third document
         server.slow_left = 1
