@@ -427,12 +427,7 @@ except at.ConfigError as err:
 
 @patch
 def test_an_entry_point_names_a_schedule_for_another_process(tmp_path):
-    (tmp_path / "halvetail_pkg.py").write_text(textwrap.dedent(_PACKAGE))
-    info = tmp_path / "halvetail_pkg-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: halvetail-pkg\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[attn_transition.schedules]\nhalvetail = halvetail_pkg:HalveConfig\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    env = _entry_point_package(tmp_path)
     done = subprocess.run([sys.executable, "-c", _CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
@@ -465,7 +460,9 @@ def _entry_point_package(tmp_path) -> dict:
 
 
 def test_the_lm_eval_model_refuses_a_stray_field_of_an_entry_point_schedule_before_loading(tmp_path):
-    pytest.importorskip("lm_eval")
+    from skips import need
+
+    need("lm_eval", "make setup; not in the floor environment")
     env = _entry_point_package(tmp_path)
     done = subprocess.run([sys.executable, "-c", _HARNESS_CHECK], env=env, capture_output=True, text=True,
                           timeout=300)

