@@ -75,12 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .runtime.requirements import require
+    from .runtime.requirements import require_embedded
 
-    todo = [name for name in dict.fromkeys(args.names) if name in EMBEDDED
-            and (args.force or not (cache_dir(args.cache_dir) / name / "config.json").exists())]
-    if todo:   # reading a GGUF file needs gguf, and transformers refuses it without accelerate
-        require(f"converting {', '.join(todo)}", "gguf", "accelerate", extra="models")
+    require_embedded(args.names, args.cache_dir, force=args.force)     # before anything is converted
     for name in args.names:
         print(convert(name, args.cache_dir, force=args.force))
     return 0

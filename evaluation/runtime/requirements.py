@@ -15,13 +15,15 @@ from attn_transition.extras import require
 __all__ = ["require_embedded", "require_finetuning", "require_plots", "require_judge_client"]
 
 
-def require_embedded(models: Iterable[Optional[str]], cache: Optional[str | Path] = None) -> None:
+def require_embedded(models: Iterable[Optional[str]], cache: Optional[str | Path] = None, *,
+                     force: bool = False) -> None:
     """gguf and accelerate (the ``models`` extra) when one of ``models`` is an embedded model not
-    converted yet into the cache (converting reads its GGUF file, which transformers refuses to
-    load without accelerate)."""
+    converted yet into the cache, or any embedded one with ``force`` (converting reads its GGUF file,
+    which transformers refuses to load without accelerate)."""
     from ..models import EMBEDDED, cache_dir
 
-    todo = [m for m in dict.fromkeys(models) if m in EMBEDDED and not (cache_dir(cache) / m / "config.json").exists()]
+    todo = [m for m in dict.fromkeys(models)
+            if m in EMBEDDED and (force or not (cache_dir(cache) / m / "config.json").exists())]
     if todo:
         require(f"the embedded model {', '.join(todo)}, converted once into {cache_dir(cache)},", "gguf",
                 "accelerate", extra="models")
